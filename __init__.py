@@ -1,0 +1,16 @@
+"""tapegrad: a small reverse-mode tape autodiff engine on Numba CPU kernels and CuPy / Numba-CUDA GPU
+kernels, with GCN, RNN and LSTM layers on top.
+
+    import tapegrad as tg
+    x = tg.tensor([[1.0, 2.0]], requires_grad=True)
+    (x * x).sum().backward()      # x.grad == 2 x
+"""
+from .engine import (Tensor, tensor, no_grad, enable_grad, is_grad_enabled, detect_anomaly, gradcheck,
+                     manual_seed, cuda_available,
+                     add, sub, mul, div, neg, pow, exp, log, tanh, sigmoid, relu, matmul, sum, mean, reshape,
+                     transpose, concat, stack, split, where, masked_fill, softmax, log_softmax,
+                     cross_entropy, mse, dropout, embedding, spmm, gcn_norm)
+from .kernels import CSR
+from . import kernels
+
+__version__ = "0.1.0"

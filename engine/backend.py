@@ -1,0 +1,85 @@
+"""Where arrays live: numpy on the CPU, cupy on an NVIDIA GPU.
+
+The engine writes its array math against the module returned by :func:`array_module`, so the same op
+code runs on both devices; only the kernel table differs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+
+
+def is_cupy(a: Any) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def array_module(a: Any):
+    """numpy or cupy, whichever owns ``a``."""
+    if is_cupy(a):
+        import cupy
+        return cupy
+    return np
+
+
+def device_of(a: Any) -> str:
+    return "cuda" if is_cupy(a) else "cpu"
+
+
+def check_device(device: str | None) -> str:
+    """Normalise a device name; ``cuda:0`` and ``cuda`` both mean the current GPU."""
+    if device is None:
+        return "cpu"
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(device).__name__}")
+    name = device.split(":")[0]
+    if name not in DEVICES:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if name == "cuda":
+        require_cuda()
+    return name
+
+
+_cuda_error: str | None = None
+_cuda_checked = False
+
+
+def require_cuda() -> None:
+    """Raise a RuntimeError that says why device='cuda' cannot be used here, if it cannot."""
+    global _cuda_checked, _cuda_error
+    if not _cuda_checked:
+        _cuda_checked = True
+        try:
+            import cupy
+        except ImportError as e:
+            _cuda_error = (f"device='cuda' is unavailable: cupy is not installed ({e}); "
+                           "install it with pip install 'tapegrad[cuda12]' or 'tapegrad[cuda13]'")
+        else:
+            try:
+                n = cupy.cuda.runtime.getDeviceCount()
+            except Exception as e:  # driver missing, no device, ...
+                _cuda_error = f"device='cuda' is unavailable: cupy cannot reach a CUDA device ({e})"
+            else:
+                if n == 0:
+                    _cuda_error = "device='cuda' is unavailable: no CUDA device was found"
+    if _cuda_error is not None:
+        raise RuntimeError(_cuda_error)
+
+
+def cuda_available() -> bool:
+    try:
+        require_cuda()
+    except RuntimeError:
+        return False
+    return True
+
+
+def to_device(a: Any, device: str) -> Any:
+    """Move an array to ``device`` ('cpu' or 'cuda'); no copy when it is already there."""
+    device = check_device(device)
+    if device == "cpu":
+        return a.get() if is_cupy(a) else a
+    import cupy
+    return a if is_cupy(a) else cupy.asarray(a)

@@ -1,0 +1,144 @@
+"""Differentiable ops for training: losses, dropout, embedding lookup. Forward and backward together."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import random as _random
+from .backend import array_module
+from .ops import as_tensor
+from .tensor import Tensor, make_result
+
+
+def _targets(target: Any, xp) -> Any:
+    t = target.data if isinstance(target, Tensor) else target
+    t = xp.asarray(t)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class ids, got dtype {t.dtype}")
+    return t
+
+
+def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str = "mean",
+                  ignore_index: int = -100) -> Tensor:
+    """Softmax cross-entropy with integer targets, fused: loss_n = logsumexp(z_n) - z_n[y_n].
+
+    logits: [N, C]; target: [N] class ids. ``index`` ([M] row ids or a boolean mask of length N) restricts
+    the loss to those rows (a GCN's training nodes). Rows whose target is ``ignore_index`` add nothing
+    and do not count in the mean. ``reduction``: 'mean', 'sum' or 'none'.
+    """
+    logits = as_tensor(logits)
+    xp = array_module(logits.data)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D [N, C], got shape {logits.shape}")
+    n, c = logits.shape
+    y = _targets(target, xp)
+    if y.shape != (n,):
+        raise ValueError(f"target must have shape ({n},) to match logits {logits.shape}, got {y.shape}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    rows = xp.arange(n) if index is None else xp.asarray(index.data if isinstance(index, Tensor) else index)
+    if rows.dtype == bool:
+        if rows.shape != (n,):
+            raise ValueError(f"a boolean index must have length {n}, got shape {rows.shape}")
+        rows = xp.nonzero(rows)[0]
+    elif rows.dtype.kind not in "iu":
+        raise TypeError(f"index must hold integer row ids or booleans, got dtype {rows.dtype}")
+    if rows.size and (int(rows.min()) < -n or int(rows.max()) >= n):
+        raise ValueError(f"index holds row ids outside [0, {n})")
+    ys = y[rows]
+    valid = ys != ignore_index
+    if bool(((ys < 0) | (ys >= c))[valid].any()):
+        raise ValueError(f"target holds class ids outside [0, {c})")
+    z = logits.data[rows]
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+    safe_y = xp.where(valid, ys, 0)
+    picked = xp.take_along_axis(logp, safe_y[:, None], axis=1)[:, 0]
+    losses = xp.where(valid, -picked, logp.dtype.type(0))
+    count = int(valid.sum())
+    if reduction == "mean":
+        if count == 0:
+            raise ValueError("cross_entropy with reduction='mean' over no rows (empty index or all ignored)")
+        out = losses.sum() / count
+    elif reduction == "sum":
+        out = losses.sum()
+    else:
+        out = losses
+
+    def backward(g):
+        grad_rows = xp.exp(logp)
+        grad_rows[xp.arange(len(rows)), safe_y] -= 1
+        grad_rows *= valid[:, None]
+        if reduction == "mean":
+            grad_rows *= g / count
+        elif reduction == "sum":
+            grad_rows *= g
+        else:
+            grad_rows *= g[:, None]
+        full = xp.zeros(logits.shape, dtype=logits.dtype)
+        xp.add.at(full, rows, grad_rows)
+        return (full,)
+    return make_result(xp.asarray(out, dtype=logits.dtype), (logits,), backward, "cross_entropy")
+
+
+def mse(pred: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """Mean squared error: mean((pred - target)^2). ``target`` is a constant of pred's shape."""
+    pred = as_tensor(pred)
+    t = target.data if isinstance(target, Tensor) else target
+    xp = array_module(pred.data)
+    t = xp.asarray(t, dtype=pred.dtype)
+    if t.shape != pred.shape:
+        raise ValueError(f"target shape {t.shape} does not match prediction shape {pred.shape}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    d = pred.data - t
+    sq = d * d
+    if reduction == "none":
+        out = sq
+    else:
+        out = sq.sum() if reduction == "sum" else sq.sum() / max(sq.size, 1)
+    scale = 2.0 if reduction != "mean" else 2.0 / max(sq.size, 1)
+
+    def backward(g):
+        return (g * (scale * d),)
+    return make_result(xp.asarray(out, dtype=pred.dtype), (pred,), backward, "mse")
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Inverted dropout: zero each element with probability p, scale survivors by 1/(1-p) (identity in eval)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    x = as_tensor(x)
+    if not training or p == 0.0:
+        return x
+    xp = array_module(x.data)
+    if p == 1.0:
+        mask = xp.zeros(x.shape, dtype=x.dtype)
+    else:
+        keep = _random.uniform(x.shape, x.device) >= p
+        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
+
+    def backward(g):
+        return (g * mask,)
+    return make_result(x.data * mask, (x,), backward, "dropout")
+
+
+def embedding(weight: Tensor, idx: Any) -> Tensor:
+    """Row lookup ``weight[idx]``: [V, D] with integer ids of any shape -> [*idx.shape, D].
+
+    The backward adds each grad row into the row it came from (ids may repeat).
+    """
+    xp = array_module(weight.data)
+    ids = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding ids must be integers, got dtype {ids.dtype}")
+    v, d = weight.shape
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= v):
+        raise ValueError(f"embedding ids must be in [0, {v}), got range [{int(ids.min())}, {int(ids.max())}]")
+
+    def backward(g):
+        full = xp.zeros((v, d), dtype=weight.dtype)
+        xp.add.at(full, ids.reshape(-1), g.reshape(-1, d))
+        return (full,)
+    return make_result(weight.data[ids], (weight,), backward, "embedding")

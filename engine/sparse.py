@@ -1,0 +1,82 @@
+"""Sparse ops on the tape: spmm (Y = A X) and gcn_norm."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..kernels import registry
+from ..kernels import gcn_norm as _gcn_norm_kernel
+from ..kernels.csr import CSR
+from .backend import array_module
+from .ops import as_tensor, reshape
+from .tensor import Tensor, make_result
+
+
+def _values_as(data: Any, dtype) -> Any:
+    return data if data is None or data.dtype == dtype else data.astype(dtype)
+
+
+def spmm(A: CSR, x: Any, values: Tensor | None = None) -> Tensor:
+    """Y = A @ X with A sparse (CSR) and X dense.
+
+    A: [N, M] CSR; x: [M, F] (or [M]) tensor -> [N, F] (or [N]). ``values`` ([nnz] tensor) replaces A's
+    stored values and may require grad. Backward: dX = A^T dY through A's cached transpose (a gather:
+    deterministic, no write races); dvalues_k = <dY_i, X_j> for entry k = (i, j), an SDDMM.
+    """
+    if not isinstance(A, CSR):
+        raise TypeError(f"spmm needs a tapegrad.CSR as A, got {type(A).__name__}")
+    x = as_tensor(x)
+    if x.ndim == 1:
+        return reshape(spmm(A, reshape(x, (-1, 1)), values), (-1,))
+    if x.ndim != 2:
+        raise ValueError(f"x must be 1-D or 2-D, got shape {x.shape}")
+    if x.shape[0] != A.shape[1]:
+        raise ValueError(f"A has {A.shape[1]} columns but x has {x.shape[0]} rows")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    if x.device != A.device:
+        raise ValueError(f"A is on {A.device} but x is on {x.device}")
+    xp = array_module(x.data)
+    dtype = x.dtype
+    xd = x.data if x.data.flags.c_contiguous else xp.ascontiguousarray(x.data)
+    backend = registry.backend_of(xd)
+    if values is not None:
+        values = as_tensor(values)
+        if values.shape != (A.nnz,):
+            raise ValueError(f"values must have shape ({A.nnz},), got {values.shape}")
+        vals = _values_as(values.data, dtype)
+    else:
+        vals = _values_as(A.data, dtype)
+    out = registry.call("spmm", backend, A.indptr, A.indices, vals, xd, None)
+    parents = (x,) if values is None else (x, values)
+
+    def backward(g):
+        g = g if g.flags.c_contiguous else xp.ascontiguousarray(g)
+        grad_x = None
+        if x.requires_grad:
+            At = A.transpose()
+            vals_t = _values_as(At.data, dtype) if values is None else vals[A.transpose_permutation()]
+            grad_x = registry.call("spmm", backend, At.indptr, At.indices, vals_t, g, None)
+        if values is None:
+            return (grad_x,)
+        grad_v = registry.call("sddmm", backend, A.indptr, A.indices, g, xd, None) if values.requires_grad else None
+        return grad_x, grad_v
+    return make_result(out, parents, backward, "spmm")
+
+
+def gcn_norm(A: CSR, add_self_loops: bool = True, improved: bool = False, dtype: Any = None) -> CSR:
+    """P = D^-1/2 (A + I) D^-1/2 (Kipf & Welling), with 2I when ``improved``.
+
+    Self-loops are added only to nodes without one (an existing loop keeps its weight); D is the row
+    sum of A + I; a node of zero degree gives a zero row. Edge weights (A's values) are respected.
+    ``dtype`` of the result defaults to A's value dtype, or float32 for an unweighted A.
+    """
+    if not isinstance(A, CSR):
+        raise TypeError(f"gcn_norm needs a tapegrad.CSR, got {type(A).__name__}")
+    if A.shape[0] != A.shape[1]:
+        raise ValueError(f"gcn_norm needs a square adjacency matrix, got shape {A.shape}")
+    dtype = np.dtype(dtype) if dtype is not None else (A.dtype or np.dtype(np.float32))
+    indptr, indices, data = _gcn_norm_kernel(A.indptr, A.indices, _values_as(A.data, dtype), A.shape[0],
+                                             add_self_loops, 2.0 if improved else 1.0, dtype)
+    return CSR(indptr, indices, data, A.shape)

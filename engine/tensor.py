@@ -1,0 +1,381 @@
+"""Tensor and the tape.
+
+A Tensor holds an array (numpy, or cupy on the GPU) and, when it was produced by a differentiable op
+while recording, the op's node: its parent tensors and a ``backward`` closure mapping the gradient of
+the output to the gradients of the parents. The graph is the chain of nodes reachable from a result,
+so a forward pass that is never backpropagated frees itself when its outputs are dropped.
+
+``Tensor.backward`` walks that graph iteratively in reverse topological order (no recursion, so a
+10,000-step unrolled chain is fine), accumulates gradients into leaves with ``+``, and releases the
+nodes it walked.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .backend import array_module, check_device, device_of, is_cupy, to_device
+
+
+class _GradMode(threading.local):
+    """Per-thread recording state, so each thread records its own graph."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.anomaly = False
+
+
+_mode = _GradMode()
+
+
+@contextmanager
+def no_grad() -> Iterator[None]:
+    """Record nothing inside the block (inference, optimiser updates)."""
+    prev = _mode.enabled
+    _mode.enabled = False
+    try:
+        yield
+    finally:
+        _mode.enabled = prev
+
+
+@contextmanager
+def enable_grad() -> Iterator[None]:
+    prev = _mode.enabled
+    _mode.enabled = True
+    try:
+        yield
+    finally:
+        _mode.enabled = prev
+
+
+def is_grad_enabled() -> bool:
+    return _mode.enabled
+
+
+@contextmanager
+def detect_anomaly() -> Iterator[None]:
+    """Check every op's forward output and backward gradients for NaN/Inf and name the first culprit."""
+    prev = _mode.anomaly
+    _mode.anomaly = True
+    try:
+        yield
+    finally:
+        _mode.anomaly = prev
+
+
+class Node:
+    """One recorded op: the parents it read and the closure that turns grad_out into their grads."""
+
+    __slots__ = ("parents", "backward", "name")
+
+    def __init__(self, parents: tuple, backward: Callable, name: str) -> None:
+        self.parents = parents
+        self.backward = backward
+        self.name = name
+
+
+def _released(grad_out):
+    raise RuntimeError("backward through a graph that was already released by an earlier backward(); "
+                       "pass retain_graph=True to the first call to backpropagate twice")
+
+
+_RELEASED = Node((), _released, "released")
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Tensor:
+    """An n-dimensional array that records the ops applied to it when ``requires_grad`` is set.
+
+    ``data`` is the underlying numpy (or cupy) array; ``grad`` is a plain array of the same shape, filled
+    by :meth:`backward` for leaves that require grad.
+    """
+
+    __slots__ = ("data", "requires_grad", "grad", "_node", "__weakref__")
+    __array_priority__ = 1000  # so ndarray <op> Tensor defers to Tensor's reflected operators
+
+    def __init__(self, data: Any, requires_grad: bool = False) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        elif not (isinstance(data, np.ndarray) or is_cupy(data)):
+            data = _to_array(data, None)
+        self.data = data
+        self.grad = None
+        self._node = None
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    # ---- properties -------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def device(self) -> str:
+        return device_of(self.data)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        dev = "" if self.device == "cpu" else f", device='{self.device}'"
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(", threshold=50)
+        return f"tensor({body}, dtype={self.dtype}{dev}{grad})"
+
+    # ---- conversion ------------------------------------------------------------------------------------
+    def requires_grad_(self, flag: bool = True) -> "Tensor":
+        if flag and self.data.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"only float32/float64 tensors can require grad, got dtype {self.data.dtype}")
+        self.requires_grad = bool(flag)
+        return self
+
+    def detach(self) -> "Tensor":
+        """The same data, cut from the graph."""
+        return Tensor(self.data)
+
+    def numpy(self) -> np.ndarray:
+        """The data as a numpy array (copied off the GPU if needed; shared on the CPU)."""
+        return to_device(self.data, "cpu")
+
+    def item(self) -> float:
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def to(self, device_or_dtype: Any) -> "Tensor":
+        """A copy on another device (``'cpu'``/``'cuda'``) or with another float dtype; differentiable."""
+        from . import ops
+        return ops.to(self, device_or_dtype)
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
+
+    def cuda(self) -> "Tensor":
+        return self.to("cuda")
+
+    def float(self) -> "Tensor":
+        return self.to(np.float32)
+
+    def double(self) -> "Tensor":
+        return self.to(np.float64)
+
+    # ---- backward ---------------------------------------------------------------------------------------
+    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+        """Backpropagate from this tensor, accumulating into the ``.grad`` of every leaf that requires it.
+
+        ``grad`` defaults to 1 for a one-element tensor. The walked graph is released unless
+        ``retain_graph`` is set.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (no input requires grad, "
+                               "or it was computed under no_grad())")
+        xp = array_module(self.data)
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward() without grad needs a one-element output, got shape {self.shape}; "
+                                   "pass grad= of the same shape")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"grad has shape {grad.shape}, expected {self.shape}")
+        backprop(self, grad, retain_graph)
+
+    # ---- operators (the ops live in engine/ops.py) ---------------------------------------------------------
+    def __add__(self, other): return _ops.add(self, other)
+    def __radd__(self, other): return _ops.add(other, self)
+    def __sub__(self, other): return _ops.sub(self, other)
+    def __rsub__(self, other): return _ops.sub(other, self)
+    def __mul__(self, other): return _ops.mul(self, other)
+    def __rmul__(self, other): return _ops.mul(other, self)
+    def __truediv__(self, other): return _ops.div(self, other)
+    def __rtruediv__(self, other): return _ops.div(other, self)
+    def __matmul__(self, other): return _ops.matmul(self, other)
+    def __rmatmul__(self, other): return _ops.matmul(other, self)
+    def __neg__(self): return _ops.neg(self)
+    def __pow__(self, exponent): return _ops.pow(self, exponent)
+    def __getitem__(self, key): return _ops.getitem(self, key)
+
+    # Comparisons give plain boolean arrays (masks), never graph nodes.
+    def __lt__(self, other): return self.data < _raw(other)
+    def __le__(self, other): return self.data <= _raw(other)
+    def __gt__(self, other): return self.data > _raw(other)
+    def __ge__(self, other): return self.data >= _raw(other)
+
+    def exp(self): return _ops.exp(self)
+    def log(self): return _ops.log(self)
+    def tanh(self): return _ops.tanh(self)
+    def sigmoid(self): return _ops.sigmoid(self)
+    def relu(self): return _ops.relu(self)
+    def sum(self, axis=None, keepdims=False): return _ops.sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _ops.mean(self, axis, keepdims)
+    def reshape(self, *shape): return _ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+    def transpose(self, *axes): return _ops.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+    def softmax(self, axis=-1): return _ops.softmax(self, axis)
+    def log_softmax(self, axis=-1): return _ops.log_softmax(self, axis)
+
+    @property
+    def T(self) -> "Tensor":
+        return _ops.transpose(self, None)
+
+
+def _raw(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _to_array(data: Any, dtype: Any) -> Any:
+    """Python numbers and lists become float32 (as in torch's default dtype); arrays keep their dtype."""
+    dtype = None if dtype is None else np.dtype(dtype)
+    if isinstance(data, np.ndarray) or is_cupy(data):
+        arr = data
+    elif hasattr(data, "__cuda_array_interface__"):
+        import cupy  # a GPU array from another library (torch, numba, JAX): shared, not copied
+        arr = cupy.asarray(data)
+    elif hasattr(data, "__dlpack__") and not isinstance(data, np.generic):
+        arr = np.from_dlpack(data)
+    elif isinstance(data, np.generic):
+        arr = np.asarray(data)
+    else:
+        arr = np.asarray(data)
+        if arr.dtype.kind in "iuf" and dtype is None:
+            dtype = np.dtype(np.float32)
+        elif arr.dtype.kind not in "biuf":
+            raise TypeError(f"cannot make a tensor from {type(data).__name__} (array dtype {arr.dtype})")
+    if dtype is not None and arr.dtype != dtype:
+        arr = arr.astype(dtype)
+    return arr
+
+
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, device: str | None = None) -> Tensor:
+    """Make a leaf tensor.
+
+    Floating arrays keep their dtype (float64 stays float64, as in torch); Python numbers and lists
+    become float32; integer arrays stay integer (targets, indices). ``device='cuda'`` puts the data on
+    the GPU (cupy).
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    arr = _to_array(data, dtype)
+    if device is not None:
+        arr = to_device(arr, check_device(device))
+    if arr.dtype.kind == "f" and arr.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"tapegrad computes in float32 or float64; got {arr.dtype} (pass dtype=)")
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: str) -> Tensor:
+    """Wrap an op's output, recording a node when recording is on and a parent requires grad.
+
+    ``backward(grad_out)`` returns one gradient (or None) per parent, each of the parent's shape or
+    broadcastable to it (the walk sums broadcast axes away).
+    """
+    out = Tensor.__new__(Tensor)
+    out.data = data
+    out.grad = None
+    out._node = None
+    out.requires_grad = False
+    if _mode.enabled:
+        for p in parents:
+            if p.requires_grad:
+                out.requires_grad = True
+                out._node = Node(tuple(parents), backward, name)
+                break
+    if _mode.anomaly:
+        _check_finite(data, f"the forward of {name}")
+    return out
+
+
+def _check_finite(a: Any, where: str) -> None:
+    xp = array_module(a)
+    if a.dtype.kind == "f" and not bool(xp.isfinite(a).all()):
+        raise FloatingPointError(f"anomaly: {where} produced NaN or Inf")
+
+
+def unbroadcast(grad: Any, shape: tuple) -> Any:
+    """Sum ``grad`` down to ``shape``, undoing numpy broadcasting."""
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+def _topological_order(root: Tensor) -> list:
+    """Tensors that need a gradient, children after parents, found with an explicit stack."""
+    order: list = []
+    seen: set = set()
+    stack = [(root, False)]
+    while stack:
+        t, expanded = stack.pop()
+        if expanded:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        node = t._node
+        if node is not None:
+            for p in node.parents:
+                if p.requires_grad and id(p) not in seen:
+                    stack.append((p, False))
+    return order
+
+
+def backprop(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
+    order = _topological_order(root)
+    grads = {id(root): grad}
+    anomaly = _mode.anomaly
+    for t in reversed(order):
+        g = grads.pop(id(t), None)
+        node = t._node
+        if g is None:
+            if node is not None and not retain_graph:
+                t._node = _RELEASED
+            continue
+        if node is None:
+            g = g.astype(t.data.dtype, copy=True)
+            t.grad = g if t.grad is None else t.grad + g
+            continue
+        parent_grads = node.backward(g)
+        if anomaly:
+            for pg in parent_grads:
+                if pg is not None:
+                    _check_finite(pg, f"the backward of {node.name}")
+        for p, pg in zip(node.parents, parent_grads):
+            if pg is None or not p.requires_grad:
+                continue
+            if pg.shape != p.data.shape:
+                pg = unbroadcast(pg, p.data.shape)
+            k = id(p)
+            prev = grads.get(k)
+            grads[k] = pg if prev is None else prev + pg
+        if not retain_graph:
+            t._node = _RELEASED
+
+
+from . import ops as _ops  # noqa: E402  (operators above resolve ops at call time)

@@ -1,0 +1,104 @@
+"""Input checks run before any jitted kernel sees an array.
+
+A kernel trusts its arguments (checking inside the hot loop costs speed), so every public entry point
+checks here first, with vectorised O(n) tests, and raises a ValueError/TypeError naming the argument.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _xp(a: Any):
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
+
+
+def is_array(a: Any) -> bool:
+    return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
+
+
+def array(name: str, a: Any, ndim: int | None = None) -> Any:
+    if not is_array(a):
+        raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    return a
+
+
+def float_array(name: str, a: Any, ndim: int | None = None) -> Any:
+    array(name, a, ndim)
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    return a
+
+
+def int_array(name: str, a: Any, ndim: int = 1) -> Any:
+    array(name, a, ndim)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {a.dtype}")
+    return a
+
+
+def output(name: str, out: Any, shape: tuple, dtype: Any, like: Any) -> Any:
+    """An ``out=`` array must be writable, C-contiguous, of the right shape, dtype and device."""
+    array(name, out)
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    same_device(name, out, like)
+    return out
+
+
+def same_device(name: str, a: Any, like: Any) -> None:
+    if isinstance(a, np.ndarray) != isinstance(like, np.ndarray):
+        raise ValueError(f"{name} is on a different device than the other operands")
+
+
+def csr_structure(indptr: Any, indices: Any, n_rows: int | None = None, n_cols: int | None = None) -> tuple[int, int]:
+    """Check a CSR pattern; returns (n_rows, nnz)."""
+    int_array("indptr", indptr)
+    int_array("indices", indices)
+    same_device("indices", indices, indptr)
+    xp = _xp(indptr)
+    if len(indptr) < 1:
+        raise ValueError("indptr must have length n_rows + 1 >= 1, got an empty array")
+    rows = len(indptr) - 1
+    if n_rows is not None and rows != n_rows:
+        raise ValueError(f"indptr must have length n_rows + 1 = {n_rows + 1}, got {len(indptr)}")
+    if rows == 0:
+        raise ValueError("the matrix has zero rows (a graph with zero nodes)")
+    if int(indptr[0]) != 0:
+        raise ValueError(f"indptr must start at 0, got {int(indptr[0])}")
+    if rows and bool((indptr[1:] < indptr[:-1]).any()):
+        raise ValueError("indptr must be non-decreasing")
+    nnz = int(indptr[-1])
+    if nnz != len(indices):
+        raise ValueError(f"indptr must end at nnz = len(indices) = {len(indices)}, got {nnz}")
+    if nnz:
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0:
+            raise ValueError(f"indices must be non-negative, got {lo}")
+        if n_cols is not None and hi >= n_cols:
+            raise ValueError(f"indices must be < n_cols = {n_cols}, got {hi}")
+    _ = xp
+    return rows, nnz
+
+
+def csr_values(data: Any, nnz: int) -> Any:
+    if data is None:
+        return None
+    float_array("data", data, 1)
+    if len(data) != nnz:
+        raise ValueError(f"data must have length nnz = {nnz}, got {len(data)}")
+    return data
