@@ -14,3 +14,6 @@ from .kernels import CSR
 from . import kernels
 
 __version__ = "0.1.0"
+
+from . import layers, optim
+from .layers import Module, ModuleList, Parameter, Sequential, Linear, Embedding, Dropout, ReLU

@@ -15,6 +15,7 @@ import argparse
 import os
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -56,15 +57,19 @@ def rmat(scale=20, n_edges=18_000_000, a=0.57, b=0.19, c=0.19, seed=0):
     return indptr, indices
 
 
-def median_time(fn, reps):
-    fn()
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def median_times(fns, reps):
+    """Median seconds of each function; runs are interleaved so that load from other processes
+    on the machine hits every implementation alike."""
+    for fn in fns.values():
         fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+        fn()
+    ts = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in ts.items()}
 
 
 def bench(name, indptr, indices, width, reps, dtype=np.float32):
@@ -76,15 +81,20 @@ def bench(name, indptr, indices, width, reps, dtype=np.float32):
     data = rng.random(len(indices)).astype(dtype)
     out = np.empty((n, width), dtype=dtype)
     a = sp.csr_matrix((data, indices, indptr), shape=(n, n))
-    ta = torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(indices.astype(np.int64)),
-                                 torch.from_numpy(data), size=(n, n))
+    with warnings.catch_warnings():  # "beta" and invariant-check notices
+        warnings.simplefilter("ignore")
+        ta = torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(indices.astype(np.int64)),
+                                     torch.from_numpy(data), size=(n, n))
     tx = torch.from_numpy(x)
     ref = a @ x
     np.testing.assert_allclose(cpu.spmm(indptr, indices, data, x), ref, rtol=1e-4, atol=1e-4)
-    t_ours = median_time(lambda: cpu.spmm(indptr, indices, data, x, out), reps)
-    t_ones = median_time(lambda: cpu.spmm(indptr, indices, None, x, out), reps)
-    t_scipy = median_time(lambda: a @ x, reps)
-    t_torch = median_time(lambda: torch.sparse.mm(ta, tx), reps)
+    t = median_times({
+        "ours": lambda: cpu.spmm(indptr, indices, data, x, out),
+        "ones": lambda: cpu.spmm(indptr, indices, None, x, out),
+        "scipy": lambda: a @ x,
+        "torch": lambda: torch.sparse.mm(ta, tx),
+    }, reps)
+    t_ours, t_ones, t_scipy, t_torch = t["ours"], t["ones"], t["scipy"], t["torch"]
     print(f"{name}: n={n} nnz={len(indices)} F={width} {np.dtype(dtype).name}  "
           f"threads numba={cpu.numba.get_num_threads()} torch={torch.get_num_threads()}")
     print(f"  tapegrad spmm (data)   {t_ours * 1e3:9.3f} ms")

@@ -1,0 +1,4 @@
+"""``tapegrad.optim``: optimisers and gradient clipping (implemented in layers/optim.py)."""
+from .layers.optim import SGD, Adam, AdamW, Optimizer, clip_grad_norm, clip_grad_value
+
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm", "clip_grad_value"]
