@@ -17,3 +17,10 @@ __version__ = "0.1.0"
 
 from . import layers, optim
 from .layers import Module, ModuleList, Parameter, Sequential, Linear, Embedding, Dropout, ReLU
+from .layers.checkpoint import save, load
+
+
+def profile(trace: bool = True):
+    """``with tapegrad.profile() as prof:`` records every kernel and engine op; see engine/profiler.py."""
+    from .engine.profiler import profile as _profile
+    return _profile(trace)

@@ -24,6 +24,8 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 
             raise TypeError(f"input {i} is a {type(t).__name__}, not a Tensor")
         if t.requires_grad and t.dtype != np.float64:
             raise TypeError(f"gradcheck needs float64 inputs; input {i} is {t.dtype}")
+        if t.requires_grad and not t.data.flags.c_contiguous:
+            raise ValueError(f"input {i} must be C-contiguous for gradcheck")
     checked = [i for i, t in enumerate(inputs) if t.requires_grad]
     if not checked:
         raise ValueError("gradcheck: no input requires grad")
@@ -47,8 +49,6 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 
         t = inputs[i]
         analytic = to_device(t.grad, "cpu") if t.grad is not None else np.zeros(t.shape)
         numeric = np.zeros(t.shape, dtype=np.float64)
-        if not t.data.flags.c_contiguous:
-            raise ValueError(f"input {i} must be C-contiguous for gradcheck")
         flat = t.data.reshape(-1)  # a view: writing it perturbs the input in place
         for k in range(flat.size):
             orig = float(flat[k])

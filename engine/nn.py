@@ -38,6 +38,10 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     rows = xp.arange(n) if index is None else xp.asarray(index.data if isinstance(index, Tensor) else index)
+    if rows.size == 0 and rows.dtype.kind == "f":  # an empty list: no rows, not a float index
+        rows = rows.astype(np.int64)
+    if rows.ndim != 1:
+        raise ValueError(f"index must be 1-D (row ids or a boolean mask), got shape {rows.shape}")
     if rows.dtype == bool:
         if rows.shape != (n,):
             raise ValueError(f"a boolean index must have length {n}, got shape {rows.shape}")
@@ -51,7 +55,8 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
     if bool(((ys < 0) | (ys >= c))[valid].any()):
         raise ValueError(f"target holds class ids outside [0, {c})")
     z = logits.data[rows]
-    z = z - z.max(axis=1, keepdims=True)
+    if len(rows):  # max over no rows has no identity
+        z = z - z.max(axis=1, keepdims=True)
     logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
     safe_y = xp.where(valid, ys, 0)
     picked = xp.take_along_axis(logp, safe_y[:, None], axis=1)[:, 0]
@@ -83,8 +88,12 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
 
 
 def mse(pred: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """Mean squared error: mean((pred - target)^2). ``target`` is a constant of pred's shape."""
+    """Mean squared error: mean((pred - target)^2), ``target`` of pred's shape.
+
+    A ``target`` tensor that requires grad gets the opposite gradient (as torch's mse_loss gives it).
+    """
     pred = as_tensor(pred)
+    target_t = target if isinstance(target, Tensor) else None
     t = target.data if isinstance(target, Tensor) else target
     xp = array_module(pred.data)
     t = xp.asarray(t, dtype=pred.dtype)
@@ -101,8 +110,10 @@ def mse(pred: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     scale = 2.0 if reduction != "mean" else 2.0 / max(sq.size, 1)
 
     def backward(g):
-        return (g * (scale * d),)
-    return make_result(xp.asarray(out, dtype=pred.dtype), (pred,), backward, "mse")
+        grad_pred = g * (scale * d)
+        return (grad_pred,) if target_t is None else (grad_pred, -grad_pred)
+    parents = (pred,) if target_t is None else (pred, target_t)
+    return make_result(xp.asarray(out, dtype=pred.dtype), parents, backward, "mse")
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -129,8 +140,13 @@ def embedding(weight: Tensor, idx: Any) -> Tensor:
 
     The backward adds each grad row into the row it came from (ids may repeat).
     """
+    weight = as_tensor(weight)
+    if weight.ndim != 2:
+        raise ValueError(f"embedding weight must be 2-D [V, D], got shape {weight.shape}")
     xp = array_module(weight.data)
     ids = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
+    if ids.size == 0 and ids.dtype.kind == "f":  # an empty list
+        ids = ids.astype(np.int64)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding ids must be integers, got dtype {ids.dtype}")
     v, d = weight.shape

@@ -16,15 +16,33 @@ from .tensor import Tensor, make_result
 
 
 def as_tensor(x: Any, like: Tensor | None = None) -> Tensor:
-    """Tensors pass through; numbers take ``like``'s dtype; arrays become constant tensors."""
+    """Tensors pass through; numbers and integer arrays take ``like``'s dtype; arrays become constants.
+
+    As in torch, a float32 tensor stays float32 next to a Python float or an integer array, and an
+    integer tensor next to a Python float becomes float32 (never truncates the number).
+    """
     if isinstance(x, Tensor):
         return x
     if like is not None and isinstance(x, (int, float, bool, np.number)):
         xp = array_module(like.data)
-        return Tensor(xp.asarray(x, dtype=like.data.dtype))
-    if like is not None and isinstance(x, np.ndarray) and like.device != "cpu":
-        x = to_device(x, like.device)
+        return Tensor(xp.asarray(x, dtype=_scalar_dtype(x, like.data.dtype)))
+    if like is not None and isinstance(x, np.ndarray):
+        if like.device != "cpu":
+            x = to_device(x, like.device)
+        if like.dtype.kind == "f" and x.dtype.kind in "biu":
+            x = x.astype(like.dtype)
     return Tensor(x)
+
+
+def _scalar_dtype(x: Any, like: np.dtype) -> np.dtype:
+    """The dtype a Python/NumPy number takes next to a tensor of dtype ``like``."""
+    if like.kind == "f":
+        return like
+    if isinstance(x, (float, np.floating)):
+        return np.dtype(np.float32)
+    if like.kind == "b" and not isinstance(x, (bool, np.bool_)):
+        return np.dtype(np.int64)
+    return like
 
 
 def _pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
@@ -87,9 +105,12 @@ def pow(a: Tensor, exponent: float) -> Tensor:
     if isinstance(exponent, Tensor) or not np.isscalar(exponent):
         raise TypeError(f"pow takes a scalar exponent, got {type(exponent).__name__}")
     ad = a.data
-    p = ad.dtype.type(exponent)
+    # in a float tensor's dtype, so float32 stays float32; an integer tensor must not truncate 0.5 to 0
+    p = ad.dtype.type(exponent) if ad.dtype.kind == "f" else exponent
 
     def backward(g):
+        if p == 0:  # d/da a^0 = 0 everywhere (0 * 0^-1 would be NaN at a = 0)
+            return (g * 0,)
         return (g * p * ad ** (p - 1),)
     return make_result(ad ** p, (a,), backward, "pow")
 
@@ -157,7 +178,8 @@ def matmul(a: Any, b: Any) -> Tensor:
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError("matmul needs operands with at least one dimension; use * for scalars")
     if a.ndim == 1:
-        return reshape(matmul(reshape(a, (1, -1)), b), b.shape[:-2] + (b.shape[-1],))
+        out_shape = b.shape[:-2] + (b.shape[-1],) if b.ndim > 1 else ()  # vector . vector is a 0-d scalar
+        return reshape(matmul(reshape(a, (1, -1)), b), out_shape)
     if b.ndim == 1:
         return reshape(matmul(a, reshape(b, (-1, 1))), a.shape[:-1])
     if a.shape[-1] != b.shape[-2]:
@@ -180,9 +202,11 @@ def _norm_axes(axis: Any, ndim: int) -> tuple:
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for ax in axes:
-        if not -ndim <= ax < max(ndim, 1):
+        # a 0-d tensor accepts axis 0 or -1, as in torch, and has nothing to reduce
+        if not -max(ndim, 1) <= ax < max(ndim, 1):
             raise ValueError(f"axis {ax} is out of range for a tensor with {ndim} dimensions")
-        out.append(ax % max(ndim, 1))
+        if ndim:
+            out.append(ax % ndim)
     return tuple(sorted(set(out)))
 
 
@@ -204,13 +228,16 @@ def mean(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
         n *= a.shape[ax]
     if n == 0:
         raise ValueError(f"mean over an empty axis of a tensor of shape {a.shape}")
-    return mul(sum(a, axes, keepdims), 1.0 / n)
+    # div, not mul by 1/n: an integer tensor's mean is a float (1/n in its dtype would be 0)
+    return div(sum(a, axes, keepdims), n)
 
 
 # ---- shapes and indexing ------------------------------------------------------------------------------------
 
-def reshape(a: Tensor, shape: Sequence[int]) -> Tensor:
+def reshape(a: Tensor, shape: int | Sequence[int]) -> Tensor:
     old = a.shape
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
 
     def backward(g):
         return (g.reshape(old),)
@@ -218,12 +245,23 @@ def reshape(a: Tensor, shape: Sequence[int]) -> Tensor:
 
 
 def transpose(a: Tensor, axes: Sequence[int] | None = None) -> Tensor:
-    """Reverse the axes (``a.T``), or permute them as ``axes`` says."""
+    """Reverse the axes (``a.T``), or permute them as ``axes`` says (numpy's rule; negative axes allowed).
+
+    ``axes`` is a full permutation, never torch's pair of dims to swap: on a 2-D tensor ``(0, 1)``
+    would mean opposite things under the two rules, so only numpy's is accepted.
+    """
     xp = array_module(a.data)
+    nd = a.ndim
     if axes is None:
-        axes = tuple(reversed(range(a.ndim)))
+        axes = tuple(reversed(range(nd)))
     axes = tuple(axes)
-    inverse = tuple(np.argsort(axes))
+    if any(not -max(nd, 1) <= int(ax) < max(nd, 1) for ax in axes):
+        raise ValueError(f"transpose axes {axes} are out of range for a tensor with {nd} dimensions")
+    axes = tuple(int(ax) % nd for ax in axes) if nd else axes
+    if sorted(axes) != list(range(nd)):
+        raise ValueError(f"transpose axes {axes} are not a permutation of the {nd} axes (numpy's rule: "
+                         f"to swap two axes, list all of them)")
+    inverse = tuple(int(i) for i in np.argsort(axes))
 
     def backward(g):
         return (xp.transpose(g, inverse),)

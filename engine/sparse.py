@@ -45,6 +45,8 @@ def spmm(A: CSR, x: Any, values: Tensor | None = None) -> Tensor:
         values = as_tensor(values)
         if values.shape != (A.nnz,):
             raise ValueError(f"values must have shape ({A.nnz},), got {values.shape}")
+        if values.device != x.device:
+            raise ValueError(f"values are on {values.device} but x is on {x.device}")
         vals = _values_as(values.data, dtype)
     else:
         vals = _values_as(A.data, dtype)
@@ -76,7 +78,10 @@ def gcn_norm(A: CSR, add_self_loops: bool = True, improved: bool = False, dtype:
         raise TypeError(f"gcn_norm needs a tapegrad.CSR, got {type(A).__name__}")
     if A.shape[0] != A.shape[1]:
         raise ValueError(f"gcn_norm needs a square adjacency matrix, got shape {A.shape}")
-    dtype = np.dtype(dtype) if dtype is not None else (A.dtype or np.dtype(np.float32))
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+    else:  # spelled out: a dtype's truth value is not "is there one" in every numpy version
+        dtype = A.dtype if A.dtype is not None else np.dtype(np.float32)
     indptr, indices, data = _gcn_norm_kernel(A.indptr, A.indices, _values_as(A.data, dtype), A.shape[0],
                                              add_self_loops, 2.0 if improved else 1.0, dtype)
     return CSR(indptr, indices, data, A.shape)

@@ -30,6 +30,9 @@ class _GradMode(threading.local):
 
 _mode = _GradMode()
 
+# Set by tapegrad.profile() so each op's backward is timed; None costs one global load per node.
+_profiler = None
+
 
 @contextmanager
 def no_grad() -> Iterator[None]:
@@ -138,6 +141,21 @@ class Tensor:
     def __len__(self) -> int:
         return len(self.data)
 
+    def __iter__(self) -> Iterator["Tensor"]:
+        # without this, Python's fallback iteration stops at the first IndexError: a 0-d tensor would
+        # silently iterate as empty
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self)))
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
+        return bool(self.data.reshape(()))
+
+    def __float__(self) -> float:
+        return float(self.item())
+
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         dev = "" if self.device == "cpu" else f", device='{self.device}'"
@@ -198,7 +216,7 @@ class Tensor:
                                    "pass grad= of the same shape")
             grad = xp.ones_like(self.data)
         else:
-            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            grad = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
             if grad.shape != self.shape:
                 raise ValueError(f"grad has shape {grad.shape}, expected {self.shape}")
         backprop(self, grad, retain_graph)
@@ -282,7 +300,14 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, device: st
         arr = to_device(arr, check_device(device))
     if arr.dtype.kind == "f" and arr.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"tapegrad computes in float32 or float64; got {arr.dtype} (pass dtype=)")
+    if arr.dtype.kind not in "biuf":  # complex, strings, objects
+        raise TypeError(f"tapegrad tensors hold real numbers or booleans; got dtype {arr.dtype}")
     return Tensor(arr, requires_grad=requires_grad)
+
+
+def _array(a: Any) -> Any:
+    """numpy reduces 0-d arithmetic to scalars: op results and grads stay arrays for 0-d tensors too."""
+    return np.asarray(a) if isinstance(a, np.generic) else a
 
 
 def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: str) -> Tensor:
@@ -292,7 +317,7 @@ def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: 
     broadcastable to it (the walk sums broadcast axes away).
     """
     out = Tensor.__new__(Tensor)
-    out.data = data
+    out.data = _array(data)
     out.grad = None
     out._node = None
     out.requires_grad = False
@@ -314,13 +339,21 @@ def _check_finite(a: Any, where: str) -> None:
 
 
 def unbroadcast(grad: Any, shape: tuple) -> Any:
-    """Sum ``grad`` down to ``shape``, undoing numpy broadcasting."""
+    """Sum ``grad`` down to ``shape``, undoing numpy broadcasting.
+
+    A grad that is itself broadcastable to ``shape`` (constant along an axis, as an op may return it)
+    is expanded instead.
+    """
     extra = grad.ndim - len(shape)
     if extra > 0:
         grad = grad.sum(axis=tuple(range(extra)))
+    elif extra < 0:
+        grad = grad.reshape((1,) * -extra + grad.shape)
     axes = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
     if axes:
         grad = grad.sum(axis=axes, keepdims=True)
+    if grad.shape != tuple(shape):
+        grad = array_module(grad).broadcast_to(grad, shape)
     return grad.reshape(shape)
 
 
@@ -359,9 +392,9 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
             continue
         if node is None:
             g = g.astype(t.data.dtype, copy=True)
-            t.grad = g if t.grad is None else t.grad + g
+            t.grad = g if t.grad is None else _array(t.grad + g)
             continue
-        parent_grads = node.backward(g)
+        parent_grads = node.backward(g) if _profiler is None else _profiler.backward_hook(node, g)
         if anomaly:
             for pg in parent_grads:
                 if pg is not None:
@@ -371,9 +404,14 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
                 continue
             if pg.shape != p.data.shape:
                 pg = unbroadcast(pg, p.data.shape)
+            if pg.dtype != p.data.dtype:
+                # a float32 tensor used with a float64 one gets float64 grad_out; every backward (and
+                # every kernel it calls) sees grads of its own output's dtype, as in torch
+                pg = pg.astype(p.data.dtype)
+            pg = _array(pg)
             k = id(p)
             prev = grads.get(k)
-            grads[k] = pg if prev is None else prev + pg
+            grads[k] = pg if prev is None else _array(prev + pg)
         if not retain_graph:
             t._node = _RELEASED
 

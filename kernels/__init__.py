@@ -23,6 +23,17 @@ __all__ = [
 ]
 
 
+def _backend(like: Any, backend: str | None) -> str:
+    """The backend serving ``like``'s device, or the one named, if it can take arrays of that kind."""
+    name = registry.backend_of(like, backend)
+    on_host = isinstance(like, np.ndarray)
+    if name == "cpu" and not on_host:
+        raise ValueError("backend='cpu' needs numpy arrays, got GPU arrays")
+    if name == "cupy" and on_host:
+        raise ValueError("backend='cupy' needs cupy arrays, got numpy arrays (move them with cupy.asarray)")
+    return name
+
+
 def _check_csr_operand(indptr, indices, data, n_cols: int | None, like) -> tuple[int, int]:
     n_rows, nnz = validate.csr_structure(indptr, indices, n_cols=n_cols)
     validate.same_device("indptr", indptr, like)
@@ -46,7 +57,8 @@ def spmm(indptr: Any, indices: Any, data: Any, x: Any, out: Any = None, backend:
     n_rows, _ = _check_csr_operand(indptr, indices, data, x.shape[0], x)
     if out is not None:
         validate.output("out", out, (n_rows, x.shape[1]), x.dtype, x)
-    return registry.call("spmm", registry.backend_of(x, backend), indptr, indices, data, x, out)
+        validate.no_overlap("out", out, x=x, data=data, indptr=indptr, indices=indices)
+    return registry.call("spmm", _backend(x, backend), indptr, indices, data, x, out)
 
 
 def sddmm(indptr: Any, indices: Any, a: Any, b: Any, out: Any = None, backend: str | None = None) -> Any:
@@ -63,7 +75,8 @@ def sddmm(indptr: Any, indices: Any, a: Any, b: Any, out: Any = None, backend: s
         raise ValueError(f"a must have n_rows = {n_rows} rows, got {a.shape[0]}")
     if out is not None:
         validate.output("out", out, (nnz,), a.dtype, a)
-    return registry.call("sddmm", registry.backend_of(a, backend), indptr, indices, a, b, out)
+        validate.no_overlap("out", out, a=a, b=b, indptr=indptr, indices=indices)
+    return registry.call("sddmm", _backend(a, backend), indptr, indices, a, b, out)
 
 
 def csr_transpose(indptr: Any, indices: Any, data: Any, n_cols: int, backend: str | None = None):
@@ -72,7 +85,9 @@ def csr_transpose(indptr: Any, indices: Any, data: Any, n_cols: int, backend: st
         raise ValueError(f"n_cols must be a positive integer, got {n_cols!r}")
     _, nnz = validate.csr_structure(indptr, indices, n_cols=int(n_cols))
     validate.csr_values(data, nnz)
-    return registry.call("csr_transpose", registry.backend_of(indptr, backend), indptr, indices, data, int(n_cols))
+    if data is not None:
+        validate.same_device("data", data, indptr)
+    return registry.call("csr_transpose", _backend(indptr, backend), indptr, indices, data, int(n_cols))
 
 
 def gcn_norm(indptr: Any, indices: Any, data: Any, num_nodes: int, add_self_loops: bool = True,
@@ -88,7 +103,9 @@ def gcn_norm(indptr: Any, indices: Any, data: Any, num_nodes: int, add_self_loop
         raise ValueError(f"num_nodes must be a positive integer (a graph with zero nodes has no GCN), got {num_nodes!r}")
     _, nnz = validate.csr_structure(indptr, indices, n_rows=int(num_nodes), n_cols=int(num_nodes))
     validate.csr_values(data, nnz)
-    return registry.call("gcn_norm", registry.backend_of(indptr, backend), indptr, indices, data,
+    if data is not None:
+        validate.same_device("data", data, indptr)
+    return registry.call("gcn_norm", _backend(indptr, backend), indptr, indices, data,
                          int(num_nodes), bool(add_self_loops), float(fill_value), dtype)
 
 
@@ -120,18 +137,20 @@ def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None, backend: str | None = N
     hsz = four_h // 4
     _same_float(("z", "c_prev"), (z, c_prev), ((b, four_h), (b, hsz)))
     _check_outputs(("gates", "c", "h"), (gates, c, h), ((b, four_h), (b, hsz), (b, hsz)), z)
-    return registry.call("lstm_cell_fwd", registry.backend_of(z, backend), z, c_prev, gates, c, h)
+    return registry.call("lstm_cell_fwd", _backend(z, backend), z, c_prev, gates, c, h)
 
 
 def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=None, backend: str | None = None):
     """Backward of one LSTM step -> (grad_z [B, 4H], grad_c_prev [B, H])."""
     validate.float_array("gates", gates, 2)
     b, four_h = gates.shape
+    if four_h % 4:
+        raise ValueError(f"gates must have 4H columns, got {four_h}")
     hsz = four_h // 4
     _same_float(("gates", "c_prev", "c", "grad_h", "grad_c"), (gates, c_prev, c, grad_h, grad_c),
                 ((b, four_h),) + ((b, hsz),) * 4)
     _check_outputs(("grad_z", "grad_c_prev"), (grad_z, grad_c_prev), ((b, four_h), (b, hsz)), gates)
-    return registry.call("lstm_cell_bwd", registry.backend_of(gates, backend),
+    return registry.call("lstm_cell_bwd", _backend(gates, backend),
                          gates, c_prev, c, grad_h, grad_c, grad_z, grad_c_prev)
 
 
@@ -140,7 +159,7 @@ def rnn_cell_fwd(z, h=None, relu: bool = False, backend: str | None = None):
     validate.float_array("z", z, 2)
     _same_float(("z",), (z,), (z.shape,))
     _check_outputs(("h",), (h,), (z.shape,), z)
-    return registry.call("rnn_cell_fwd", registry.backend_of(z, backend), z, h, bool(relu))
+    return registry.call("rnn_cell_fwd", _backend(z, backend), z, h, bool(relu))
 
 
 def rnn_cell_bwd(h, grad_h, grad_z=None, relu: bool = False, backend: str | None = None):
@@ -148,4 +167,4 @@ def rnn_cell_bwd(h, grad_h, grad_z=None, relu: bool = False, backend: str | None
     validate.float_array("h", h, 2)
     _same_float(("h", "grad_h"), (h, grad_h), (h.shape, h.shape))
     _check_outputs(("grad_z",), (grad_z,), (h.shape,), h)
-    return registry.call("rnn_cell_bwd", registry.backend_of(h, backend), h, grad_h, grad_z, bool(relu))
+    return registry.call("rnn_cell_bwd", _backend(h, backend), h, grad_h, grad_z, bool(relu))

@@ -35,6 +35,9 @@ class CSR:
         if data is not None:
             if isinstance(data, (list, tuple)):
                 data = np.asarray(data, dtype=np.float32)
+            validate.array("data", data)
+            if not data.flags.c_contiguous:  # a strided view: the GPU kernels index it as dense
+                data = validate._xp(data).ascontiguousarray(data)
             validate.csr_values(data, nnz)
             validate.same_device("data", data, indptr)
         self.indptr, self.indices, self.data = indptr, indices, data
@@ -77,7 +80,8 @@ class CSR:
         import scipy.sparse as sp
         host = self.to("cpu")
         data = host.data if host.data is not None else np.ones(host.nnz, dtype=np.float32)
-        return sp.csr_matrix((data, host.indices, host.indptr), shape=self.shape)
+        # copied: scipy would otherwise share this (immutable, transpose-cached) matrix's arrays
+        return sp.csr_matrix((data, host.indices, host.indptr), shape=self.shape, copy=True)
 
     def toarray(self) -> np.ndarray:
         return self.to_scipy().toarray()
@@ -169,7 +173,14 @@ class CSR:
 
     def transpose_permutation(self):
         """perm with A^T.data == A.data[perm]: maps a gradient on A^T's values back to A's order."""
-        self.transpose()
+        t = self.transpose()
+        if self._perm is None:
+            # self was made as the transpose of t (t._transpose is self): invert t's permutation
+            perm = t.transpose_permutation()
+            xp = validate._xp(perm)
+            inv = xp.empty_like(perm)
+            inv[perm] = xp.arange(len(perm), dtype=perm.dtype)
+            self._perm = inv
         return self._perm
 
 

@@ -60,6 +60,22 @@ def output(name: str, out: Any, shape: tuple, dtype: Any, like: Any) -> Any:
     return out
 
 
+def contiguous(name: str, a: Any) -> Any:
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (pass numpy.ascontiguousarray({name}))")
+    return a
+
+
+def no_overlap(name: str, out: Any, **inputs: Any) -> None:
+    """An ``out=`` array must not share memory with an input the kernel still reads while writing."""
+    if out is None:
+        return
+    xp = _xp(out)
+    for other_name, a in inputs.items():
+        if a is not None and xp.may_share_memory(out, a):
+            raise ValueError(f"{name} shares memory with {other_name}; pass a separate output array")
+
+
 def same_device(name: str, a: Any, like: Any) -> None:
     if isinstance(a, np.ndarray) != isinstance(like, np.ndarray):
         raise ValueError(f"{name} is on a different device than the other operands")
@@ -69,6 +85,8 @@ def csr_structure(indptr: Any, indices: Any, n_rows: int | None = None, n_cols: 
     """Check a CSR pattern; returns (n_rows, nnz)."""
     int_array("indptr", indptr)
     int_array("indices", indices)
+    contiguous("indptr", indptr)
+    contiguous("indices", indices)
     same_device("indices", indices, indptr)
     xp = _xp(indptr)
     if len(indptr) < 1:
@@ -99,6 +117,7 @@ def csr_values(data: Any, nnz: int) -> Any:
     if data is None:
         return None
     float_array("data", data, 1)
+    contiguous("data", data)
     if len(data) != nnz:
         raise ValueError(f"data must have length nnz = {nnz}, got {len(data)}")
     return data

@@ -123,7 +123,8 @@ class SGD(Optimizer):
             if g["momentum"]:
                 buf = st.get("momentum_buffer")
                 if buf is None:
-                    buf = st["momentum_buffer"] = grad.copy()
+                    # an array copy, not grad.copy(): a 0-d numpy result is a scalar with no in-place ops
+                    buf = st["momentum_buffer"] = array_module(p.data).array(grad, copy=True)
                 else:
                     buf *= g["momentum"]
                     buf += (1 - g["dampening"]) * grad

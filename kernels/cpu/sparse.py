@@ -1,30 +1,61 @@
 """Numba CPU kernels for sparse graph ops: spmm, sddmm, csr_transpose, gcn_norm.
 
-Same signatures and semantics as :mod:`tapegrad.kernels.reference`. The public functions are thin:
-they allocate outputs and call one njit kernel. Row-parallel kernels split the rows into chunks of
-roughly equal work (stored entries plus rows) so that power-law graphs, where a few rows hold much of
-the matrix, keep every thread busy.
+Same signatures and semantics as :mod:`tapegrad.kernels.reference`. Each public function is thin: it
+allocates the outputs and calls one njit kernel.
+
+Row-parallel kernels split the rows into chunks of about equal work (stored entries plus rows), so
+power-law graphs, where a few rows hold much of the matrix, keep every thread busy. The hot loops
+index flat C-contiguous views with unsigned integers: no view is created inside the parallel loop,
+which lets Numba mark the arrays ``noalias`` (no runtime overlap checks, accumulators stay in
+registers), and unsigned indices skip the negative-index wraparound on every load.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types, uint64
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # Chunks per thread: enough slack for uneven rows, few enough that chunk overhead stays negligible.
 _CHUNKS_PER_THREAD = 8
+# How many stored entries ahead spmm prefetches rows of X: far enough to hide an L3/DRAM miss.
+_PREFETCH_AHEAD = 8
+# Lines prefetched per row of X; the hardware prefetcher follows on for wider rows.
+_PREFETCH_MAX_LINES = 8
+_LINE_BYTES = 64
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Hint the cache to load ``arr[idx]`` of a 1-D array (``llvm.prefetch``, read, keep in all levels).
+
+    A prefetch never faults, so ``idx`` need not be in bounds.
+    """
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = builder.bitcast(builder.gep(ary.data, [i]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, idx), codegen
 
 
 @numba.njit(cache=True)
 def _row_chunks(indptr, n_chunks):
-    """Row boundaries [n_chunks + 1] splitting rows into chunks of about equal ``nnz + rows``."""
+    """Row boundaries [n_chunks + 1] splitting the rows into chunks of about equal ``nnz + rows``."""
     n_rows = len(indptr) - 1
     total = np.int64(indptr[n_rows]) + n_rows
     bounds = np.empty(n_chunks + 1, dtype=np.int64)
     bounds[0] = 0
     for c in range(1, n_chunks):
         target = (total * c) // n_chunks
-        # First row r with indptr[r] + r >= target (binary search; the key is increasing in r).
+        # First row r with indptr[r] + r >= target; the key increases with r.
         lo = bounds[c - 1]
         hi = n_rows
         while lo < hi:
@@ -44,45 +75,314 @@ def _chunks(indptr):
     return _row_chunks(indptr, n_chunks)
 
 
+# --------------------------------------------------------------------------------------------------
+# spmm
+# --------------------------------------------------------------------------------------------------
+
 @numba.njit(cache=True, parallel=True)
-def _spmm_kernel(indptr, indices, data, x, out, bounds):
-    F = x.shape[1]
+def _spmm_kernel(indptr, indices, data, x1, y1, F, bounds, pf_step, pf_lines):
+    """y1[i*F:(i+1)*F] = sum_k data[k] * x1[indices[k]*F:...] over row i; x1, y1 flat C views.
+
+    Entries are added in CSR order, unrolled by four into one expression so the running sum of a row
+    is stored once per four entries instead of once per entry (same rounding as the reference).
+    """
+    uF = uint64(F)
+    u1 = uint64(1)
+    u2 = uint64(2)
+    u3 = uint64(3)
+    u4 = uint64(4)
+    nnz = uint64(len(indices))
+    ahead = uint64(_PREFETCH_AHEAD)
+    step = uint64(pf_step)
+    lines = uint64(pf_lines)
     for c in prange(len(bounds) - 1):
         for i in range(bounds[c], bounds[c + 1]):
-            yi = out[i]
-            for f in range(F):
-                yi[f] = 0
-            for k in range(indptr[i], indptr[i + 1]):
-                v = data[k]
-                xj = x[indices[k]]
-                for f in range(F):
-                    yi[f] += v * xj[f]
+            yb = uint64(i) * uF
+            for f in range(uF):
+                y1[yb + f] = 0
+            k = uint64(indptr[i])
+            hi = uint64(indptr[i + 1])
+            while k + u4 <= hi:
+                if k + ahead + u4 <= nnz:
+                    for q in range(u4):
+                        pb = uint64(indices[k + ahead + q]) * uF
+                        for ln in range(lines):
+                            _prefetch(x1, pb + ln * step)
+                v0 = data[k]
+                v1 = data[k + u1]
+                v2 = data[k + u2]
+                v3 = data[k + u3]
+                a0 = uint64(indices[k]) * uF
+                a1 = uint64(indices[k + u1]) * uF
+                a2 = uint64(indices[k + u2]) * uF
+                a3 = uint64(indices[k + u3]) * uF
+                for f in range(uF):
+                    y1[yb + f] = ((((y1[yb + f] + v0 * x1[a0 + f]) + v1 * x1[a1 + f])
+                                  + v2 * x1[a2 + f]) + v3 * x1[a3 + f])
+                k += u4
+            while k < hi:
+                v0 = data[k]
+                a0 = uint64(indices[k]) * uF
+                for f in range(uF):
+                    y1[yb + f] += v0 * x1[a0 + f]
+                k += u1
 
 
 @numba.njit(cache=True, parallel=True)
-def _spmm_ones_kernel(indptr, indices, x, out, bounds):
-    F = x.shape[1]
+def _spmm_ones_kernel(indptr, indices, x1, y1, F, bounds, pf_step, pf_lines):
+    """:func:`_spmm_kernel` with every stored value 1 (adds rows of X, no multiplies)."""
+    uF = uint64(F)
+    u1 = uint64(1)
+    u2 = uint64(2)
+    u3 = uint64(3)
+    u4 = uint64(4)
+    nnz = uint64(len(indices))
+    ahead = uint64(_PREFETCH_AHEAD)
+    step = uint64(pf_step)
+    lines = uint64(pf_lines)
     for c in prange(len(bounds) - 1):
         for i in range(bounds[c], bounds[c + 1]):
-            yi = out[i]
-            for f in range(F):
-                yi[f] = 0
-            for k in range(indptr[i], indptr[i + 1]):
-                xj = x[indices[k]]
-                for f in range(F):
-                    yi[f] += xj[f]
+            yb = uint64(i) * uF
+            for f in range(uF):
+                y1[yb + f] = 0
+            k = uint64(indptr[i])
+            hi = uint64(indptr[i + 1])
+            while k + u4 <= hi:
+                if k + ahead + u4 <= nnz:
+                    for q in range(u4):
+                        pb = uint64(indices[k + ahead + q]) * uF
+                        for ln in range(lines):
+                            _prefetch(x1, pb + ln * step)
+                a0 = uint64(indices[k]) * uF
+                a1 = uint64(indices[k + u1]) * uF
+                a2 = uint64(indices[k + u2]) * uF
+                a3 = uint64(indices[k + u3]) * uF
+                for f in range(uF):
+                    y1[yb + f] = (((y1[yb + f] + x1[a0 + f]) + x1[a1 + f]) + x1[a2 + f]) + x1[a3 + f]
+                k += u4
+            while k < hi:
+                a0 = uint64(indices[k]) * uF
+                for f in range(uF):
+                    y1[yb + f] += x1[a0 + f]
+                k += u1
 
 
 def spmm(indptr, indices, data, x, out=None):
-    """Y = A @ X for CSR A [n_rows, n_cols] (``data=None``: all ones) and dense X [n_cols, F].
+    """Y = A @ X for CSR A [n_rows, n_cols] (``data=None``: every stored value is 1), X [n_cols, F].
 
-    Returns Y [n_rows, F] with X's dtype (written into ``out`` when given).
+    Y[i] = sum_{k in row i} data[k] * X[indices[k]], summed in CSR order. Returns Y [n_rows, F] with
+    X's dtype, written into ``out`` when given.
     """
-    if out is None:
-        out = np.empty((len(indptr) - 1, x.shape[1]), dtype=x.dtype)
+    n_rows = len(indptr) - 1
+    F = x.shape[1]
+    x = np.ascontiguousarray(x)
+    y = out
+    if y is None or not y.flags.c_contiguous or np.may_share_memory(y, x):
+        y = np.empty((n_rows, F), dtype=x.dtype)
+    pf_step = max(1, _LINE_BYTES // x.itemsize)
+    pf_lines = min(_PREFETCH_MAX_LINES, -(-F // pf_step))
     bounds = _chunks(indptr)
+    x1 = x.reshape(-1)
+    y1 = y.reshape(-1)
     if data is None:
-        _spmm_ones_kernel(indptr, indices, x, out, bounds)
+        _spmm_ones_kernel(indptr, indices, x1, y1, F, bounds, pf_step, pf_lines)
     else:
-        _spmm_kernel(indptr, indices, data.astype(x.dtype, copy=False), x, out, bounds)
-    return out
+        data = np.asarray(data).astype(x.dtype, copy=False)
+        _spmm_kernel(indptr, indices, data, x1, y1, F, bounds, pf_step, pf_lines)
+    if out is not None and y is not out:
+        out[...] = y
+        return out
+    return y
+
+
+# --------------------------------------------------------------------------------------------------
+# sddmm
+# --------------------------------------------------------------------------------------------------
+
+# Most lanes sddmm accumulates in parallel; a power of two.
+_SDDMM_MAX_LANES = 32
+
+
+@numba.njit(cache=True, parallel=True)
+def _sddmm_kernel(indptr, indices, a1, b1, out, F, bounds, lanes):
+    """out[k] = sum_f a1[row(k)*F + f] * b1[indices[k]*F + f]; a1, b1 flat C views.
+
+    A float sum does not vectorise without fastmath, so each dot keeps ``lanes`` (a power of two
+    <= F) partial sums, updated by an elementwise loop LLVM vectorises, then halved pairwise.
+    ``lanes`` is a runtime value so that LLVM vectorises the lane loop instead of unrolling it.
+    """
+    uF = uint64(F)
+    uL = uint64(lanes)
+    FL = uF - uF % uL
+    one = uint64(1)
+    for c in prange(len(bounds) - 1):
+        acc = np.empty(lanes, dtype=a1.dtype)
+        for i in range(bounds[c], bounds[c + 1]):
+            ab = uint64(i) * uF
+            for k in range(uint64(indptr[i]), uint64(indptr[i + 1])):
+                bb = uint64(indices[k]) * uF
+                for f in range(uL):
+                    acc[f] = a1[ab + f] * b1[bb + f]
+                for f0 in range(uL, FL, uL):
+                    for f in range(uL):
+                        acc[f] += a1[ab + f0 + f] * b1[bb + f0 + f]
+                w = uL
+                while w > one:
+                    w = w >> one
+                    for f in range(w):
+                        acc[f] += acc[f + w]
+                s = acc[0]
+                for f in range(FL, uF):
+                    s += a1[ab + f] * b1[bb + f]
+                out[k] = s
+
+
+def sddmm(indptr, indices, a, b, out=None):
+    """Sampled dense-dense product on A's pattern: out[k] = <a[row(k)], b[indices[k]]>.
+
+    a: [n_rows, F], b: [n_cols, F] (same dtype). Returns [nnz] with a's dtype, written into ``out``
+    when given. With a = dL/dY and b = X this is dL/dA for Y = A @ X.
+    """
+    nnz = int(indptr[-1])
+    F = a.shape[1]
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b, dtype=a.dtype)
+    res = out
+    if res is None or not res.flags.c_contiguous:
+        res = np.empty(nnz, dtype=a.dtype)
+    if F == 0:
+        res[...] = 0
+    else:
+        lanes = 1 << (min(F, _SDDMM_MAX_LANES).bit_length() - 1)
+        _sddmm_kernel(indptr, indices, a.reshape(-1), b.reshape(-1), res, F, _chunks(indptr), lanes)
+    if out is not None and res is not out:
+        out[...] = res
+        return out
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# csr_transpose
+# --------------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def _csr_transpose_kernel(indptr, indices, data, has_data, indptr_t, indices_t, data_t, perm):
+    """Stable counting sort of the entries by column: entry k of row i goes to row indices[k] of A^T."""
+    n_rows = len(indptr) - 1
+    n_cols = len(indptr_t) - 1
+    nnz = indptr[n_rows]
+    counts = np.zeros(n_cols + 1, dtype=np.int64)
+    for k in range(nnz):
+        counts[indices[k] + 1] += 1
+    indptr_t[0] = 0
+    for c in range(n_cols):
+        indptr_t[c + 1] = indptr_t[c] + counts[c + 1]
+    nxt = indptr_t[:n_cols].copy()
+    for i in range(n_rows):
+        for k in range(indptr[i], indptr[i + 1]):
+            c = indices[k]
+            p = nxt[c]
+            nxt[c] = p + 1
+            indices_t[p] = i
+            perm[p] = k
+            if has_data:
+                data_t[p] = data[k]
+
+
+def csr_transpose(indptr, indices, data, n_cols):
+    """A^T in CSR for A [n_rows, n_cols]: a stable counting sort of the entries by column.
+
+    Returns (indptr_t [n_cols+1] int64, indices_t [nnz] with indices' dtype, data_t [nnz] or None,
+    perm [nnz] int64) with data_t = data[perm]; within each row of A^T the column ids (rows of A)
+    ascend.
+    """
+    nnz = int(indptr[-1])
+    indptr_t = np.empty(n_cols + 1, dtype=np.int64)
+    indices_t = np.empty(nnz, dtype=indices.dtype)
+    perm = np.empty(nnz, dtype=np.int64)
+    has_data = data is not None
+    data_t = np.empty(nnz, dtype=data.dtype) if has_data else np.empty(0, dtype=np.float32)
+    _csr_transpose_kernel(indptr, indices, data if has_data else data_t, has_data,
+                          indptr_t, indices_t, data_t, perm)
+    return indptr_t, indices_t, (data_t if has_data else None), perm
+
+
+# --------------------------------------------------------------------------------------------------
+# gcn_norm
+# --------------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True, parallel=True)
+def _gcn_degrees(indptr, indices, data, has_data, add_self_loops, fill, dis, row_len):
+    """Pass 1: dis[i] = deg_i^-1/2 (0 where deg_i <= 0) with deg = row sums of A + fill*I (float64),
+    and row_len[i] = stored entries of row i of the result (one more where a loop is added).
+    Row sums add the entries in CSR order, then the added loop, as the reference does.
+    """
+    n = len(indptr) - 1
+    for i in prange(n):
+        s = 0.0
+        has_loop = False
+        for k in range(indptr[i], indptr[i + 1]):
+            s += np.float64(data[k]) if has_data else 1.0
+            if indices[k] == i:
+                has_loop = True
+        add = add_self_loops and not has_loop
+        if add:
+            s += fill
+        dis[i] = 1.0 / np.sqrt(s) if s > 0 else 0.0
+        row_len[i] = indptr[i + 1] - indptr[i] + (1 if add else 0)
+
+
+@numba.njit(cache=True, parallel=True)
+def _gcn_fill(indptr, indices, data, has_data, fill, dis, new_indptr, new_indices, new_data):
+    """Pass 2: write dis_i * w_ij * dis_j; an added loop goes before the first column > i (its
+    sorted place when the row's columns are sorted)."""
+    n = len(indptr) - 1
+    for i in prange(n):
+        p = new_indptr[i]
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        pending = new_indptr[i + 1] - p > hi - lo  # this row gets an added loop
+        di = dis[i]
+        for k in range(lo, hi):
+            j = indices[k]
+            if pending and j > i:
+                new_indices[p] = i
+                new_data[p] = (di * fill) * di
+                p += 1
+                pending = False
+            w = np.float64(data[k]) if has_data else 1.0
+            new_indices[p] = j
+            new_data[p] = (di * w) * dis[j]
+            p += 1
+        if pending:
+            new_indices[p] = i
+            new_data[p] = (di * fill) * di
+
+
+def gcn_norm(indptr, indices, data, num_nodes, add_self_loops=True, fill_value=1.0, dtype=np.float32):
+    """P = D^-1/2 (A + fill_value * I) D^-1/2 on a square CSR A [num_nodes, num_nodes].
+
+    Loops are added only to nodes without one (an existing loop keeps its weight); D = row sums of
+    A + fill_value * I in float64; a node of degree <= 0 gets a zero row (never inf/NaN). Returns
+    (indptr [num_nodes+1] int64, indices with the input's dtype, data of ``dtype``), columns sorted
+    within each row when A's were. ``data=None`` means every stored value is 1.
+    """
+    dtype = np.dtype(dtype)
+    indptr = np.asarray(indptr)
+    if len(indptr) - 1 < num_nodes:  # trailing nodes without stored rows are empty rows
+        indptr = np.concatenate([indptr, np.full(num_nodes + 1 - len(indptr), indptr[-1], dtype=indptr.dtype)])
+    has_data = data is not None
+    vals = np.asarray(data).astype(dtype, copy=False) if has_data else np.empty(0, dtype=dtype)
+    # The reference stores the added loops' weight in ``dtype`` before normalising.
+    fill = float(dtype.type(fill_value))
+    dis = np.empty(num_nodes, dtype=np.float64)
+    row_len = np.empty(num_nodes, dtype=np.int64)
+    _gcn_degrees(indptr, indices, vals, has_data, bool(add_self_loops), fill, dis, row_len)
+    new_indptr = np.empty(num_nodes + 1, dtype=np.int64)
+    new_indptr[0] = 0
+    np.cumsum(row_len, out=new_indptr[1:])
+    nnz = int(new_indptr[-1])
+    new_indices = np.empty(nnz, dtype=indices.dtype)
+    new_data = np.empty(nnz, dtype=dtype)
+    _gcn_fill(indptr, indices, vals, has_data, fill, dis, new_indptr, new_indices, new_data)
+    return new_indptr, new_indices, new_data

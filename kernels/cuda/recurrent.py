@@ -1,0 +1,169 @@
+"""Numba CUDA kernels for one step of an LSTM / Elman RNN, after the GEMMs.
+
+Same signatures and semantics as :mod:`tapegrad.kernels.reference`. Elementwise: one thread per
+(b, j) of the [B, H] state, in a grid-stride loop. Each thread reads all its inputs before it writes,
+so ``gates`` may alias ``z`` (and ``grad_z`` may alias ``gates``). Arrays may be cupy arrays, Numba
+device arrays or host NumPy arrays; results come back in the kind of the leading input.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import _device as dv
+
+BLOCK = 256          # threads per block
+MAX_BLOCKS = 4096    # grid size cap; grid-stride loops cover the rest
+
+
+@cuda.jit
+def _lstm_fwd(z, c_prev, gates, c, h, n, H, one):
+    """gates = (sigmoid i, sigmoid f, tanh g, sigmoid o); c = f c_prev + i g; h = o tanh(c)."""
+    t = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while t < n:
+        b = t // H
+        j = t - b * H
+        zi = z[b, j]
+        zf = z[b, H + j]
+        zg = z[b, 2 * H + j]
+        zo = z[b, 3 * H + j]
+        cp = c_prev[b, j]
+        i = one / (one + math.exp(-zi))
+        f = one / (one + math.exp(-zf))
+        g = math.tanh(zg)
+        o = one / (one + math.exp(-zo))
+        cn = f * cp + i * g
+        gates[b, j] = i
+        gates[b, H + j] = f
+        gates[b, 2 * H + j] = g
+        gates[b, 3 * H + j] = o
+        c[b, j] = cn
+        h[b, j] = o * math.tanh(cn)
+        t += stride
+
+
+@cuda.jit
+def _lstm_bwd(gates, c_prev, c, grad_h, grad_c, grad_z, grad_c_prev, n, H, one):
+    t = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while t < n:
+        b = t // H
+        j = t - b * H
+        i = gates[b, j]
+        f = gates[b, H + j]
+        g = gates[b, 2 * H + j]
+        o = gates[b, 3 * H + j]
+        cp = c_prev[b, j]
+        gh = grad_h[b, j]
+        tc = math.tanh(c[b, j])
+        dc = grad_c[b, j] + gh * o * (one - tc * tc)
+        grad_z[b, j] = dc * g * i * (one - i)
+        grad_z[b, H + j] = dc * cp * f * (one - f)
+        grad_z[b, 2 * H + j] = dc * i * (one - g * g)
+        grad_z[b, 3 * H + j] = gh * tc * o * (one - o)
+        grad_c_prev[b, j] = dc * f
+        t += stride
+
+
+@cuda.jit
+def _rnn_fwd(z, h, n, H, relu, zero):
+    t = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while t < n:
+        b = t // H
+        j = t - b * H
+        v = z[b, j]
+        if relu:
+            h[b, j] = zero if v < zero else v  # NaN passes through, as np.maximum
+        else:
+            h[b, j] = math.tanh(v)
+        t += stride
+
+
+@cuda.jit
+def _rnn_bwd(h, grad_h, grad_z, n, H, relu, zero, one):
+    t = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while t < n:
+        b = t // H
+        j = t - b * H
+        hv = h[b, j]
+        gv = grad_h[b, j]
+        if relu:
+            grad_z[b, j] = gv if hv > zero else zero * gv
+        else:
+            grad_z[b, j] = gv * (one - hv * hv)
+        t += stride
+
+
+def _check(name, a, shape):
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+
+
+def _launch(n, kind):
+    """(blocks, threads, stream) for an elementwise kernel over n units."""
+    return (*dv.launch_shape(n, BLOCK, MAX_BLOCKS), dv.stream(kind))
+
+
+def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
+    """z [B, 4H] (gate order i, f, g, o), c_prev [B, H] -> (gates [B, 4H], c [B, H], h [B, H])."""
+    kind = dv.kind_of(z)
+    B, H = c_prev.shape
+    _check("z", z, (B, 4 * H))
+    dtype = np.dtype(z.dtype)
+    og = dv.Output((B, 4 * H), dtype, kind, gates)
+    oc = dv.Output((B, H), dtype, kind, c)
+    oh = dv.Output((B, H), dtype, kind, h)
+    if B * H > 0:
+        blocks, threads, st = _launch(B * H, kind)
+        _lstm_fwd[blocks, threads, st](dv.as_device(z), dv.as_device(c_prev), og.dev, oc.dev, oh.dev, B * H, H,
+                                       dtype.type(1))
+    return og.result(), oc.result(), oh.result()
+
+
+def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=None):
+    """Backward of one LSTM step -> (grad_z [B, 4H], grad_c_prev [B, H])."""
+    kind = dv.kind_of(gates)
+    B, H = c.shape
+    _check("gates", gates, (B, 4 * H))
+    for name, a in (("c_prev", c_prev), ("grad_h", grad_h), ("grad_c", grad_c)):
+        _check(name, a, (B, H))
+    dtype = np.dtype(gates.dtype)
+    oz = dv.Output((B, 4 * H), dtype, kind, grad_z)
+    oc = dv.Output((B, H), dtype, kind, grad_c_prev)
+    if B * H > 0:
+        blocks, threads, st = _launch(B * H, kind)
+        _lstm_bwd[blocks, threads, st](dv.as_device(gates), dv.as_device(c_prev), dv.as_device(c),
+                                       dv.as_device(grad_h), dv.as_device(grad_c), oz.dev, oc.dev, B * H, H,
+                                       dtype.type(1))
+    return oz.result(), oc.result()
+
+
+def rnn_cell_fwd(z, h=None, relu=False):
+    """h = tanh(z) (or relu(z)); z [B, H]."""
+    kind = dv.kind_of(z)
+    B, H = z.shape
+    dtype = np.dtype(z.dtype)
+    oh = dv.Output((B, H), dtype, kind, h)
+    if B * H > 0:
+        blocks, threads, st = _launch(B * H, kind)
+        _rnn_fwd[blocks, threads, st](dv.as_device(z), oh.dev, B * H, H, bool(relu), dtype.type(0))
+    return oh.result()
+
+
+def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
+    """grad_z = grad_h * act'(z) from the output h: 1 - h^2 for tanh, [h > 0] for relu."""
+    kind = dv.kind_of(h)
+    B, H = h.shape
+    _check("grad_h", grad_h, (B, H))
+    dtype = np.dtype(h.dtype)
+    oz = dv.Output((B, H), dtype, kind, grad_z)
+    if B * H > 0:
+        blocks, threads, st = _launch(B * H, kind)
+        _rnn_bwd[blocks, threads, st](dv.as_device(h), dv.as_device(grad_h), oz.dev, B * H, H, bool(relu),
+                                      dtype.type(0), dtype.type(1))
+    return oz.result()

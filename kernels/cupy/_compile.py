@@ -1,0 +1,106 @@
+"""Lazily built, memoised CUDA C kernels for the CuPy backend (the habit of ``cupyx/scipy/sparse``).
+
+A kernel source is a :class:`string.Template` over the element type ``$T``, index types ``$I`` / ``$P``
+and vector width ``$VEC``; :func:`kernel` fills it in, compiles it with NVRTC on first use and caches
+the result per (source, device). Kernel names carry a ``tapegrad_`` prefix and a type suffix
+(``tapegrad_spmm_f32_i32_p64_v4``) so they never collide with other libraries' kernels in a profile.
+Nothing is compiled at import time.
+"""
+from __future__ import annotations
+
+import functools
+from string import Template
+
+import cupy
+import numpy as np
+
+# -std=c++17 is CuPy 14's default; spelt out so older CuPy compiles the same source.
+OPTIONS = ("-std=c++17",)
+
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+          np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64",
+           np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
+
+# Shared by every module: an aligned vector of N scalars (one 8- or 16-byte load when N > 1), its
+# loads and stores, and the row that holds a stored entry.
+COMMON = r"""
+template <typename S, int N> struct alignas(sizeof(S) * N) tg_vec { S v[N]; };
+
+template <typename S, int N>
+__device__ __forceinline__ void tg_load(const S* __restrict__ p, S (&a)[N]) {
+    const tg_vec<S, N> t = *reinterpret_cast<const tg_vec<S, N>*>(p);
+#pragma unroll
+    for (int q = 0; q < N; ++q) a[q] = t.v[q];
+}
+
+template <typename S, int N>
+__device__ __forceinline__ void tg_store(S* __restrict__ p, const S (&a)[N]) {
+    tg_vec<S, N> t;
+#pragma unroll
+    for (int q = 0; q < N; ++q) t.v[q] = a[q];
+    *reinterpret_cast<tg_vec<S, N>*>(p) = t;
+}
+
+// The row r with indptr[r] <= k < indptr[r + 1]; needs 0 <= k < indptr[n_rows].
+template <typename Q>
+__device__ __forceinline__ long long tg_row_of(const Q* __restrict__ indptr, long long n_rows, long long k) {
+    long long lo = 1, hi = n_rows;
+    while (lo < hi) {
+        const long long mid = (lo + hi) >> 1;
+        if ((long long)indptr[mid] > k) hi = mid; else lo = mid + 1;
+    }
+    return lo - 1;
+}
+"""
+
+
+def ctype(dtype) -> str:
+    try:
+        return _CTYPE[np.dtype(dtype)]
+    except KeyError:
+        raise TypeError(f"no CUDA kernel for dtype {np.dtype(dtype)}; use float32/float64 values and "
+                        "int32/int64 indices") from None
+
+
+def suffix(dtype) -> str:
+    ctype(dtype)
+    return _SUFFIX[np.dtype(dtype)]
+
+
+def render(template: str, **subs) -> str:
+    return COMMON + Template(template).substitute(**subs)
+
+
+@functools.cache
+def _module(source: str, device_id: int) -> cupy.RawModule:
+    return cupy.RawModule(code=source, options=OPTIONS)
+
+
+def kernel(source: str, name: str):
+    """The compiled kernel ``name`` of ``source`` on the current device (compiled once per device)."""
+    return _module(source, cupy.cuda.runtime.getDevice()).get_function(name)
+
+
+def data_ptr(a) -> int:
+    return a.data.ptr
+
+
+def vec_width(dtype, F: int, *arrays) -> int:
+    """Widest vector (16 bytes: float4 / double2, else 8 bytes, else 1) that divides F and to which
+    every array's base pointer is aligned."""
+    itemsize = np.dtype(dtype).itemsize
+    for width in (16 // itemsize, 8 // itemsize):
+        if width > 1 and F % width == 0 and all(data_ptr(a) % (itemsize * width) == 0 for a in arrays):
+            return width
+    return 1
+
+
+def launch_shape(n_threads: int, block: int, max_blocks: int) -> tuple[int, int]:
+    block = max(1, int(block))
+    blocks = max(1, min(-(-max(int(n_threads), 1) // block), int(max_blocks)))
+    return blocks, block
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()

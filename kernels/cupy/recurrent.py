@@ -1,0 +1,227 @@
+"""CuPy (CUDA C RawModule) kernels for one step of an LSTM / Elman RNN, after the GEMMs.
+
+Same signatures and semantics as :mod:`tapegrad.kernels.reference`; arrays are cupy arrays and results
+are cupy arrays. Elementwise over the [B, H] state in a grid-stride loop; each thread owns ``VEC``
+neighbouring units (one float4 / double2 load per gate when H allows it) and reads all its inputs
+before it writes, so ``gates`` may alias ``z``.
+"""
+from __future__ import annotations
+
+import functools
+
+import cupy
+import numpy as np
+
+from . import _compile as cc
+
+BLOCK = 256          # threads per block
+MAX_BLOCKS = 4096    # grid size cap; grid-stride loops cover the rest
+
+_RECURRENT = r"""
+typedef $T T;
+#define VEC $VEC
+
+__device__ __forceinline__ T tg_sigmoid(T v) { return T(1) / (T(1) + exp(-v)); }
+
+// Thread t owns units [t * VEC, t * VEC + VEC) of the flattened [B, H] state (H % VEC == 0, so they
+// share one row b).
+extern "C" __global__ void tapegrad_lstm_cell_fwd_$SFX(
+        const T* z, const T* __restrict__ c_prev, T* gates, T* __restrict__ c,
+        T* __restrict__ h, long long n, long long H) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t * VEC < n; t += stride) {
+        const long long e = t * VEC, b = e / H, j = e - b * H;
+        const T* zb = z + b * 4 * H;  // not __restrict__: gates may alias z
+        T* gb = gates + b * 4 * H;
+        T zi[VEC], zf[VEC], zg[VEC], zo[VEC], cp[VEC], cn[VEC], hn[VEC];
+        tg_load<T, VEC>(zb + j, zi);
+        tg_load<T, VEC>(zb + H + j, zf);
+        tg_load<T, VEC>(zb + 2 * H + j, zg);
+        tg_load<T, VEC>(zb + 3 * H + j, zo);
+        tg_load<T, VEC>(c_prev + e, cp);
+#pragma unroll
+        for (int q = 0; q < VEC; ++q) {
+            zi[q] = tg_sigmoid(zi[q]);
+            zf[q] = tg_sigmoid(zf[q]);
+            zg[q] = tanh(zg[q]);
+            zo[q] = tg_sigmoid(zo[q]);
+            cn[q] = zf[q] * cp[q] + zi[q] * zg[q];
+            hn[q] = zo[q] * tanh(cn[q]);
+        }
+        tg_store<T, VEC>(gb + j, zi);
+        tg_store<T, VEC>(gb + H + j, zf);
+        tg_store<T, VEC>(gb + 2 * H + j, zg);
+        tg_store<T, VEC>(gb + 3 * H + j, zo);
+        tg_store<T, VEC>(c + e, cn);
+        tg_store<T, VEC>(h + e, hn);
+    }
+}
+
+extern "C" __global__ void tapegrad_lstm_cell_bwd_$SFX(
+        const T* gates, const T* __restrict__ c_prev, const T* __restrict__ c,
+        const T* __restrict__ grad_h, const T* __restrict__ grad_c, T* grad_z, T* __restrict__ grad_c_prev,
+        long long n, long long H) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t * VEC < n; t += stride) {
+        const long long e = t * VEC, b = e / H, j = e - b * H;
+        const T* gb = gates + b * 4 * H;
+        T* zb = grad_z + b * 4 * H;
+        T i[VEC], f[VEC], g[VEC], o[VEC], cp[VEC], cv[VEC], gh[VEC], gc[VEC];
+        tg_load<T, VEC>(gb + j, i);
+        tg_load<T, VEC>(gb + H + j, f);
+        tg_load<T, VEC>(gb + 2 * H + j, g);
+        tg_load<T, VEC>(gb + 3 * H + j, o);
+        tg_load<T, VEC>(c_prev + e, cp);
+        tg_load<T, VEC>(c + e, cv);
+        tg_load<T, VEC>(grad_h + e, gh);
+        tg_load<T, VEC>(grad_c + e, gc);
+        T di[VEC], df[VEC], dg[VEC], dO[VEC], dcp[VEC];
+#pragma unroll
+        for (int q = 0; q < VEC; ++q) {
+            const T tc = tanh(cv[q]);
+            const T dc = gc[q] + gh[q] * o[q] * (T(1) - tc * tc);
+            di[q] = dc * g[q] * i[q] * (T(1) - i[q]);
+            df[q] = dc * cp[q] * f[q] * (T(1) - f[q]);
+            dg[q] = dc * i[q] * (T(1) - g[q] * g[q]);
+            dO[q] = gh[q] * tc * o[q] * (T(1) - o[q]);
+            dcp[q] = dc * f[q];
+        }
+        tg_store<T, VEC>(zb + j, di);
+        tg_store<T, VEC>(zb + H + j, df);
+        tg_store<T, VEC>(zb + 2 * H + j, dg);
+        tg_store<T, VEC>(zb + 3 * H + j, dO);
+        tg_store<T, VEC>(grad_c_prev + e, dcp);
+    }
+}
+
+extern "C" __global__ void tapegrad_rnn_cell_fwd_$SFX(
+        const T* z, T* h, long long n, int relu) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t * VEC < n; t += stride) {
+        T v[VEC];
+        tg_load<T, VEC>(z + t * VEC, v);
+#pragma unroll
+        for (int q = 0; q < VEC; ++q) v[q] = relu ? (v[q] < T(0) ? T(0) : v[q]) : tanh(v[q]);
+        tg_store<T, VEC>(h + t * VEC, v);
+    }
+}
+
+extern "C" __global__ void tapegrad_rnn_cell_bwd_$SFX(
+        const T* h, const T* grad_h, T* grad_z, long long n, int relu) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t * VEC < n; t += stride) {
+        T hv[VEC], gv[VEC];
+        tg_load<T, VEC>(h + t * VEC, hv);
+        tg_load<T, VEC>(grad_h + t * VEC, gv);
+#pragma unroll
+        for (int q = 0; q < VEC; ++q)
+            gv[q] = relu ? (hv[q] > T(0) ? gv[q] : T(0) * gv[q]) : gv[q] * (T(1) - hv[q] * hv[q]);
+        tg_store<T, VEC>(grad_z + t * VEC, gv);
+    }
+}
+"""
+
+
+@functools.cache
+def _source(dtype, vec):
+    sfx = f"{cc.suffix(dtype)}_v{vec}"
+    return cc.render(_RECURRENT, T=cc.ctype(dtype), VEC=vec, SFX=sfx), sfx
+
+
+def _kernel(name, dtype, vec):
+    source, sfx = _source(np.dtype(dtype), vec)
+    return cc.kernel(source, f"tapegrad_{name}_{sfx}")
+
+
+def _contig(a):
+    return cupy.ascontiguousarray(cupy.asarray(a))
+
+
+def _check(name, a, shape):
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+
+
+def _result(out, shape, dtype):
+    """(array to write, caller's out): a fresh array unless out is C-contiguous and can be written."""
+    if out is None:
+        return cupy.empty(shape, dtype), None
+    _check("out", out, shape)
+    if np.dtype(out.dtype) != np.dtype(dtype):
+        raise ValueError(f"out has dtype {out.dtype}, expected {np.dtype(dtype)}")
+    if isinstance(out, cupy.ndarray) and out.flags.c_contiguous:
+        return out, out
+    return cupy.empty(shape, dtype), out
+
+
+def _finish(buf, out):
+    if out is None or out is buf:
+        return buf
+    if isinstance(out, cupy.ndarray):
+        out[...] = buf
+    else:
+        out[...] = cupy.asnumpy(buf)
+    return out
+
+
+def _launch(name, dtype, H, n, arrays, args):
+    vec = cc.vec_width(dtype, H, *arrays)
+    blocks, threads = cc.launch_shape(-(-n // vec), BLOCK, MAX_BLOCKS)
+    _kernel(name, dtype, vec)((blocks,), (threads,), args)
+
+
+def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
+    """z [B, 4H] (gate order i, f, g, o), c_prev [B, H] -> (gates [B, 4H], c [B, H], h [B, H])."""
+    z, c_prev = _contig(z), _contig(c_prev)
+    B, H = c_prev.shape
+    _check("z", z, (B, 4 * H))
+    dtype = z.dtype
+    c_prev = c_prev.astype(dtype, copy=False)
+    gb, gu = _result(gates, (B, 4 * H), dtype)
+    cb, cu = _result(c, (B, H), dtype)
+    hb, hu = _result(h, (B, H), dtype)
+    n = B * H
+    if n > 0:
+        _launch("lstm_cell_fwd", dtype, H, n, (z, c_prev, gb, cb, hb),
+                (z, c_prev, gb, cb, hb, np.int64(n), np.int64(H)))
+    return _finish(gb, gu), _finish(cb, cu), _finish(hb, hu)
+
+
+def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=None):
+    """Backward of one LSTM step -> (grad_z [B, 4H], grad_c_prev [B, H])."""
+    gates = _contig(gates)
+    dtype = gates.dtype
+    c_prev, c, grad_h, grad_c = (_contig(a).astype(dtype, copy=False) for a in (c_prev, c, grad_h, grad_c))
+    B, H = c.shape
+    _check("gates", gates, (B, 4 * H))
+    for name, a in (("c_prev", c_prev), ("grad_h", grad_h), ("grad_c", grad_c)):
+        _check(name, a, (B, H))
+    zb, zu = _result(grad_z, (B, 4 * H), dtype)
+    cb, cu = _result(grad_c_prev, (B, H), dtype)
+    n = B * H
+    if n > 0:
+        _launch("lstm_cell_bwd", dtype, H, n, (gates, c_prev, c, grad_h, grad_c, zb, cb),
+                (gates, c_prev, c, grad_h, grad_c, zb, cb, np.int64(n), np.int64(H)))
+    return _finish(zb, zu), _finish(cb, cu)
+
+
+def rnn_cell_fwd(z, h=None, relu=False):
+    """h = tanh(z) (or relu(z)); z [B, H]."""
+    z = _contig(z)
+    hb, hu = _result(h, z.shape, z.dtype)
+    if z.size > 0:
+        _launch("rnn_cell_fwd", z.dtype, z.shape[-1], z.size, (z, hb),
+                (z, hb, np.int64(z.size), np.int32(bool(relu))))
+    return _finish(hb, hu)
+
+
+def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
+    """grad_z = grad_h * act'(z) from the output h: 1 - h^2 for tanh, [h > 0] for relu."""
+    h = _contig(h)
+    grad_h = _contig(grad_h).astype(h.dtype, copy=False)
+    _check("grad_h", grad_h, h.shape)
+    zb, zu = _result(grad_z, h.shape, h.dtype)
+    if h.size > 0:
+        _launch("rnn_cell_bwd", h.dtype, h.shape[-1], h.size, (h, grad_h, zb),
+                (h, grad_h, zb, np.int64(h.size), np.int32(bool(relu))))
+    return _finish(zb, zu)

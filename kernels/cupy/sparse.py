@@ -1,0 +1,444 @@
+"""CuPy (CUDA C RawModule) kernels for sparse graph ops: spmm, sddmm, csr_transpose, gcn_norm.
+
+Same signatures and semantics as :mod:`tapegrad.kernels.reference`; arrays are cupy arrays (NumPy
+inputs are copied to the device) and results are cupy arrays. The algorithms are those of
+:mod:`tapegrad.kernels.cuda.sparse`, written in CUDA C so that each lane loads a float4 / double2 of
+features at a time when the feature width allows it, and reductions use warp shuffles:
+
+* spmm: the stored entries are cut into segments of ``SPMM_SEGMENT``; a group of lanes (a warp, or
+  fewer for narrow X) walks one segment for one tile of features, writing rows that end inside it and
+  leaving the pieces of rows cut by segment edges to a fix-up pass that adds them in segment order.
+  Short rows share a warp, power-law rows are split, and nothing uses atomics: results are bitwise
+  reproducible.
+* sddmm: a group of lanes per segment of ``SDDMM_SEGMENT`` entries, one shuffle reduction per entry.
+* csr_transpose: a stable ``cupy.argsort`` of the column ids, then gather kernels.
+* gcn_norm: per-row degree kernel, ``cupy.cumsum`` for the new row pointer, scatter kernels.
+
+The launch constants are read at every launch (tests patch them small).
+"""
+from __future__ import annotations
+
+import functools
+
+import cupy
+import numpy as np
+
+from . import _compile as cc
+
+BLOCK = 256          # threads per block (rounded up to a multiple of 32 where shuffles need it)
+MAX_BLOCKS = 4096    # grid size cap; grid-stride loops cover the rest
+SPMM_SEGMENT = 128   # stored entries per SpMM work item
+SDDMM_SEGMENT = 32   # stored entries per SDDMM work item
+
+_SPMM = r"""
+typedef $T T; typedef $I I; typedef $P P;
+#define VEC $VEC
+
+extern "C" __global__ void tapegrad_spmm_zero_empty_rows_$SFX(
+        const P* __restrict__ indptr, T* __restrict__ y, long long n_rows, long long F) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n_rows * F; i += stride) {
+        const long long r = i / F;
+        if (indptr[r + 1] == indptr[r]) y[i] = T(0);
+    }
+}
+
+// A group of `group` lanes per (segment of `seg` entries, tile of group * VEC features). A row ending
+// inside the segment goes to y; the piece of the row cut at the segment start goes to carry[s][0],
+// the piece of a row that starts inside and runs past the end to carry[s][1].
+extern "C" __global__ void tapegrad_spmm_$SFX(
+        const P* __restrict__ indptr, const I* __restrict__ indices, const T* __restrict__ data,
+        int has_data, const T* __restrict__ x, T* __restrict__ y, T* __restrict__ carry,
+        long long n_rows, long long n_cols, long long F, long long nnz, long long seg, int group,
+        long long n_tiles) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const int lane = threadIdx.x % group;
+    const long long n_groups = ((long long)gridDim.x * blockDim.x) / group;
+    const long long n_seg = (nnz + seg - 1) / seg;
+    for (long long g = tid / group; g < n_seg * n_tiles; g += n_groups) {
+        const long long s = g / n_tiles;
+        const long long f = ((g - s * n_tiles) * group + lane) * VEC;
+        const bool on = f < F;
+        const long long start = s * seg;
+        const long long end = min(start + seg, nnz);
+        long long r = tg_row_of(indptr, n_rows, start);
+        long long r_start = indptr[r], r_end = indptr[r + 1];
+        T acc[VEC];
+#pragma unroll
+        for (int q = 0; q < VEC; ++q) acc[q] = T(0);
+        long long k = start;
+        while (k < end) {
+            const long long stop = min(r_end, end);
+            for (; k < stop; ++k) {
+                const long long c = indices[k];
+                if (on && c >= 0 && c < n_cols) {
+                    const T v = has_data ? data[k] : T(1);
+                    T xv[VEC];
+                    tg_load<T, VEC>(x + c * F + f, xv);
+#pragma unroll
+                    for (int q = 0; q < VEC; ++q) acc[q] += v * xv[q];
+                }
+            }
+            if (r_end <= end) {  // row r ends inside this segment
+                if (on) tg_store<T, VEC>(r_start >= start ? y + r * F + f : carry + (2 * s) * F + f, acc);
+#pragma unroll
+                for (int q = 0; q < VEC; ++q) acc[q] = T(0);
+                if (k < end) {  // next non-empty row
+                    ++r;
+                    while (r + 1 < n_rows && indptr[r + 1] <= k) ++r;
+                    r_start = indptr[r];
+                    r_end = indptr[r + 1];
+                }
+            } else if (on) {  // row r runs past the segment end
+                tg_store<T, VEC>(carry + (2 * s + (r_start >= start ? 1 : 0)) * F + f, acc);
+            }
+        }
+    }
+}
+
+// One thread per (segment, feature): a row that starts in segment s and runs past it is the sum of
+// carry[s][1] and carry[s2][0] for the later segments it covers, added in segment order.
+extern "C" __global__ void tapegrad_spmm_fixup_$SFX(
+        const P* __restrict__ indptr, T* __restrict__ y, const T* __restrict__ carry,
+        long long n_rows, long long F, long long nnz, long long seg) {
+    const long long n_seg = (nnz + seg - 1) / seg;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n_seg * F; i += stride) {
+        const long long s = i / F, f = i - s * F;
+        const long long start = s * seg, end = min(start + seg, nnz);
+        const long long r = tg_row_of(indptr, n_rows, end - 1);
+        const long long r_end = indptr[r + 1];
+        if ((long long)indptr[r] >= start && r_end > end) {
+            T acc = carry[(2 * s + 1) * F + f];
+            const long long last = min((r_end - 1) / seg, n_seg - 1);
+            for (long long s2 = s + 1; s2 <= last; ++s2) acc += carry[(2 * s2) * F + f];
+            y[r * F + f] = acc;
+        }
+    }
+}
+"""
+
+_SDDMM = r"""
+typedef $T T; typedef $I I; typedef $P P;
+#define VEC $VEC
+
+// A group of `group` lanes (a power of two <= 32) per segment of `seg` entries; the lanes split each
+// entry's dot product over the features and reduce it with shuffles. The outer loop is block-uniform
+// and the inner one has a fixed trip count, so whole warps reach every shuffle.
+extern "C" __global__ void tapegrad_sddmm_$SFX(
+        const P* __restrict__ indptr, const I* __restrict__ indices, const T* __restrict__ a,
+        const T* __restrict__ b, T* __restrict__ out, long long n_rows, long long n_cols, long long F,
+        long long nnz, long long seg, int group) {
+    const int lane = threadIdx.x % group;
+    const long long per_block = blockDim.x / group;
+    const long long n_seg = (nnz + seg - 1) / seg;
+    const long long step = (long long)gridDim.x * per_block;
+    for (long long base = (long long)blockIdx.x * per_block; base < n_seg; base += step) {
+        const long long start = (base + threadIdx.x / group) * seg;
+        const long long end = min(start + seg, nnz);
+        long long r = start < end ? tg_row_of(indptr, n_rows, start) : 0;
+        for (long long j = 0; j < seg; ++j) {
+            const long long k = start + j;
+            const bool active = k < end;
+            T part = T(0);
+            if (active) {
+                while (r + 1 < n_rows && indptr[r + 1] <= k) ++r;
+                const long long c = indices[k];
+                if (c >= 0 && c < n_cols) {
+                    for (long long f = (long long)lane * VEC; f < F; f += (long long)group * VEC) {
+                        T av[VEC], bv[VEC];
+                        tg_load<T, VEC>(a + r * F + f, av);
+                        tg_load<T, VEC>(b + c * F + f, bv);
+#pragma unroll
+                        for (int q = 0; q < VEC; ++q) part += av[q] * bv[q];
+                    }
+                }
+            }
+            for (int off = group >> 1; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
+            if (active && lane == 0) out[k] = part;
+        }
+    }
+}
+"""
+
+_TRANSPOSE = r"""
+typedef $T T; typedef $I I; typedef $P P;
+
+// For output position p: the row of A that entry perm[p] lies in, and its value.
+extern "C" __global__ void tapegrad_transpose_gather_$SFX(
+        const P* __restrict__ indptr, const long long* __restrict__ perm, const T* __restrict__ data,
+        int has_data, I* __restrict__ rows_out, T* __restrict__ data_out, long long n_rows, long long nnz) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < nnz; p += stride) {
+        const long long k = perm[p];
+        if (k >= 0 && k < nnz) {
+            rows_out[p] = (I)tg_row_of(indptr, n_rows, k);
+            if (has_data) data_out[p] = data[k];
+        }
+    }
+}
+
+// indptr_t[c] = number of sorted column ids below c.
+extern "C" __global__ void tapegrad_transpose_indptr_$SFX(
+        const I* __restrict__ keys, long long* __restrict__ indptr_t, long long n_cols, long long nnz) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c <= n_cols; c += stride) {
+        long long lo = 0, hi = nnz;
+        while (lo < hi) {
+            const long long m = (lo + hi) >> 1;
+            if ((long long)keys[m] < c) lo = m + 1; else hi = m;
+        }
+        indptr_t[c] = lo;
+    }
+}
+"""
+
+_GCN = r"""
+typedef $T T; typedef $I I; typedef $P P;
+
+// Per node: degree in double (the self-loop included), D^-1/2, whether a loop is missing, where it goes
+// (before the row's first column id above the node, as the CPU kernel puts it) and the row's new
+// length. Nodes past the stored rows (n_stored) have empty rows.
+extern "C" __global__ void tapegrad_gcn_rows_$SFX(
+        const P* __restrict__ indptr, const I* __restrict__ indices, const T* __restrict__ data,
+        int has_data, long long n, long long n_stored, int add_loops, double fill, double* __restrict__ dis,
+        long long* __restrict__ missing, long long* __restrict__ loop_pos, long long* __restrict__ counts) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < n; r += stride) {
+        const long long lo = r < n_stored ? (long long)indptr[r] : 0;
+        const long long hi = r < n_stored ? (long long)indptr[r + 1] : 0;
+        double deg = 0.0;
+        bool has_loop = false;
+        long long pos = hi - lo;
+        for (long long k = lo; k < hi; ++k) {
+            const long long c = indices[k];
+            deg += has_data ? (double)data[k] : 1.0;
+            has_loop |= (c == r);
+            if (c > r && pos == hi - lo) pos = k - lo;
+        }
+        const bool lacks = add_loops && !has_loop;
+        if (lacks) deg += fill;
+        dis[r] = deg > 0.0 ? 1.0 / sqrt(deg) : 0.0;
+        missing[r] = lacks;
+        loop_pos[r] = pos;
+        counts[r] = (hi - lo) + (lacks ? 1 : 0);
+    }
+}
+
+extern "C" __global__ void tapegrad_gcn_scatter_$SFX(
+        const P* __restrict__ indptr, const I* __restrict__ indices, const T* __restrict__ data,
+        int has_data, const long long* __restrict__ new_indptr, const double* __restrict__ dis,
+        const long long* __restrict__ missing, const long long* __restrict__ loop_pos,
+        I* __restrict__ out_indices, T* __restrict__ out_data, long long n, long long n_stored, long long nnz,
+        long long total) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < nnz; k += stride) {
+        const long long r = tg_row_of(indptr, n_stored, k);
+        if (r >= n) continue;
+        const long long local = k - (long long)indptr[r];
+        long long pos = new_indptr[r] + local;
+        if (missing[r] && local >= loop_pos[r]) ++pos;
+        const long long c = indices[k];
+        const double w = has_data ? (double)data[k] : 1.0;
+        const double dc = (c >= 0 && c < n) ? dis[c] : 0.0;
+        if (pos < total) {
+            out_indices[pos] = (I)c;
+            out_data[pos] = (T)(dis[r] * w * dc);
+        }
+    }
+}
+
+extern "C" __global__ void tapegrad_gcn_loops_$SFX(
+        const long long* __restrict__ new_indptr, const double* __restrict__ dis,
+        const long long* __restrict__ missing, const long long* __restrict__ loop_pos,
+        I* __restrict__ out_indices, T* __restrict__ out_data, long long n, double fill, long long total) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < n; r += stride) {
+        if (missing[r]) {
+            const long long pos = new_indptr[r] + loop_pos[r];
+            if (pos < total) {
+                out_indices[pos] = (I)r;
+                out_data[pos] = (T)(dis[r] * fill * dis[r]);
+            }
+        }
+    }
+}
+"""
+
+
+@functools.cache
+def _source(template, dtype, itype, ptype, vec):
+    sfx = f"{cc.suffix(dtype)}_{cc.suffix(itype)}_p{cc.suffix(ptype)[1:]}_v{vec}"
+    return cc.render(template, T=cc.ctype(dtype), I=cc.ctype(itype), P=cc.ctype(ptype), VEC=vec, SFX=sfx), sfx
+
+
+def _kernel(template, name, dtype, itype, ptype, vec=1):
+    source, sfx = _source(template, np.dtype(dtype), np.dtype(itype), np.dtype(ptype), vec)
+    return cc.kernel(source, f"tapegrad_{name}_{sfx}")
+
+
+def _i64(v):
+    return np.int64(v)
+
+
+def _launch(n):
+    return cc.launch_shape(n, BLOCK, MAX_BLOCKS)
+
+
+def _contig(a):
+    return cupy.ascontiguousarray(cupy.asarray(a))
+
+
+def _result(out, shape, dtype):
+    """(array to write, caller's out): a fresh array unless out is C-contiguous and can be written."""
+    if out is None:
+        return cupy.empty(shape, dtype), None
+    if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
+        raise ValueError(f"out must have shape {tuple(shape)} and dtype {np.dtype(dtype)}, "
+                         f"got {tuple(out.shape)} {out.dtype}")
+    if isinstance(out, cupy.ndarray) and out.flags.c_contiguous:
+        return out, out
+    return cupy.empty(shape, dtype), out
+
+
+def _finish(buf, out):
+    if out is None or out is buf:
+        return buf
+    if isinstance(out, cupy.ndarray):
+        out[...] = buf
+    else:
+        out[...] = cupy.asnumpy(buf)
+    return out
+
+
+def spmm(indptr, indices, data, x, out=None):
+    """Y = A @ X for CSR A (``data=None``: all ones) and dense X [n_cols, F]; Y [n_rows, F], X's dtype.
+
+    The number of stored entries is taken as ``len(indices)`` (no device-to-host read of indptr).
+    """
+    x = _contig(x)
+    dtype = x.dtype
+    n_rows = indptr.shape[0] - 1
+    n_cols, F = x.shape
+    y, user = _result(out, (n_rows, F), dtype)
+    if n_rows <= 0 or F == 0:
+        return _finish(y, user)
+    indptr, indices = _contig(indptr), _contig(indices)
+    nnz = indices.shape[0]
+    seg = max(1, int(SPMM_SEGMENT))
+    n_seg = -(-nnz // seg)
+    vec = cc.vec_width(dtype, F, x, y)
+    group = min(32, cc.next_pow2(-(-F // vec)))
+    n_tiles = -(-F // (group * vec))
+    args = (dtype, indices.dtype, indptr.dtype, vec)
+    blocks, threads = _launch(n_rows * F)
+    _kernel(_SPMM, "spmm_zero_empty_rows", *args)((blocks,), (threads,), (indptr, y, _i64(n_rows), _i64(F)))
+    if nnz > 0:
+        has_data = data is not None
+        d = _contig(data).astype(dtype, copy=False) if has_data else x
+        carry = cupy.empty((n_seg, 2, F), dtype)
+        block = max(group, -(-int(BLOCK) // group) * group)
+        blocks, threads = cc.launch_shape(n_seg * n_tiles * group, block, MAX_BLOCKS)
+        _kernel(_SPMM, "spmm", *args)(
+            (blocks,), (threads,),
+            (indptr, indices, d, np.int32(has_data), x, y, carry, _i64(n_rows), _i64(n_cols), _i64(F),
+             _i64(nnz), _i64(seg), np.int32(group), _i64(n_tiles)))
+        blocks, threads = _launch(n_seg * F)
+        _kernel(_SPMM, "spmm_fixup", *args)(
+            (blocks,), (threads,), (indptr, y, carry, _i64(n_rows), _i64(F), _i64(nnz), _i64(seg)))
+    return _finish(y, user)
+
+
+def sddmm(indptr, indices, a, b, out=None):
+    """out[k] = <a[row(k)], b[indices[k]]> on A's pattern; a [n_rows, F], b [n_cols, F]; [nnz]."""
+    a, b = _contig(a), _contig(b)
+    dtype = a.dtype
+    indptr, indices = _contig(indptr), _contig(indices)
+    nnz = indices.shape[0]
+    res, user = _result(out, (nnz,), dtype)
+    if nnz == 0:
+        return _finish(res, user)
+    n_rows = indptr.shape[0] - 1
+    F = a.shape[1]
+    seg = max(1, int(SDDMM_SEGMENT))
+    n_seg = -(-nnz // seg)
+    vec = cc.vec_width(dtype, F, a, b)
+    group = min(32, cc.next_pow2(max(1, -(-F // vec))))
+    block = max(32, -(-int(BLOCK) // 32) * 32)  # whole warps: the shuffles use the full mask
+    blocks, threads = cc.launch_shape(n_seg * group, block, MAX_BLOCKS)
+    _kernel(_SDDMM, "sddmm", dtype, indices.dtype, indptr.dtype, vec)(
+        (blocks,), (threads,),
+        (indptr, indices, a, b, res, _i64(n_rows), _i64(b.shape[0]), _i64(F), _i64(nnz), _i64(seg),
+         np.int32(group)))
+    return _finish(res, user)
+
+
+def csr_transpose(indptr, indices, data, n_cols):
+    """A^T in CSR: (indptr_t [n_cols+1] int64, indices_t, data_t or None, perm [nnz] int64), rows of A
+    ascending within each row of A^T (``cupy.argsort`` is stable)."""
+    indptr, indices = _contig(indptr), _contig(indices)
+    nnz = indices.shape[0]
+    n_rows = indptr.shape[0] - 1
+    perm = cupy.argsort(indices, kind="stable").astype(np.int64, copy=False)
+    keys = indices[perm]
+    has_data = data is not None
+    d = _contig(data) if has_data else cupy.empty(1, np.float32)
+    args = (d.dtype, indices.dtype, indptr.dtype)
+    indptr_t = cupy.empty(n_cols + 1, np.int64)
+    blocks, threads = _launch(n_cols + 1)
+    _kernel(_TRANSPOSE, "transpose_indptr", *args)(
+        (blocks,), (threads,), (keys, indptr_t, _i64(n_cols), _i64(nnz)))
+    rows_t = cupy.empty(nnz, indices.dtype)
+    data_t = cupy.empty(nnz, d.dtype) if has_data else None
+    if nnz > 0:
+        blocks, threads = _launch(nnz)
+        _kernel(_TRANSPOSE, "transpose_gather", *args)(
+            (blocks,), (threads,),
+            (indptr, perm, d, np.int32(has_data), rows_t, data_t if has_data else d, _i64(n_rows), _i64(nnz)))
+    return indptr_t, rows_t, data_t, perm
+
+
+def gcn_norm(indptr, indices, data, num_nodes, add_self_loops=True, fill_value=1.0, dtype=np.float32):
+    """P = D^-1/2 (A + fill_value I) D^-1/2 on a square CSR A; (indptr int64, indices, data of dtype).
+
+    A missing self-loop goes before the row's first column id above the node (as in the CPU kernel),
+    so sorted rows stay sorted; the reference sorts every row, and the two agree whenever A's rows are
+    sorted. Nodes past the rows of ``indptr`` have empty rows.
+    """
+    dtype = np.dtype(dtype)
+    n = int(num_nodes)
+    indptr, indices = _contig(indptr), _contig(indices)
+    nnz = indices.shape[0]
+    n_stored = indptr.shape[0] - 1
+    has_data = data is not None
+    d = _contig(data).astype(dtype, copy=False) if has_data else cupy.empty(1, dtype)
+    args = (dtype, indices.dtype, indptr.dtype)
+    dis = cupy.empty(n, np.float64)
+    missing = cupy.empty(n, np.int64)
+    loop_pos = cupy.empty(n, np.int64)
+    counts = cupy.empty(n, np.int64)
+    fill = np.float64(dtype.type(fill_value))  # rounded to dtype first, as the reference does
+    if n > 0:
+        blocks, threads = _launch(n)
+        _kernel(_GCN, "gcn_rows", *args)(
+            (blocks,), (threads,),
+            (indptr, indices, d, np.int32(has_data), _i64(n), _i64(n_stored), np.int32(bool(add_self_loops)),
+             fill, dis, missing, loop_pos, counts))
+    new_indptr = cupy.zeros(n + 1, np.int64)
+    if n > 0:
+        cupy.cumsum(counts, out=new_indptr[1:])
+    total = int(new_indptr[n])
+    out_indices = cupy.empty(total, indices.dtype)
+    out_data = cupy.empty(total, dtype)
+    if nnz > 0:
+        blocks, threads = _launch(nnz)
+        _kernel(_GCN, "gcn_scatter", *args)(
+            (blocks,), (threads,),
+            (indptr, indices, d, np.int32(has_data), new_indptr, dis, missing, loop_pos, out_indices, out_data,
+             _i64(n), _i64(n_stored), _i64(nnz), _i64(total)))
+    if add_self_loops and n > 0:
+        blocks, threads = _launch(n)
+        _kernel(_GCN, "gcn_loops", *args)(
+            (blocks,), (threads,),
+            (new_indptr, dis, missing, loop_pos, out_indices, out_data, _i64(n), fill, _i64(total)))
+    return new_indptr, out_indices, out_data

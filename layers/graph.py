@@ -1,0 +1,177 @@
+r"""Spectral graph tools: the normalised Laplacian, its eigenbasis, the graph Fourier transform, and a
+pixel-grid graph on which a 3x3 convolution is message passing.
+
+The graph Fourier transform of a signal :math:`x` on an undirected graph is its expansion in the
+eigenvectors :math:`U` of the normalised Laplacian :math:`L = U \Lambda U^\top`:
+:math:`\hat{x} = U^\top x`, :math:`x = U \hat{x}`; the eigenvalues in [0, 2] play the role of frequencies.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..engine import ops
+from ..engine.tensor import Tensor
+from ..kernels.csr import CSR
+
+
+def _to_scipy(A: Any):
+    import scipy.sparse as sp
+    if isinstance(A, CSR):
+        m = A.to_scipy()
+    elif sp.issparse(A):
+        m = sp.csr_matrix(A)
+    elif isinstance(A, np.ndarray):
+        m = sp.csr_matrix(A)
+    else:
+        raise TypeError(f"A must be a tapegrad.CSR, a scipy.sparse matrix or a 2-D numpy array, got {type(A).__name__}")
+    if m.shape[0] != m.shape[1]:
+        raise ValueError(f"A must be a square adjacency matrix, got shape {m.shape}")
+    if m.shape[0] == 0:
+        raise ValueError("A has zero nodes")
+    return m
+
+
+def normalized_laplacian(A: Any, dtype: Any = np.float64) -> CSR:
+    r"""The symmetric normalised Laplacian :math:`L = I - D^{-1/2} A D^{-1/2}` as a CSR [N, N].
+
+    Follows ``scipy.sparse.csgraph.laplacian(A, normed=True)``: self-loops (A's diagonal) are ignored,
+    :math:`d_i = \sum_{j \ne i} A_{ij}`; off the diagonal :math:`L_{ij} = -A_{ij} / \sqrt{d_i d_j}`; on
+    it :math:`L_{ii} = 1` if :math:`d_i > 0` and :math:`L_{ii} = 0` for an isolated node (whose row and
+    column are then all zero, so it adds an eigenvalue 0). A should be symmetric (undirected) with
+    non-negative weights; degrees are row sums.
+
+    A: tapegrad.CSR, scipy.sparse matrix or dense array [N, N] (values are edge weights; an unweighted
+    CSR counts 1 per entry). Returns a CSR of ``dtype`` with sorted columns; no explicit zeros are stored.
+    """
+    import scipy.sparse as sp
+    m = _to_scipy(A).astype(np.float64).tocoo()
+    n = m.shape[0]
+    off = m.row != m.col
+    rows, cols, vals = m.row[off], m.col[off], m.data[off]
+    deg = np.bincount(rows, weights=vals, minlength=n)
+    connected = deg != 0
+    scale = np.where(connected, 1.0 / np.sqrt(np.where(connected, deg, 1.0)), 0.0)
+    vals = -vals * scale[rows] * scale[cols]
+    diag = np.nonzero(connected)[0]
+    L = sp.coo_matrix((np.concatenate([vals, np.ones(len(diag))]),
+                       (np.concatenate([rows, diag]), np.concatenate([cols, diag]))), shape=(n, n)).tocsr()
+    L.sum_duplicates()
+    L.eliminate_zeros()
+    L.sort_indices()
+    return CSR(L.indptr.astype(np.int64), L.indices.astype(np.int32), L.data.astype(dtype), (n, n))
+
+
+_DENSE_LIMIT = 2048
+
+
+def laplacian_eigh(A: Any, k: int | None = None, dense: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending, [k]) and eigenvectors ([N, k], orthonormal columns) of the normalised
+    Laplacian of A, the basis of the graph Fourier transform.
+
+    ``k=None`` gives the full spectrum (dense ``numpy.linalg.eigh``). With ``k`` set, the k smallest:
+    dense eigh for graphs of up to 2,048 nodes (or ``dense=True``), else ``scipy.sparse.linalg.eigsh``
+    on ``2I - L``, whose largest eigenvalues are L's smallest (the spectrum lies in [0, 2]) and
+    converge quickly in Lanczos. Eigenvector signs are arbitrary.
+    """
+    L = normalized_laplacian(A).to_scipy()
+    n = L.shape[0]
+    if k is not None:
+        if int(k) != k or not 1 <= k <= n:
+            raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
+        k = int(k)
+    if dense is None:
+        dense = k is None or n <= _DENSE_LIMIT or k >= n - 1
+    if dense:
+        w, U = np.linalg.eigh(L.toarray())
+        return (w, U) if k is None else (w[:k], U[:, :k])
+    if k is None:
+        raise ValueError("the full spectrum needs dense=True")
+    if k >= n - 1:
+        raise ValueError(f"sparse eigsh finds at most N - 2 = {n - 2} eigenpairs; use dense=True")
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import eigsh
+    M = (2.0 * sp.identity(n, format="csr") - L).tocsr()
+    v0 = np.random.default_rng(0).standard_normal(n)
+    w, U = eigsh(M, k=k, which="LA", v0=v0)
+    w = 2.0 - w
+    order = np.argsort(w)
+    return w[order], U[:, order]
+
+
+def _basis(U: Any, like: Any) -> Any:
+    if isinstance(U, Tensor):
+        return U
+    U = np.asarray(U)
+    if U.ndim != 2:
+        raise ValueError(f"U must be a 2-D matrix of eigenvectors [N, k], got shape {U.shape}")
+    if isinstance(like, Tensor):
+        return Tensor(U.astype(like.dtype, copy=False))
+    return U
+
+
+def graph_fourier(x: Any, U: Any) -> Any:
+    r"""The graph Fourier transform :math:`\hat{x} = U^\top x`.
+
+    x: [N] or [N, F] signal (a Tensor: differentiable; an array: an array); U: [N, k] eigenvectors
+    (from :func:`laplacian_eigh`). Returns [k] or [k, F].
+    """
+    Ub = _basis(U, x)
+    if x.shape[0] != Ub.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} nodes but U has {Ub.shape[0]} rows")
+    if isinstance(x, Tensor) or isinstance(Ub, Tensor):
+        return ops.matmul(ops.transpose(Ub if isinstance(Ub, Tensor) else Tensor(Ub)), x)
+    return Ub.T @ np.asarray(x)
+
+
+def inverse_graph_fourier(x_hat: Any, U: Any) -> Any:
+    r"""The inverse transform :math:`x = U \hat{x}`: x_hat [k] or [k, F], U [N, k] -> [N] or [N, F]."""
+    Ub = _basis(U, x_hat)
+    if x_hat.shape[0] != Ub.shape[1]:
+        raise ValueError(f"x_hat has {x_hat.shape[0]} coefficients but U has {Ub.shape[1]} columns")
+    if isinstance(x_hat, Tensor) or isinstance(Ub, Tensor):
+        return ops.matmul(Ub if isinstance(Ub, Tensor) else Tensor(Ub), x_hat)
+    return Ub @ np.asarray(x_hat)
+
+
+GRID_OFFSETS_8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+GRID_OFFSETS_4 = ((-1, 0), (0, -1), (0, 1), (1, 0))
+
+
+def grid_shift(height: int, width: int, dr: int, dc: int) -> CSR:
+    """The [HW, HW] 0/1 matrix S with (S X)[r*W + c] = X[(r+dr)*W + (c+dc)], zero off the grid.
+
+    Pixels are numbered row-major (node r*W + c). The shifts for the offsets of a 3x3 window turn a
+    3x3 convolution with zero padding into message passing: sum over offsets of S_off X W_off.
+    """
+    _check_hw(height, width)
+    r, c = np.divmod(np.arange(height * width), width)
+    rs, cs = r + dr, c + dc
+    ok = (rs >= 0) & (rs < height) & (cs >= 0) & (cs < width)
+    indptr = np.zeros(height * width + 1, dtype=np.int64)
+    np.cumsum(ok, out=indptr[1:])  # one entry in each row whose neighbour lies on the grid
+    return CSR(indptr, (rs * width + cs)[ok].astype(np.int32), None, (height * width, height * width))
+
+
+def grid_graph(height: int, width: int, diagonal: bool = True) -> CSR:
+    """The adjacency [HW, HW] of a height x width pixel grid: each pixel joined to its 8 neighbours
+    (4 with ``diagonal=False``), no self-loops, unweighted and symmetric; node r*W + c is pixel (r, c).
+    """
+    _check_hw(height, width)
+    offsets = GRID_OFFSETS_8 if diagonal else GRID_OFFSETS_4
+    n = height * width
+    r, c = np.divmod(np.arange(n), width)
+    rows, cols = [], []
+    for dr, dc in offsets:
+        rs, cs = r + dr, c + dc
+        ok = (rs >= 0) & (rs < height) & (cs >= 0) & (cs < width)
+        rows.append(np.nonzero(ok)[0])
+        cols.append((rs * width + cs)[ok])
+    return CSR.from_edge_index(np.stack([np.concatenate(rows), np.concatenate(cols)]), num_nodes=n)
+
+
+def _check_hw(height: int, width: int) -> None:
+    for name, v in (("height", height), ("width", width)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")

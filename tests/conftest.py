@@ -1,0 +1,37 @@
+"""Shared test settings: the `gpu` marker skips without a usable CUDA device."""
+import os
+
+import pytest
+
+# Reproducible hypothesis runs in CI; `--hypothesis-profile=long` (or TAPEGRAD_FUZZ=long) runs longer.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("long", max_examples=5000, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("TAPEGRAD_FUZZ", "ci"))
+except ImportError:  # hypothesis is in the test extra; the fuzz tests skip without it
+    pass
+
+
+def _gpu_reason():
+    try:
+        from tapegrad.engine.backend import require_cuda
+        require_cuda()
+    except RuntimeError as e:
+        return str(e)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    reason = _gpu_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"needs a GPU: {reason}")
+    for item in gpu_items:
+        item.add_marker(skip)

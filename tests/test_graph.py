@@ -1,0 +1,187 @@
+"""Spectral tools and the pixel grid: normalised Laplacian vs scipy, eigenbasis, graph Fourier transform,
+and a 3x3 convolution written as message passing on grid_graph."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.sparse.csgraph import laplacian as scipy_laplacian
+from scipy.signal import correlate2d
+
+import tapegrad as tg
+from tapegrad.layers.graph import (GRID_OFFSETS_8, graph_fourier, grid_graph, grid_shift, inverse_graph_fourier,
+                                   laplacian_eigh, normalized_laplacian)
+
+
+def _random_graph(n, density, seed, weighted=True, loops=True):
+    rng = np.random.default_rng(seed)
+    m = sp.random(n, n, density=density, random_state=seed, format="csr")
+    m = m + m.T
+    if not weighted:
+        m.data[:] = 1.0
+    if loops:
+        m = m + sp.diags(rng.uniform(0, 2, n) * (rng.random(n) < 0.3))
+    m = sp.csr_matrix(m)
+    m.eliminate_zeros()
+    return m
+
+
+@pytest.mark.parametrize("seed,weighted", [(0, True), (1, False), (2, True)])
+def test_normalized_laplacian_matches_scipy_including_isolated_nodes_and_loops(seed, weighted):
+    m = _random_graph(30, 0.04, seed, weighted)  # sparse enough to leave isolated nodes
+    m = sp.lil_matrix(m)
+    m[4, :] = 0
+    m[:, 4] = 0
+    m[4, 4] = 3.0  # a node whose only entry is a self-loop counts as isolated
+    m = sp.csr_matrix(m)
+    ref = scipy_laplacian(m, normed=True).toarray()
+    L = normalized_laplacian(tg.CSR.from_scipy(m))
+    assert isinstance(L, tg.CSR) and L.dtype == np.float64
+    np.testing.assert_allclose(L.toarray(), ref, rtol=1e-12, atol=1e-14)
+    deg = np.asarray(m.sum(1)).ravel() - m.diagonal()
+    np.testing.assert_array_equal(np.diag(L.toarray()), (deg > 0).astype(float))
+    assert L.toarray()[4].sum() == 0  # the isolated node's row is all zero
+
+
+def test_normalized_laplacian_accepts_unweighted_csr_and_dense():
+    A = grid_graph(3, 4)
+    assert A.data is None
+    ref = scipy_laplacian(A.to_scipy().astype(np.float64), normed=True).toarray()
+    np.testing.assert_allclose(normalized_laplacian(A).toarray(), ref, atol=1e-14)
+    np.testing.assert_allclose(normalized_laplacian(A.toarray()).toarray(), ref, atol=1e-14)
+    with pytest.raises(ValueError, match="square"):
+        normalized_laplacian(np.ones((2, 3)))
+    with pytest.raises(TypeError):
+        normalized_laplacian([[0, 1], [1, 0]])
+
+
+def test_laplacian_eigh_full_spectrum_is_an_orthonormal_eigenbasis():
+    m = _random_graph(25, 0.1, 3)
+    w, U = laplacian_eigh(m)
+    L = normalized_laplacian(m).toarray()
+    assert w.shape == (25,) and U.shape == (25, 25)
+    assert np.all(np.diff(w) >= -1e-12) and w[0] > -1e-10 and w[-1] < 2 + 1e-10
+    np.testing.assert_allclose(U.T @ U, np.eye(25), atol=1e-10)
+    np.testing.assert_allclose(L @ U, U * w, atol=1e-10)
+
+
+def test_laplacian_eigh_sparse_k_smallest_agree_with_dense():
+    n = 400  # a ring with random chords: connected, with a clear spectral gap, so Lanczos is quick
+    rng = np.random.default_rng(5)
+    src = np.concatenate([np.arange(n), rng.integers(0, n, 2 * n)])
+    dst = np.concatenate([(np.arange(n) + 1) % n, rng.integers(0, n, 2 * n)])
+    keep = src != dst
+    A = tg.CSR.from_scipy(sp.csr_matrix((np.ones(keep.sum()), (src[keep], dst[keep])), shape=(n, n)) +
+                          sp.csr_matrix((np.ones(keep.sum()), (dst[keep], src[keep])), shape=(n, n)))
+    k = 6
+    w_sparse, U_sparse = laplacian_eigh(A, k=k, dense=False)
+    w_dense, _ = laplacian_eigh(A, k=k)
+    np.testing.assert_allclose(w_sparse, w_dense, atol=1e-8)
+    L = normalized_laplacian(A).to_scipy()
+    np.testing.assert_allclose(L @ U_sparse, U_sparse * w_sparse, atol=1e-6)
+    assert abs(w_sparse[0]) < 1e-8  # a connected graph has one zero eigenvalue
+    with pytest.raises(ValueError, match="k"):
+        laplacian_eigh(A, k=0)
+
+
+def test_graph_fourier_round_trip_and_parseval():
+    m = _random_graph(20, 0.15, 4)
+    _, U = laplacian_eigh(m)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 3))
+    x_hat = graph_fourier(x, U)
+    np.testing.assert_allclose(x_hat, U.T @ x, atol=1e-12)
+    np.testing.assert_allclose(inverse_graph_fourier(x_hat, U), x, atol=1e-12)
+    np.testing.assert_allclose((x_hat ** 2).sum(), (x ** 2).sum(), rtol=1e-12)
+    v = rng.standard_normal(20)
+    np.testing.assert_allclose(inverse_graph_fourier(graph_fourier(v, U), U), v, atol=1e-12)
+
+
+def test_graph_fourier_is_differentiable_for_tensors():
+    m = _random_graph(8, 0.3, 5)
+    _, U = laplacian_eigh(m)
+    rng = np.random.default_rng(1)
+    x = tg.tensor(rng.standard_normal((8, 2)), requires_grad=True)
+    assert tg.gradcheck(lambda x: graph_fourier(x, U), [x])
+    assert tg.gradcheck(lambda x: inverse_graph_fourier(x, U[:, :5]), [tg.tensor(rng.standard_normal((5, 2)),
+                                                                                    requires_grad=True)])
+    # a low-pass filter in the spectral domain: gradients reach x
+    y = inverse_graph_fourier(graph_fourier(x, U[:, :3]), U[:, :3])
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, U[:, :3] @ U[:, :3].T @ np.ones((8, 2)), atol=1e-12)
+    with pytest.raises(ValueError, match="nodes"):
+        graph_fourier(np.ones((7, 2)), U)
+
+
+def test_grid_graph_structure():
+    A = grid_graph(3, 4)
+    dense = A.toarray()
+    assert A.shape == (12, 12) and A.data is None
+    np.testing.assert_array_equal(dense, dense.T)
+    assert np.all(np.diag(dense) == 0)
+    deg = dense.sum(1).reshape(3, 4)
+    np.testing.assert_array_equal(deg, [[3, 5, 5, 3], [5, 8, 8, 5], [3, 5, 5, 3]])
+    deg4 = grid_graph(3, 4, diagonal=False).toarray().sum(1).reshape(3, 4)
+    np.testing.assert_array_equal(deg4, [[2, 3, 3, 2], [3, 4, 4, 3], [2, 3, 3, 2]])
+    assert grid_graph(1, 1).nnz == 0
+    with pytest.raises(ValueError, match="height"):
+        grid_graph(0, 3)
+
+
+def _offsets_of(A, height, width):
+    """Split the grid adjacency by relative offset: {(dr, dc): CSR with the entries of that offset}."""
+    m = A.to_scipy().tocoo()
+    dr = m.col // width - m.row // width
+    dc = m.col % width - m.row % width
+    out = {}
+    for off in GRID_OFFSETS_8:
+        sel = (dr == off[0]) & (dc == off[1])
+        out[off] = tg.CSR.from_scipy(sp.csr_matrix((m.data[sel], (m.row[sel], m.col[sel])), shape=m.shape))
+    return out
+
+
+def test_3x3_convolution_equals_message_passing_on_the_grid():
+    h, w = 5, 7
+    rng = np.random.default_rng(2)
+    img = rng.standard_normal((h, w))
+    kernel = rng.standard_normal((3, 3))
+    ref = correlate2d(img, kernel, mode="same", boundary="fill", fillvalue=0)
+    A = grid_graph(h, w)
+    parts = _offsets_of(A, h, w)
+    x = tg.tensor(img.reshape(-1, 1))
+    out = x * kernel[1, 1]  # the centre pixel: a self-loop
+    for (dr, dc), S in parts.items():
+        out = out + tg.spmm(S, x) * kernel[dr + 1, dc + 1]
+        np.testing.assert_array_equal(S.toarray(), grid_shift(h, w, dr, dc).toarray())
+    np.testing.assert_allclose(out.numpy().reshape(h, w), ref, atol=1e-12)
+    # the offsets partition the graph
+    np.testing.assert_array_equal(sum(S.toarray() for S in parts.values()), A.toarray())
+
+
+def test_multichannel_3x3_convolution_equals_message_passing_with_gradients():
+    h, w, c_in, c_out = 4, 5, 3, 2
+    rng = np.random.default_rng(3)
+    img = rng.standard_normal((h, w, c_in))
+    K = rng.standard_normal((3, 3, c_in, c_out))  # one weight matrix per relative offset
+    padded = np.pad(img, ((1, 1), (1, 1), (0, 0)))
+    ref = np.zeros((h, w, c_out))
+    for r in range(h):
+        for c in range(w):
+            ref[r, c] = np.einsum("abi,abio->o", padded[r:r + 3, c:c + 3], K)
+
+    x = tg.tensor(img.reshape(-1, c_in), requires_grad=True)
+    weights = {off: tg.tensor(K[off[0] + 1, off[1] + 1], requires_grad=True) for off in [(0, 0)] + list(GRID_OFFSETS_8)}
+
+    def conv(x, *ws):
+        out = x @ ws[0]
+        for (dr, dc), wt in zip(GRID_OFFSETS_8, ws[1:]):
+            out = out + tg.spmm(grid_shift(h, w, dr, dc), x) @ wt
+        return out
+    ws = [weights[(0, 0)]] + [weights[o] for o in GRID_OFFSETS_8]
+    np.testing.assert_allclose(conv(x, *ws).numpy().reshape(h, w, c_out), ref, atol=1e-12)
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(img.transpose(2, 0, 1)[None], requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, torch.tensor(K.transpose(3, 2, 0, 1)), padding=1)
+    np.testing.assert_allclose(yt[0].detach().numpy().transpose(1, 2, 0), ref, atol=1e-12)
+    g = rng.standard_normal((h * w, c_out))
+    conv(x, *ws).backward(g)
+    yt.backward(torch.tensor(g.reshape(h, w, c_out).transpose(2, 0, 1)[None]))
+    np.testing.assert_allclose(x.grad.reshape(h, w, c_in), xt.grad[0].numpy().transpose(1, 2, 0), atol=1e-12)

@@ -1,0 +1,237 @@
+"""The CuPy and Numba CUDA kernels against the NumPy references on a real GPU, on realistic shapes.
+
+Every test is marked ``gpu`` and skips without cupy or a usable CUDA device. Each kernel runs through
+the registry on both GPU backends, on a power-law graph (a hub row and a hub column spanning many
+work segments, empty rows, isolated nodes), for float32 and float64 and int32 and int64 indices.
+Float32 sums are checked against a float64 reference within a bound proportional to the sum of the
+absolute terms, since the GPU adds in a different order from ``np.add.at``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tapegrad.kernels import reference as ref
+from tapegrad.kernels import registry
+
+pytestmark = pytest.mark.gpu
+
+GPU_BACKENDS = ["cupy", "numba-cuda"]
+
+
+def _cupy_or_skip():
+    cupy = pytest.importorskip("cupy")
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, no device, driver too old, ...
+        pytest.skip(f"no usable CUDA device: {e}")
+    if n == 0:
+        pytest.skip("no CUDA device")
+    return cupy
+
+
+@pytest.fixture(scope="module")
+def cp():
+    return _cupy_or_skip()
+
+
+@pytest.fixture(params=GPU_BACKENDS)
+def backend(request, cp):
+    if request.param == "numba-cuda":
+        cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+        if not cuda.is_available():
+            pytest.skip("numba-cuda cannot reach the GPU")
+    return request.param
+
+
+def _kernel(name, backend):
+    return registry.get(name, backend)
+
+
+def _power_law_csr(n_rows, n_cols, seed, idx_dtype=np.int32, ptr_dtype=np.int64):
+    """Sorted, duplicate-free CSR with Zipf row degrees, one hub row, one hub column, empty rows."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng(seed)
+    deg = np.minimum(rng.zipf(2.1, n_rows), n_cols)
+    deg[rng.choice(n_rows, n_rows // 20, replace=False)] = 0  # empty rows
+    deg[n_rows // 3] = min(n_cols, 15_000)  # a hub row spanning many SpMM segments
+    rows = np.repeat(np.arange(n_rows), deg)
+    cols = rng.integers(0, n_cols, rows.size)
+    cols[rng.random(rows.size) < 0.2] = 7  # a hub column: a long row of A^T
+    A = sp.csr_matrix((rng.random(rows.size) + 0.1, (rows, cols)), shape=(n_rows, n_cols))
+    A.sum_duplicates()
+    A.sort_indices()
+    return A.indptr.astype(ptr_dtype), A.indices.astype(idx_dtype), A.data
+
+
+def _check_sum(got, want64, bound64, dtype):
+    """|got - exact| <= c * sum(|terms|): the error of any summation order, in the dtype's precision."""
+    c = 1e-4 if dtype == np.float32 else 1e-11
+    err = np.abs(got.astype(np.float64) - want64)
+    worst = np.max(err - c * bound64 - c) if err.size else 0.0
+    assert worst <= 0, f"error exceeds the summation bound by {worst}"
+
+
+def _to(cp, *arrays):
+    return [None if a is None else cp.asarray(a) for a in arrays]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("F", [1, 7, 16, 64, 130])
+def test_spmm_matches_reference_on_power_law_graph(cp, backend, F, dtype):
+    indptr, indices, data = _power_law_csr(20_000, 18_000, seed=F)
+    rng = np.random.default_rng(F)
+    x = rng.standard_normal((18_000, F)).astype(dtype)
+    d = data.astype(dtype)
+    y = _kernel("spmm", backend)(*_to(cp, indptr, indices, d, x))
+    assert isinstance(y, cp.ndarray) and y.dtype == dtype and y.shape == (20_000, F)
+    want = ref.spmm(indptr, indices, d.astype(np.float64), x.astype(np.float64))
+    bound = ref.spmm(indptr, indices, np.abs(d).astype(np.float64), np.abs(x).astype(np.float64))
+    _check_sum(cp.asnumpy(y), want, bound, dtype)
+    y1 = _kernel("spmm", backend)(*_to(cp, indptr, indices, None, x))
+    _check_sum(cp.asnumpy(y1), ref.spmm(indptr, indices, None, x.astype(np.float64)),
+               ref.spmm(indptr, indices, None, np.abs(x).astype(np.float64)), dtype)
+
+
+def test_spmm_with_int64_indices_int32_indptr_and_misaligned_x(cp, backend):
+    indptr, indices, data = _power_law_csr(5_000, 4_000, seed=1, idx_dtype=np.int64, ptr_dtype=np.int32)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4_000, 32)).astype(np.float32)
+    buf = cp.empty(x.size + 1, np.float32)
+    x_gpu = buf[1:].reshape(x.shape)  # 4-byte aligned only: no float4 loads possible
+    x_gpu[...] = cp.asarray(x)
+    y = _kernel("spmm", backend)(*_to(cp, indptr, indices, data.astype(np.float32)), x_gpu)
+    _check_sum(cp.asnumpy(y), ref.spmm(indptr, indices, data, x.astype(np.float64)),
+               ref.spmm(indptr, indices, data, np.abs(x).astype(np.float64)), np.float32)
+
+
+def test_spmm_is_bitwise_deterministic_and_fills_out(cp, backend):
+    indptr, indices, data = _power_law_csr(20_000, 20_000, seed=2)
+    x = np.random.default_rng(2).standard_normal((20_000, 64)).astype(np.float32)
+    args = _to(cp, indptr, indices, data.astype(np.float32), x)
+    y1 = _kernel("spmm", backend)(*args)
+    out = cp.full((20_000, 64), cp.nan, dtype=cp.float32)
+    y2 = _kernel("spmm", backend)(*args, out)
+    assert y2 is out
+    assert cp.asnumpy(y1).tobytes() == cp.asnumpy(out).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("F", [1, 7, 64, 130])
+def test_sddmm_matches_reference_on_power_law_graph(cp, backend, F, dtype):
+    indptr, indices, _ = _power_law_csr(20_000, 18_000, seed=10 + F)
+    rng = np.random.default_rng(F)
+    a = rng.standard_normal((20_000, F)).astype(dtype)
+    b = rng.standard_normal((18_000, F)).astype(dtype)
+    out = _kernel("sddmm", backend)(*_to(cp, indptr, indices, a, b))
+    assert out.dtype == dtype and out.shape == indices.shape
+    want = ref.sddmm(indptr, indices, a.astype(np.float64), b.astype(np.float64))
+    bound = ref.sddmm(indptr, indices, np.abs(a).astype(np.float64), np.abs(b).astype(np.float64))
+    _check_sum(cp.asnumpy(out), want, bound, dtype)
+
+
+def test_numba_sddmm_shared_memory_reduction_matches_shuffles(cp, monkeypatch):
+    pytest.importorskip("numba.cuda")
+    from tapegrad.kernels.cuda import sparse as nk
+    indptr, indices, _ = _power_law_csr(8_000, 8_000, seed=3)
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2, 8_000, 24))
+    args = _to(cp, indptr, indices, a, b)
+    monkeypatch.setattr(nk, "USE_SHUFFLE", True)
+    with_shuffles = cp.asnumpy(nk.sddmm(*args))
+    monkeypatch.setattr(nk, "USE_SHUFFLE", False)
+    with_shared = cp.asnumpy(nk.sddmm(*args))
+    np.testing.assert_allclose(with_shared, with_shuffles, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(with_shared, ref.sddmm(indptr, indices, a, b), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("idx_dtype", [np.int32, np.int64])
+def test_csr_transpose_equals_reference_exactly(cp, backend, idx_dtype):
+    indptr, indices, data = _power_law_csr(30_000, 25_000, seed=4, idx_dtype=idx_dtype)
+    for d in (data, None):
+        got = _kernel("csr_transpose", backend)(*_to(cp, indptr, indices, d), 25_000)
+        want = ref.csr_transpose(indptr, indices, d, 25_000)
+        for g, w in zip(got, want):
+            if w is None:
+                assert g is None
+            else:
+                assert g.dtype == w.dtype
+                np.testing.assert_array_equal(cp.asnumpy(g), w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gcn_norm_matches_reference(cp, backend, dtype):
+    indptr, indices, data = _power_law_csr(20_000, 20_000, seed=5)
+    for add, d, fill in ((True, data, 1.0), (True, None, 2.0), (False, data, 1.0)):
+        got = _kernel("gcn_norm", backend)(*_to(cp, indptr, indices, d), 20_000, add, fill, dtype)
+        want = ref.gcn_norm(indptr, indices, d, 20_000, add, fill, dtype)
+        np.testing.assert_array_equal(cp.asnumpy(got[0]), want[0])
+        np.testing.assert_array_equal(cp.asnumpy(got[1]), want[1])
+        assert got[2].dtype == np.dtype(dtype)
+        tol = dict(rtol=1e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(cp.asnumpy(got[2]), want[2], **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,H", [(64, 256), (32, 130), (7, 33)])
+def test_lstm_cell_matches_reference(cp, backend, B, H, dtype):
+    rng = np.random.default_rng(H)
+    z = (3 * rng.standard_normal((B, 4 * H))).astype(dtype)
+    c_prev, grad_h, grad_c = rng.standard_normal((3, B, H)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    want = ref.lstm_cell_fwd(z, c_prev)
+    got = _kernel("lstm_cell_fwd", backend)(*_to(cp, z, c_prev))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(cp.asnumpy(g), w, **tol)
+    z_gpu = cp.asarray(z)
+    gates = _kernel("lstm_cell_fwd", backend)(z_gpu, cp.asarray(c_prev), z_gpu)[0]  # gates written over z
+    assert gates is z_gpu
+    np.testing.assert_allclose(cp.asnumpy(z_gpu), want[0], **tol)
+    got = _kernel("lstm_cell_bwd", backend)(*_to(cp, want[0], c_prev, want[1], grad_h, grad_c))
+    for g, w in zip(got, ref.lstm_cell_bwd(want[0], c_prev, want[1], grad_h, grad_c)):
+        np.testing.assert_allclose(cp.asnumpy(g), w, **tol)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rnn_cell_matches_reference(cp, backend, relu, dtype):
+    rng = np.random.default_rng(11)
+    z = (2 * rng.standard_normal((128, 300))).astype(dtype)
+    grad_h = rng.standard_normal((128, 300)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    h = _kernel("rnn_cell_fwd", backend)(cp.asarray(z), None, relu)
+    np.testing.assert_allclose(cp.asnumpy(h), ref.rnn_cell_fwd(z, relu=relu), **tol)
+    g = _kernel("rnn_cell_bwd", backend)(h, cp.asarray(grad_h), None, relu)
+    np.testing.assert_allclose(cp.asnumpy(g), ref.rnn_cell_bwd(cp.asnumpy(h), grad_h, relu=relu), **tol)
+
+
+@pytest.mark.parametrize("name", ["sparse", "recurrent"])
+def test_small_launch_constants_on_real_hardware(cp, backend, name, monkeypatch):
+    """Both GPU backends with tiny blocks, grids and segments: every block and segment edge is hit."""
+    import importlib
+    pkg = "cupy" if backend == "cupy" else "cuda"
+    mod = importlib.import_module(f"tapegrad.kernels.{pkg}.{name}")
+    for attr, value in (("BLOCK", 64), ("MAX_BLOCKS", 3), ("SPMM_SEGMENT", 5), ("SDDMM_SEGMENT", 3),
+                        ("SORT_TILE", 8), ("SCAN_THREADS", 64)):
+        if hasattr(mod, attr):
+            monkeypatch.setattr(mod, attr, value)
+    rng = np.random.default_rng(12)
+    if name == "sparse":
+        indptr, indices, data = _power_law_csr(3_000, 3_000, seed=12)
+        x = rng.standard_normal((3_000, 20))
+        y = _kernel("spmm", backend)(*_to(cp, indptr, indices, data, x))
+        np.testing.assert_allclose(cp.asnumpy(y), ref.spmm(indptr, indices, data, x), rtol=1e-10, atol=1e-10)
+        a = rng.standard_normal((3_000, 20))
+        s = _kernel("sddmm", backend)(*_to(cp, indptr, indices, a, x))
+        np.testing.assert_allclose(cp.asnumpy(s), ref.sddmm(indptr, indices, a, x), rtol=1e-10, atol=1e-10)
+        t = _kernel("csr_transpose", backend)(*_to(cp, indptr, indices, data), 3_000)
+        for g, w in zip(t, ref.csr_transpose(indptr, indices, data, 3_000)):
+            np.testing.assert_array_equal(cp.asnumpy(g), w)
+        gn = _kernel("gcn_norm", backend)(*_to(cp, indptr, indices, data), 3_000, True, 1.0, np.float64)
+        for g, w in zip(gn, ref.gcn_norm(indptr, indices, data, 3_000, True, 1.0, np.float64)):
+            np.testing.assert_allclose(cp.asnumpy(g), w, rtol=1e-13, atol=1e-15)
+    else:
+        z = rng.standard_normal((9, 4 * 50))
+        c_prev = rng.standard_normal((9, 50))
+        for g, w in zip(_kernel("lstm_cell_fwd", backend)(*_to(cp, z, c_prev)), ref.lstm_cell_fwd(z, c_prev)):
+            np.testing.assert_allclose(cp.asnumpy(g), w, rtol=1e-12, atol=1e-13)

@@ -1,0 +1,400 @@
+"""Every differentiable op: a float64 central-difference gradcheck on tiny shapes (broadcasting included),
+then a random-direction VJP check against torch autograd on realistic shapes (skipped without torch).
+
+spmm has its own file (test_spmm_op.py); this file covers the dense ops, losses, dropout and embedding.
+"""
+import numpy as np
+import pytest
+
+import tapegrad as tg
+
+RNG = np.random.default_rng(1234)
+
+
+def rand(*shape, low=None, away_from_zero=False):
+    a = RNG.standard_normal(shape)
+    if away_from_zero:  # keep relu / abs-like kinks and 1/x poles out of the finite-difference stencil
+        a = np.sign(a) * (np.abs(a) + 0.2)
+    if low is not None:
+        a = np.abs(a) + low
+    return a
+
+
+def P(*arrays):
+    """Inputs that require grad (float64)."""
+    return [tg.tensor(np.array(a, dtype=np.float64), requires_grad=True) for a in arrays]
+
+
+def _seeded_dropout(x, p, training):
+    tg.manual_seed(7)  # the same mask on every finite-difference evaluation
+    return tg.dropout(x, p, training)
+
+
+Y3 = np.array([2, 0, 1, 2])
+
+# (id, fn, input arrays) -- each input requires grad
+CASES = [
+    ("add", lambda a, b: a + b, (rand(2, 3), rand(2, 3))),
+    ("add_broadcast_row", lambda a, b: a + b, (rand(2, 3), rand(3))),
+    ("add_broadcast_both", lambda a, b: a + b, (rand(3, 1, 4), rand(2, 1))),
+    ("add_0d", lambda a, b: a + b, (rand(2, 3), rand())),
+    ("add_python_number", lambda a: 2.5 + a, (rand(2, 3),)),
+    ("sub_broadcast", lambda a, b: a - b, (rand(2, 1), rand(1, 3))),
+    ("rsub_number", lambda a: 1.0 - a, (rand(3),)),
+    ("mul", lambda a, b: a * b, (rand(2, 3), rand(2, 3))),
+    ("mul_broadcast", lambda a, b: a * b, (rand(4, 1, 3), rand(2, 3))),
+    ("mul_same_tensor_twice", lambda a: a * a, (rand(3, 2),)),
+    ("div", lambda a, b: a / b, (rand(2, 3), rand(2, 3, away_from_zero=True))),
+    ("div_broadcast", lambda a, b: a / b, (rand(2, 1), rand(1, 3, away_from_zero=True))),
+    ("rdiv_number", lambda a: 2.0 / a, (rand(3, away_from_zero=True),)),
+    ("neg", lambda a: -a, (rand(2, 3),)),
+    ("pow_2", lambda a: a ** 2, (rand(2, 3),)),
+    ("pow_3", lambda a: tg.pow(a, 3), (rand(2, 3),)),
+    ("pow_half", lambda a: a ** 0.5, (rand(2, 3, low=0.5),)),
+    ("pow_negative", lambda a: a ** -1.5, (rand(4, low=0.5),)),
+    ("pow_0", lambda a: a ** 0, (rand(3),)),
+    ("exp", tg.exp, (rand(2, 3),)),
+    ("log", tg.log, (rand(2, 3, low=0.3),)),
+    ("tanh", tg.tanh, (rand(2, 3),)),
+    ("sigmoid", tg.sigmoid, (rand(2, 3),)),
+    ("relu", tg.relu, (rand(2, 3, away_from_zero=True),)),
+    ("method_exp_log_chain", lambda a: (a.exp() + 1).log().tanh().sigmoid().relu(), (rand(3, 2),)),
+    ("matmul_2d", lambda a, b: a @ b, (rand(2, 3), rand(3, 4))),
+    ("matmul_vec_vec", lambda a, b: a @ b, (rand(3), rand(3))),
+    ("matmul_vec_mat", lambda a, b: a @ b, (rand(3), rand(3, 2))),
+    ("matmul_mat_vec", lambda a, b: a @ b, (rand(2, 3), rand(3))),
+    ("matmul_batched", lambda a, b: a @ b, (rand(2, 2, 3), rand(2, 3, 2))),
+    ("matmul_batch_broadcast", lambda a, b: a @ b, (rand(2, 1, 2, 3), rand(3, 3, 2))),
+    ("matmul_batch_with_2d", lambda a, b: a @ b, (rand(2, 2, 3), rand(3, 2))),
+    ("sum_all", lambda a: a.sum(), (rand(2, 3),)),
+    ("sum_axis0", lambda a: a.sum(0), (rand(2, 3),)),
+    ("sum_neg_axis_keepdims", lambda a: a.sum(axis=-1, keepdims=True), (rand(2, 3, 2),)),
+    ("sum_two_axes", lambda a: tg.sum(a, (0, -1)), (rand(2, 3, 2),)),
+    ("sum_0d", lambda a: a.sum(), (rand(),)),
+    ("mean_all", lambda a: a.mean(), (rand(2, 3),)),
+    ("mean_axis_keepdims", lambda a: tg.mean(a, axis=1, keepdims=True), (rand(2, 3, 2),)),
+    ("reshape", lambda a: a.reshape(3, -1) * np.arange(6.0).reshape(3, 2), (rand(2, 3),)),
+    ("transpose_T", lambda a: a.T @ np.ones((2, 1)), (rand(2, 3),)),
+    ("transpose_axes", lambda a: tg.transpose(a, (1, -1, 0)), (rand(2, 3, 2),)),
+    ("transpose_method_varargs", lambda a: a.transpose(2, 1, 0), (rand(2, 3, 2),)),
+    ("getitem_slice", lambda a: a[1:, ::-2], (rand(3, 4),)),
+    ("getitem_int", lambda a: a[-1], (rand(3, 4),)),
+    ("getitem_repeats", lambda a: a[[0, 2, 0, 0]], (rand(3, 2),)),
+    ("getitem_pairs_repeats", lambda a: a[np.array([1, 1, 0]), np.array([0, 0, 1])], (rand(2, 2),)),
+    ("getitem_mixed", lambda a: a[:, [2, 2, 0]], (rand(2, 3),)),
+    ("getitem_bool_mask", lambda a: a[np.array([[True, False, True], [False, True, True]])], (rand(2, 3),)),
+    ("getitem_bool_rows", lambda a: a[np.array([True, False, True])], (rand(3, 2),)),
+    ("getitem_none_ellipsis", lambda a: a[None, ..., 0], (rand(2, 3),)),
+    ("concat_axis0", lambda a, b: tg.concat([a, b]), (rand(2, 3), rand(1, 3))),
+    ("concat_neg_axis", lambda a, b, c: tg.concat([a, b, c], axis=-1), (rand(2, 1), rand(2, 3), rand(2, 2))),
+    ("concat_with_constant", lambda a: tg.concat([a, np.ones((1, 2))], axis=0), (rand(2, 2),)),
+    ("stack_axis0", lambda a, b: tg.stack([a, b]), (rand(2, 3), rand(2, 3))),
+    ("stack_neg_axis", lambda a, b: tg.stack([a, b], axis=-1), (rand(2, 3), rand(2, 3))),
+    ("split_equal", lambda a: tg.split(a, 2, axis=1)[1] * 3 + tg.split(a, 2, axis=1)[0], (rand(2, 4),)),
+    ("split_sizes", lambda a: tg.concat(tg.split(a, [1, 3], axis=-1)[::-1], axis=-1), (rand(2, 4),)),
+    ("where", lambda a, b: tg.where(np.array([[True, False, True]]), a, b), (rand(2, 3), rand(2, 3))),
+    ("where_broadcast", lambda a, b: tg.where(np.array([[True], [False]]), a, b), (rand(1, 3), rand(2, 1))),
+    ("where_scalar_branch", lambda a: tg.where(np.array([True, False, True]), a, 0.0), (rand(3),)),
+    ("masked_fill", lambda a: tg.masked_fill(a, np.array([[True, False], [False, False]]), -1e9).softmax(-1),
+     (rand(2, 2),)),
+    ("softmax_last", lambda a: tg.softmax(a), (rand(3, 4),)),
+    ("softmax_axis0", lambda a: tg.softmax(a, axis=0), (rand(3, 4),)),
+    ("log_softmax_last", lambda a: tg.log_softmax(a), (rand(3, 4),)),
+    ("log_softmax_3d", lambda a: a.log_softmax(axis=1), (rand(2, 3, 2),)),
+    ("cross_entropy_mean", lambda z: tg.cross_entropy(z, Y3), (rand(4, 3),)),
+    ("cross_entropy_sum", lambda z: tg.cross_entropy(z, Y3, reduction="sum"), (rand(4, 3),)),
+    ("cross_entropy_none", lambda z: tg.cross_entropy(z, Y3, reduction="none"), (rand(4, 3),)),
+    ("cross_entropy_index", lambda z: tg.cross_entropy(z, Y3, index=[3, 1, 3]), (rand(4, 3),)),
+    ("cross_entropy_bool_index", lambda z: tg.cross_entropy(z, Y3, index=np.array([1, 0, 1, 1], bool)),
+     (rand(4, 3),)),
+    ("cross_entropy_ignore", lambda z: tg.cross_entropy(z, np.array([2, -100, 1, 0])), (rand(4, 3),)),
+    ("mse_mean", lambda a: tg.mse(a, np.ones((2, 3))), (rand(2, 3),)),
+    ("mse_sum", lambda a: tg.mse(a, np.ones((2, 3)), reduction="sum"), (rand(2, 3),)),
+    ("mse_none", lambda a: tg.mse(a, np.ones((2, 3)), reduction="none"), (rand(2, 3),)),
+    ("mse_target_grad", lambda a, t: tg.mse(a, t), (rand(2, 3), rand(2, 3))),
+    ("dropout_train", lambda a: _seeded_dropout(a, 0.4, True), (rand(4, 5),)),
+    ("dropout_eval", lambda a: _seeded_dropout(a, 0.4, False) * 2, (rand(4, 5),)),
+    ("embedding", lambda w: tg.embedding(w, np.array([[0, 2], [2, 2]])), (rand(3, 2),)),
+    ("embedding_1d_ids", lambda w: tg.embedding(w, [1, 1, 0]), (rand(3, 4),)),
+    ("diamond", lambda a: (lambda y: y * y + y.exp())(a * 2 - 1), (rand(2, 2),)),
+]
+
+
+@pytest.mark.parametrize("fn,arrays", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_gradcheck(fn, arrays):
+    assert tg.gradcheck(fn, P(*arrays))
+
+
+def test_every_public_op_has_a_gradcheck_case():
+    covered = " ".join(c[0] for c in CASES)
+    for op in ("add", "sub", "mul", "div", "neg", "pow", "exp", "log", "tanh", "sigmoid", "relu", "matmul",
+               "sum", "mean", "reshape", "transpose", "getitem", "concat", "stack", "split", "where",
+               "masked_fill", "softmax", "log_softmax", "cross_entropy", "mse", "dropout", "embedding"):
+        assert op in covered, op
+
+
+def test_gradcheck_with_a_constant_input():
+    a, = P(rand(2, 3))
+    b = tg.tensor(rand(3))  # no grad: only a is checked
+    assert tg.gradcheck(lambda x, y: x * y, [a, b])
+
+
+# ---- gradcheck itself -------------------------------------------------------------------------------------
+
+def _wrong_square(x):
+    def backward(g):
+        return (g * 3 * x.data,)  # should be 2x
+    return tg.engine.make_result(x.data ** 2, (x,), backward, "wrong_square")
+
+
+def test_gradcheck_catches_a_wrong_gradient_and_names_the_input():
+    with pytest.raises(AssertionError, match="input 0"):
+        tg.gradcheck(_wrong_square, P(rand(3)))
+
+
+def test_gradcheck_needs_float64_and_an_input_that_requires_grad():
+    with pytest.raises(TypeError, match="float64"):
+        tg.gradcheck(lambda x: x * 2, [tg.tensor(np.ones(2, np.float32), requires_grad=True)])
+    with pytest.raises(ValueError, match="requires grad"):
+        tg.gradcheck(lambda x: x * 2, [tg.tensor(np.ones(2))])
+    with pytest.raises(TypeError):
+        tg.gradcheck(lambda x: x * 2, [np.ones(2)])
+
+
+def test_gradcheck_leaves_inputs_and_grads_clean():
+    x, = P(rand(2, 2))
+    before = x.data.copy()
+    tg.gradcheck(lambda t: t.exp(), [x])
+    np.testing.assert_array_equal(x.data, before)
+    assert x.grad is None
+
+
+# ---- random-direction VJP against torch on realistic shapes -------------------------------------------------
+
+def _vjp_vs_torch(tg_fn, torch_fn, arrays, atol=1e-10, rtol=1e-9):
+    torch = pytest.importorskip("torch")
+    xs = [tg.tensor(a, requires_grad=True) for a in arrays]
+    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    out = tg_fn(*xs)
+    tout = torch_fn(*ts)
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), atol=atol, rtol=rtol)
+    v = np.random.default_rng(5).standard_normal(out.shape)
+    out.backward(v)
+    grads = torch.autograd.grad(tout, ts, torch.tensor(v), allow_unused=True)
+    for i, (x, tgrad) in enumerate(zip(xs, grads)):
+        expect = np.zeros(x.shape) if tgrad is None else tgrad.numpy()
+        np.testing.assert_allclose(x.grad, expect, atol=atol, rtol=rtol, err_msg=f"input {i}")
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def test_vjp_elementwise_broadcast_vs_torch():
+    a, b = rand(64, 1, 32), rand(16, 32, away_from_zero=True)
+    _vjp_vs_torch(lambda x, y: (x + y) * (x - y) / y, lambda x, y: (x + y) * (x - y) / y, [a, b])
+
+
+def test_vjp_unary_vs_torch():
+    torch = _torch()
+    a = rand(128, 64, away_from_zero=True)
+    _vjp_vs_torch(lambda x: tg.tanh(x) + tg.sigmoid(x) * tg.relu(x) - tg.exp(-x * x) + (x * x + 1).log()
+                  + (x * x + 1) ** 0.5 - x ** 3,
+                  lambda x: torch.tanh(x) + torch.sigmoid(x) * torch.relu(x) - torch.exp(-x * x)
+                  + torch.log(x * x + 1) + (x * x + 1) ** 0.5 - x ** 3, [a])
+
+
+def test_vjp_matmul_batched_vs_torch():
+    torch = _torch()
+    _vjp_vs_torch(lambda x, y: x @ y, torch.matmul, [rand(8, 1, 32, 24), rand(5, 24, 16)])
+    _vjp_vs_torch(lambda x, y: x @ y, torch.matmul, [rand(100), rand(3, 100, 7)])
+    _vjp_vs_torch(lambda x, y: x @ y, torch.matmul, [rand(100), rand(100)])
+
+
+def test_vjp_reductions_and_shapes_vs_torch():
+    torch = _torch()
+    a = rand(16, 12, 10)
+    _vjp_vs_torch(lambda x: x.sum(axis=(0, -1), keepdims=True) * x.mean(1, keepdims=True),
+                  lambda x: x.sum(dim=(0, -1), keepdim=True) * x.mean(1, keepdim=True), [a])
+    _vjp_vs_torch(lambda x: x.transpose(2, 0, 1).reshape(10, -1).T,
+                  lambda x: x.permute(2, 0, 1).reshape(10, -1).T, [a])
+    _vjp_vs_torch(lambda x: x.transpose(2, 1, 0), lambda x: x.transpose(0, 2), [a])
+
+
+def test_vjp_indexing_vs_torch():
+    torch = _torch()
+    a = rand(50, 8)
+    idx = np.random.default_rng(3).integers(0, 50, size=200)  # many repeats
+    mask = np.random.default_rng(4).random((50, 8)) > 0.5
+    _vjp_vs_torch(lambda x: x[idx], lambda x: x[torch.as_tensor(idx)], [a])
+    _vjp_vs_torch(lambda x: x[mask], lambda x: x[torch.as_tensor(mask)], [a])
+    _vjp_vs_torch(lambda x: x[5:40:3, [1, 1, 7]], lambda x: x[5:40:3][:, [1, 1, 7]], [a])
+
+
+def test_vjp_concat_stack_split_where_vs_torch():
+    torch = _torch()
+    a, b = rand(20, 6), rand(20, 4)
+    _vjp_vs_torch(lambda x, y: tg.concat([x, y, x], axis=1), lambda x, y: torch.cat([x, y, x], 1), [a, b])
+    _vjp_vs_torch(lambda x, y: tg.stack([x, y * 2], axis=1), lambda x, y: torch.stack([x, y * 2], 1),
+                  [a, rand(20, 6)])
+    _vjp_vs_torch(lambda x: tg.split(x, [2, 4], axis=-1)[1] * tg.split(x, [2, 4], axis=-1)[0][:, :1],
+                  lambda x: torch.split(x, [2, 4], -1)[1] * torch.split(x, [2, 4], -1)[0][:, :1], [a])
+    cond = np.random.default_rng(6).random((20, 1)) > 0.5
+    _vjp_vs_torch(lambda x, y: tg.where(cond, x, y), lambda x, y: torch.where(torch.as_tensor(cond), x, y),
+                  [a, rand(1, 6)])
+    m = np.random.default_rng(7).random((20, 6)) > 0.7
+    _vjp_vs_torch(lambda x: tg.masked_fill(x, m, 0.5), lambda x: x.masked_fill(torch.as_tensor(m), 0.5), [a])
+
+
+def test_vjp_softmax_family_vs_torch():
+    torch = _torch()
+    a = rand(32, 10, 7) * 5
+    _vjp_vs_torch(lambda x: tg.softmax(x, axis=1), lambda x: torch.softmax(x, 1), [a])
+    _vjp_vs_torch(lambda x: tg.log_softmax(x), lambda x: torch.log_softmax(x, -1), [a])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_vjp_cross_entropy_vs_torch(reduction):
+    torch = _torch()
+    F = torch.nn.functional
+    rng = np.random.default_rng(8)
+    z = rand(200, 10) * 3
+    y = rng.integers(0, 10, size=200)
+    y[rng.random(200) < 0.1] = -100
+    _vjp_vs_torch(lambda x: tg.cross_entropy(x, y, reduction=reduction),
+                  lambda x: F.cross_entropy(x, torch.as_tensor(y), reduction=reduction), [z])
+    idx = rng.choice(200, size=60, replace=False)
+    _vjp_vs_torch(lambda x: tg.cross_entropy(x, y, index=idx, reduction=reduction),
+                  lambda x: F.cross_entropy(x[torch.as_tensor(idx)], torch.as_tensor(y[idx]), reduction=reduction),
+                  [z])
+
+
+def test_vjp_mse_vs_torch():
+    torch = _torch()
+    F = torch.nn.functional
+    for reduction in ("mean", "sum", "none"):
+        _vjp_vs_torch(lambda x, t: tg.mse(x, t, reduction=reduction),
+                      lambda x, t: F.mse_loss(x, t, reduction=reduction), [rand(40, 3), rand(40, 3)])
+
+
+def test_vjp_embedding_vs_torch():
+    torch = _torch()
+    ids = np.random.default_rng(9).integers(0, 30, size=(12, 7))
+    _vjp_vs_torch(lambda w: tg.embedding(w, ids), lambda w: torch.nn.functional.embedding(torch.as_tensor(ids), w),
+                  [rand(30, 16)])
+
+
+# ---- op-specific behaviour not covered by a gradient check --------------------------------------------------
+
+def test_dropout_scales_survivors_and_is_identity_in_eval():
+    tg.manual_seed(0)
+    x = tg.tensor(np.ones((200, 50)), requires_grad=True)
+    y = tg.dropout(x, 0.3)
+    vals = np.unique(y.numpy())
+    np.testing.assert_allclose(vals, [0.0, 1 / 0.7])
+    assert abs((y.numpy() == 0).mean() - 0.3) < 0.02
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, y.numpy())  # d/dx (x * mask) = mask, and x = 1
+    assert tg.dropout(x, 0.3, training=False) is x
+    assert tg.dropout(x, 0.0) is x
+    np.testing.assert_array_equal(tg.dropout(x, 1.0).numpy(), 0.0)
+    with pytest.raises(ValueError):
+        tg.dropout(x, 1.5)
+
+
+def test_dropout_is_reproducible_with_manual_seed():
+    x = tg.tensor(np.ones((10, 10)))
+    tg.manual_seed(11)
+    a = tg.dropout(x, 0.5).numpy()
+    tg.manual_seed(11)
+    b = tg.dropout(x, 0.5).numpy()
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError):
+        tg.manual_seed(-1)
+
+
+def test_cross_entropy_errors():
+    z = tg.tensor(rand(4, 3))
+    with pytest.raises(ValueError, match="2-D"):
+        tg.cross_entropy(tg.tensor(rand(4)), Y3)
+    with pytest.raises(TypeError, match="integer"):
+        tg.cross_entropy(z, np.array([0.0, 1.0, 2.0, 0.0]))
+    with pytest.raises(ValueError, match="shape"):
+        tg.cross_entropy(z, np.array([0, 1]))
+    with pytest.raises(ValueError, match="class ids"):
+        tg.cross_entropy(z, np.array([0, 1, 3, 0]))
+    with pytest.raises(ValueError, match="row ids"):
+        tg.cross_entropy(z, Y3, index=[4])
+    with pytest.raises(ValueError, match="reduction"):
+        tg.cross_entropy(z, Y3, reduction="avg")
+    with pytest.raises(ValueError, match="no rows"):
+        tg.cross_entropy(z, Y3, index=[])
+    with pytest.raises(ValueError, match="length"):
+        tg.cross_entropy(z, Y3, index=np.array([True, False]))
+
+
+def test_cross_entropy_over_no_rows_with_sum_is_zero():
+    z = tg.tensor(rand(4, 3), requires_grad=True)
+    loss = tg.cross_entropy(z, Y3, index=np.array([], dtype=np.int64), reduction="sum")
+    assert loss.item() == 0.0
+    loss.backward()
+    np.testing.assert_array_equal(z.grad, 0.0)
+    assert tg.cross_entropy(z, Y3, index=[], reduction="none").shape == (0,)
+
+
+def test_cross_entropy_float32_is_stable_for_large_logits():
+    z = tg.tensor(np.array([[1000.0, 0.0], [0.0, -1000.0]], np.float32), requires_grad=True)
+    loss = tg.cross_entropy(z, np.array([1, 1]))
+    assert loss.dtype == np.float32 and np.isfinite(loss.item())
+    np.testing.assert_allclose(loss.item(), 1000.0, rtol=1e-6)  # both rows pick a logit 1000 below the max
+
+
+def test_mse_shape_mismatch_and_reduction_errors():
+    with pytest.raises(ValueError, match="shape"):
+        tg.mse(tg.tensor(np.ones((2, 3))), np.ones(3))
+    with pytest.raises(ValueError, match="reduction"):
+        tg.mse(tg.tensor(np.ones(3)), np.ones(3), reduction="avg")
+
+
+def test_embedding_errors_and_weight_as_array():
+    w = tg.tensor(rand(5, 2), requires_grad=True)
+    with pytest.raises(TypeError, match="integers"):
+        tg.embedding(w, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        tg.embedding(w, [5])
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        tg.embedding(w, [-1])
+    with pytest.raises(ValueError, match="2-D"):
+        tg.embedding(tg.tensor(rand(5)), [0])
+    out = tg.embedding(rand(5, 2), [1, 1])
+    assert out.shape == (2, 2) and not out.requires_grad
+    assert tg.embedding(w, []).shape == (0, 2)
+
+
+def test_split_errors():
+    x = tg.tensor(np.ones((2, 5)))
+    with pytest.raises(ValueError, match="equal parts"):
+        tg.split(x, 2, axis=1)
+    with pytest.raises(ValueError, match="add up"):
+        tg.split(x, [2, 2], axis=1)
+    assert [p.shape for p in tg.split(x, 5, axis=-1)] == [(2, 1)] * 5
+
+
+def test_concat_and_stack_need_tensors():
+    with pytest.raises(ValueError):
+        tg.concat([])
+    with pytest.raises(ValueError):
+        tg.stack([])
+
+
+def test_softmax_handles_minus_inf_masks():
+    x = tg.tensor(np.array([[0.0, -np.inf, 1.0]]), requires_grad=True)
+    y = tg.softmax(x)
+    np.testing.assert_allclose(y.numpy(), [[1 / (1 + np.e), 0.0, np.e / (1 + np.e)]])
+    y.backward(np.array([[1.0, 2.0, 3.0]]))
+    assert np.isfinite(x.grad).all() and x.grad[0, 1] == 0.0
+
+
+def test_sigmoid_does_not_overflow():
+    x = tg.tensor(np.array([-1000.0, 0.0, 1000.0], np.float32))
+    np.testing.assert_allclose(tg.sigmoid(x).numpy(), [0.0, 0.5, 1.0])
