@@ -17,10 +17,11 @@ twin in ``benchmarks/charrnn_vs_torch.py`` sees exactly the same windows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +34,49 @@ from ..layers.optim import Adam
 from ..layers.tbptt import TBPTT
 
 VAL_FRACTION = 0.1
+
+
+# ---- BLAS threads --------------------------------------------------------------------------------------------
+
+def _openblas():
+    """numpy's OpenBLAS as (set_num_threads, get_num_threads) ctypes functions, or None."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", ""), ("openblas", "64_")):
+            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                return setter, getter
+    return None
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    """Run the block with numpy's OpenBLAS limited to ``n`` threads (``None`` or 0: leave it alone).
+
+    A char-LSTM step is a chain of small GEMMs ([B, H] x [H, 4H] per time step), where OpenBLAS's
+    second thread costs more than it brings: on a 2-core CPU one thread made a step 3-4x faster.
+    """
+    blas = _openblas() if n else None
+    if blas is None:
+        yield
+        return
+    setter, getter = blas
+    before = getter()
+    setter(int(n))
+    try:
+        yield
+    finally:
+        setter(before)
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
@@ -49,7 +93,7 @@ def load_text_ids(name_or_path: str) -> tuple[list[str], dict[str, int], np.ndar
 
 def split_train_val(ids: np.ndarray, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """The first (1 - val_fraction) of the text for training, the rest for validation."""
-    n_val = int(round(len(ids) * val_fraction))
+    n_val = round(len(ids) * val_fraction)
     return ids[:len(ids) - n_val], ids[len(ids) - n_val:]
 
 
@@ -256,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out windows in the validation loss (default: %(default)s)")
     p.add_argument("--sample", type=int, default=0, metavar="N", help="print N sampled characters at the end")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: %(default)s)")
+    p.add_argument("--blas-threads", type=int, default=1, metavar="N",
+                   help="OpenBLAS threads while training; 1 is fastest for these small GEMMs on a small CPU, "
+                        "0 leaves numpy's setting alone (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     return p
 
@@ -265,8 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.blas_threads < 0:
+        parser.error(f"--blas-threads must be >= 0, got {args.blas_threads}")
     try:
-        vocab, stoi, ids = load_text_ids(args.data)
+        vocab, _, ids = load_text_ids(args.data)
     except FileNotFoundError as e:
         print(f"charrnn: error: file not found: {e.filename or args.data}", file=sys.stderr)
         return 1
@@ -281,17 +330,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"step {step + 1:5d}  train loss {loss:.4f}", flush=True)
 
     try:
-        res = train(ids, len(vocab), args.steps, hidden=args.hidden, embed=args.embed, num_layers=args.layers,
-                    seq_len=args.seq_len, batch=args.batch, lr=args.lr, clip=args.clip, seed=args.seed,
-                    val_chunks=args.val_chunks, progress=progress)
+        with blas_threads(args.blas_threads):
+            res = train(ids, len(vocab), args.steps, hidden=args.hidden, embed=args.embed,
+                        num_layers=args.layers, seq_len=args.seq_len, batch=args.batch, lr=args.lr, clip=args.clip,
+                        seed=args.seed, val_chunks=args.val_chunks, progress=progress)
+            text = sample(res["model"], vocab, prime="\n", n=args.sample, temperature=args.temperature,
+                          seed=args.seed) if args.sample > 0 else None
     except ValueError as e:
         print(f"charrnn: error: {e}", file=sys.stderr)
         return 1
-    text = sample(res["model"], vocab, prime="\n", n=args.sample, temperature=args.temperature,
-                  seed=args.seed) if args.sample > 0 else None
     if args.json:
         out = {k: res[k] for k in ("train_loss", "val_loss", "ms_per_step")}
-        out.update(steps=args.steps, vocab_size=len(vocab), chars=int(len(ids)), hidden=args.hidden,
+        out.update(steps=args.steps, vocab_size=len(vocab), chars=len(ids), hidden=args.hidden,
                    seq_len=args.seq_len, batch=args.batch)
         if text is not None:
             out["sample"] = text

@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--torch-init", action="store_true",
                    help="let PyTorch draw its own initial weights (same distributions) instead of copying ours")
     p.add_argument("--tolerance", type=float, default=0.02, help="allowed relative excess of our val loss")
+    p.add_argument("--threads", type=int, default=0,
+                   help="BLAS threads for tapegrad and torch.set_num_threads for PyTorch (0: leave both alone)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -101,8 +103,12 @@ def main(argv=None) -> int:
     model = charrnn.CharLSTM(len(vocab), args.hidden, args.embed, args.layers)
     init_state = None if args.torch_init else model.state_dict()
 
-    ours = charrnn.train(ids, len(vocab), args.steps, seq_len=args.seq_len, batch=args.batch, lr=args.lr,
-                         clip=args.clip, val_chunks=args.val_chunks, model=model)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    with charrnn.blas_threads(args.threads):
+        ours = charrnn.train(ids, len(vocab), args.steps, seq_len=args.seq_len, batch=args.batch, lr=args.lr,
+                             clip=args.clip, val_chunks=args.val_chunks, model=model)
     ours = {k: ours[k] for k in ("train_loss", "val_loss", "ms_per_step")}
     theirs = torch_run(ids, len(vocab), args, init_state)
     rel = ours["val_loss"] / theirs["val_loss"] - 1.0

@@ -88,6 +88,10 @@ def _resolve(name_or_path: Any, shipped: dict, kind: str) -> Path:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ValueError(f"{path} is not an .npz archive (no zip header): corrupt, or not a graph file")
     try:
         with np.load(path, allow_pickle=False) as f:
             if not hasattr(f, "files"):

@@ -14,6 +14,7 @@ With profiling off nothing here runs: the dispatch door tests one global for Non
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import threading
@@ -25,7 +26,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..kernels import registry
-from . import tensor as _tensor
+from .tensor import Tensor
+
+# The module, not the tensor() function that engine/__init__ exports under the same name.
+_tensor = importlib.import_module(__package__ + ".tensor")
 
 _lock = threading.Lock()
 _active: "Profile | None" = None
@@ -93,9 +97,9 @@ KERNEL_COST: dict[str, Callable] = {
 
 def _op_cost(name: str, args: tuple, out: Any) -> tuple[int, int]:
     """Bytes and flops of an engine op's forward: exact for matmul, read-inputs-write-output otherwise."""
-    arrays = [a.data if isinstance(a, _tensor.Tensor) else a for a in args]
+    arrays = [a.data if isinstance(a, Tensor) else a for a in args]
     arrays = [a for a in arrays if hasattr(a, "nbytes")]
-    out_arr = out.data if isinstance(out, _tensor.Tensor) else None
+    out_arr = out.data if isinstance(out, Tensor) else None
     moved = sum(_nbytes(a) for a in arrays) + _nbytes(out_arr)
     if name == "matmul" and len(arrays) == 2 and out_arr is not None:
         k = arrays[0].shape[-1]
@@ -220,7 +224,7 @@ class Stat:
 def _signature(args: tuple) -> str:
     parts = []
     for a in args:
-        a = a.data if isinstance(a, _tensor.Tensor) else a
+        a = a.data if isinstance(a, Tensor) else a
         if hasattr(a, "shape") and hasattr(a, "dtype"):
             parts.append(f"{a.dtype}{list(a.shape)}")
         elif a is None:
@@ -410,7 +414,7 @@ class Profile:
 
 def _device_of_args(args: tuple) -> str:
     for a in args:
-        a = a.data if isinstance(a, _tensor.Tensor) else a
+        a = a.data if isinstance(a, Tensor) else a
         if hasattr(a, "dtype"):
             return "cpu" if isinstance(a, np.ndarray) else "cuda"
     return "cpu"
@@ -431,7 +435,6 @@ PROFILED_OPS: dict[str, tuple[str, ...]] = {
 def profile(trace: bool = True) -> Iterator[Profile]:
     """Profile everything run inside the block (one profile at a time per process)."""
     global _active
-    import importlib
     if _active is not None:
         raise RuntimeError("a profile is already active")
     prof = Profile(trace)

@@ -3,14 +3,17 @@
 Recording a node per time step (and several per gate) makes a long sequence slow to build and to walk;
 here the forward runs the whole time loop over plain arrays and the backward runs it back, with
 
-- the input projection of every step as one GEMM, biases folded in: ``P = X W_ih^T + (b_ih + b_hh)``
-  for X = x viewed as [T*B, I];
-- per step one GEMM ``h_{t-1} W_hh^T`` into a preallocated buffer, then the fused cell kernel
-  (``lstm_cell_fwd`` / ``rnn_cell_fwd``) through :func:`tapegrad.kernels.registry.call`, the one door
-  the profiler watches;
+- the input projection ``P = X W_ih^T + (b_ih + b_hh)`` (X = x viewed as [T*B, I]) as big GEMMs, a
+  chunk of steps at a time, the biases folded into the GEMM through a column of ones appended to X;
+- per step one GEMM ``h_{t-1} W_hh^T`` into a preallocated buffer (skipped at the first step when h0
+  is zero), added to the step's slice of P, then the fused cell kernel (``lstm_cell_fwd`` /
+  ``rnn_cell_fwd``) through :func:`tapegrad.kernels.registry.call`, the one door the profiler watches;
 - in the backward, per step the fused cell backward and one GEMM ``grad_h_{t-1} = grad_z W_hh``; the
-  weight gradients are single GEMMs over all steps (``dW_ih = dZ^T X``, ``dW_hh = dZ^T H_prev``),
-  ``dX = dZ W_ih``, and the bias gradient a column sum of dZ.
+  weight gradients are single GEMMs over all steps (``[dW_ih | db] = dZ^T [X | 1]``,
+  ``dW_hh = dZ^T H_prev``) and ``dX = dZ W_ih``.
+
+Every buffer is allocated once per call; under ``no_grad`` (or when no input requires grad) nothing is
+kept for a backward: the projection is one reused chunk and the LSTM cell state two ping-pong rows.
 
 The three results of :func:`lstm_sequence` (output, h_n, c_n) come from one computation: ``h_n`` is the
 recorded node, and ``output`` / ``c_n`` are thin children of it whose backward hands their incoming
@@ -40,7 +43,7 @@ from .tensor import Tensor, is_grad_enabled, make_result
 __all__ = ["lstm_sequence", "rnn_sequence"]
 
 
-# ---- argument checks --------------------------------------------------------------------------------------------
+# ---- argument checks ---------------------------------------------------------------------------------------
 
 def _float_tensor(name: str, a: Any, ndim: int) -> Tensor:
     t = as_tensor(a)
@@ -153,18 +156,36 @@ class _Batches:
 
 class _Projection:
     """``x_t W_ih^T + b_ih + b_hh`` for every step, computed a chunk of steps at a time just before the
-    chunk runs, so each GEMM's output is still in cache when its steps read it (and one GEMM over all
-    T*B rows is no faster). ``keep`` holds all T steps (the backward needs them); otherwise one chunk's
+    chunk runs, so each GEMM's output is still in cache when its steps read it (one GEMM over all T*B
+    rows is no faster). ``keep`` holds all T steps (the backward needs them); otherwise one chunk's
     buffer is reused, and the cell kernel activates the gates in it in place.
+
+    The biases ride in the GEMM: x gets a column of ones (``xa`` [T, B, I+1], copied once, in run
+    order) and W_ih a column holding b_ih + b_hh, which is cheaper than a pass adding the bias to the
+    [T, B, G] result. In the backward the same ones column makes ``dZ^T xa`` give the bias gradient as
+    the last column of the weight gradient.
     """
 
-    __slots__ = ("x", "w_t", "bias", "buf", "steps", "T", "reverse", "keep")
+    __slots__ = ("xa", "w_t", "buf", "steps", "T", "reverse", "keep")
 
     _CHUNK_BYTES = 1 << 20
 
-    def __init__(self, x: Any, w_ih: Any, bias: Any, G: int, keep: bool, reverse: bool, xp: Any) -> None:
-        T, B, _ = x.shape
-        self.x, self.w_t, self.bias, self.T, self.reverse, self.keep = x, w_ih.T, bias, T, reverse, keep
+    def __init__(self, x: Any, w_ih: Any, b_ih: Any, b_hh: Any, keep: bool, reverse: bool, order: Any,
+                 xp: Any) -> None:
+        T, B, I = x.shape
+        G = w_ih.shape[0]
+        if b_ih is None:
+            self.xa = xp.ascontiguousarray(x if order is None else x[:, order])
+            self.w_t = w_ih.T
+        else:
+            self.xa = xp.empty((T, B, I + 1), dtype=x.dtype)
+            self.xa[:, :, :I] = x if order is None else x[:, order]
+            self.xa[:, :, I] = 1
+            w = xp.empty((G, I + 1), dtype=x.dtype)
+            w[:, :I] = w_ih
+            xp.add(b_ih, b_hh, out=w[:, I])
+            self.w_t = w.T
+        self.T, self.reverse, self.keep = T, reverse, keep
         self.steps = max(1, min(T, self._CHUNK_BYTES // (B * G * x.dtype.itemsize)))
         self.buf = xp.empty((T if keep else self.steps, B, G), dtype=x.dtype)
 
@@ -172,16 +193,13 @@ class _Projection:
         """Project the chunk of steps that starts (in run order) at step t; returns the buffer's first step."""
         lo, hi = (max(0, t + 1 - self.steps), t + 1) if self.reverse else (t, min(self.T, t + self.steps))
         dst = self.buf[lo:hi] if self.keep else self.buf[:hi - lo]
-        xc = self.x[lo:hi]
+        xc = self.xa[lo:hi]
         m = xc.shape[0] * xc.shape[1]
-        out = dst.reshape(m, dst.shape[2])
-        array_module(out).matmul(xc.reshape(m, xc.shape[2]), self.w_t, out=out)
-        if self.bias is not None:
-            out += self.bias
+        array_module(dst).matmul(xc.reshape(m, xc.shape[2]), self.w_t, out=dst.reshape(m, dst.shape[2]))
         return 0 if self.keep else lo
 
 
-# ---- multi-output plumbing ------------------------------------------------------------------------------------------
+# ---- multi-output plumbing ---------------------------------------------------------------------------------
 
 def _side_output(data: Any, core: Tensor, stash: dict, key: str, name: str) -> Tensor:
     """A result that shares ``core``'s node: its gradient is handed to core's backward through ``stash``.
@@ -203,7 +221,11 @@ def _parents(*tensors) -> tuple:
     return tuple(t for t in tensors if t is not None)
 
 
-# ---- LSTM ------------------------------------------------------------------------------------------------------------
+def _data(t: Tensor | None) -> Any:
+    return None if t is None else t.data
+
+
+# ---- LSTM --------------------------------------------------------------------------------------------------
 
 def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None,
                   lengths: Any = None, reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
@@ -237,18 +259,17 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
     batches = None if lens is None else _Batches(lens, T, xp, dtype)
 
     # Rows in run order (sorted by length when lengths are given).
-    xd, h0d, c0d = x.data, h0.data, c0.data
-    if batches is not None:
-        xd, h0d, c0d = batches.sort(xd, 1), batches.sort(h0d, 0), batches.sort(c0d, 0)
-    xd = xp.ascontiguousarray(xd)
-    x2 = xd.reshape(T * B, I)
+    h0d, c0d = h0.data, c0.data
+    order = None if batches is None else batches.order
+    if order is not None:
+        h0d, c0d = h0d[order], c0d[order]
     w_ih_d, w_hh_d = w_ih.data, w_hh.data
     w_hh_t = xp.ascontiguousarray(w_hh_d.T)  # [H, 4H]: the per-step GEMM reads it row-major
 
     # Input projection (biases folded in); the cell kernel activates it in place into the gates.
-    bias = None if b_ih is None else b_ih.data + b_hh.data
-    proj = _Projection(xd, w_ih_d, bias, 4 * H, need_grad, reverse, xp)
+    proj = _Projection(x.data, w_ih_d, _data(b_ih), _data(b_hh), need_grad, reverse, order, xp)
     gates, chunk = proj.buf, proj.steps
+    xa = proj.xa if need_grad else None
 
     # States: hs[t + a] = h_t and hs[t + 1 - a] = h_{t-1}, a = 1 forward, 0 reverse; so the outputs
     # are the contiguous block hs[a : a + T] and the previous states hs[1 - a : 1 - a + T].
@@ -266,6 +287,7 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
     rec = xp.empty((B, 4 * H), dtype=dtype)
     steps = range(T - 1, -1, -1) if reverse else range(T)
     active = None if batches is None else batches.active
+    recur = bool(h0d.any())  # the usual zero h0 adds nothing at the first step: skip its GEMM
     call, matmul, add = registry.call, xp.matmul, xp.add
     for s, t in enumerate(steps):
         h_prev, h_out = hs[t + 1 - a], hs[t + a]
@@ -278,15 +300,19 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
         z = gates[t - base]
         n = B if active is None else active[t]
         if n == B:
-            matmul(h_prev, w_hh_t, out=rec)
-            add(z, rec, out=z)
+            if recur:
+                matmul(h_prev, w_hh_t, out=rec)
+                add(z, rec, out=z)
             call("lstm_cell_fwd", backend, z, c_prev, z, c_out, h_out)
+            recur = True
             continue
         if n:
             zn = z[:n]
-            matmul(h_prev[:n], w_hh_t, out=rec[:n])
-            add(zn, rec[:n], out=zn)
+            if recur:
+                matmul(h_prev[:n], w_hh_t, out=rec[:n])
+                add(zn, rec[:n], out=zn)
             call("lstm_cell_fwd", backend, zn, c_prev[:n], zn, c_out[:n], h_out[:n])
+        recur = True
         h_out[n:] = h_prev[n:]  # finished rows keep their state
         c_out[n:] = c_prev[n:]
 
@@ -309,13 +335,15 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
         dh = g_hn.copy()  # never write into an incoming gradient: other consumers may share it
         dc = xp.zeros((B, H), dtype=dtype) if g_cn is None else g_cn.copy()
         dz = xp.empty((T, B, 4 * H), dtype=dtype)
+        t_first = T - 1 if reverse else 0  # the step that read h0: its GEMM only serves h0's gradient
         for t in (range(T) if reverse else range(T - 1, -1, -1)):
             n = B if active is None else active[t]
             if n == B:
                 if g_out is not None:
                     add(dh, g_out[t], out=dh)
                 call("lstm_cell_bwd", backend, gates[t], cs[t + 1 - a], cs[t + a], dh, dc, dz[t], dc)
-                matmul(dz[t], w_hh_d, out=dh)
+                if t != t_first or h0.requires_grad:
+                    matmul(dz[t], w_hh_d, out=dh)
                 continue
             dz[t, n:] = 0  # padding: no gradient to x or the weights; dh, dc pass through unchanged
             if n:
@@ -324,9 +352,10 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
                     add(dhn, g_out[t, :n], out=dhn)
                 call("lstm_cell_bwd", backend, gates[t, :n], cs[t + 1 - a, :n], cs[t + a, :n], dhn, dcn,
                      dz[t, :n], dcn)
-                matmul(dz[t, :n], w_hh_d, out=dhn)
-        return _weight_grads(dz, x2, hs[1 - a:1 - a + T], w_ih_d, batches, dh, dc, (T, B, I, H),
-                             (x, h0, c0, w_ih, w_hh, b_ih, b_hh), 4 * H)
+                if t != t_first or h0.requires_grad:
+                    matmul(dz[t, :n], w_hh_d, out=dhn)
+        return _weight_grads(dz, xa, hs[1 - a:1 - a + T], w_ih_d, batches, dh, dc,
+                             (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
 
     h_n_t = make_result(h_n, parents, backward, "lstm_sequence")
     out_t = _side_output(out, h_n_t, stash, "out", "lstm_sequence.output")
@@ -334,15 +363,17 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
     return out_t, h_n_t, c_n_t
 
 
-def _weight_grads(dz, x2, h_prev, w_ih_d, batches, dh, dc, sizes, inputs, gsize):
+def _weight_grads(dz, xa, h_prev, w_ih_d, batches, dh, dc, inputs):
     """Gradients of everything but the recurrence, as single GEMMs over all steps, in ``inputs`` order.
 
-    dz [T, B, G]: gradient of the pre-activations (zero on padding); x2 [T*B, I]; h_prev [T, B, H]:
-    the state each step read; dh, dc: gradients of h0 and c0 (rows in run order).
+    dz [T, B, G]: gradient of the pre-activations (zero on padding); xa [T, B, I(+1)]: x in run order,
+    with the ones column when there are biases; h_prev [T, B, H]: the state each step read; dh, dc:
+    gradients of h0 and c0 (rows in run order).
     """
-    T, B, I, H = sizes
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = inputs
-    dz2 = dz.reshape(T * B, gsize)
+    T, B, G = dz.shape
+    I, H = x.shape[2], h_prev.shape[2]
+    dz2 = dz.reshape(T * B, G)
     grads = []
     if x.requires_grad:
         dx = (dz2 @ w_ih_d).reshape(T, B, I)
@@ -353,17 +384,19 @@ def _weight_grads(dz, x2, h_prev, w_ih_d, batches, dh, dc, sizes, inputs, gsize)
     if c0 is not None:
         grads.append((dc if batches is None else batches.unsort(dc, 0)) if c0.requires_grad else None)
     dz2_t = dz2.T
-    grads.append(dz2_t @ x2 if w_ih.requires_grad else None)
+    need_bias = b_ih is not None and (b_ih.requires_grad or b_hh.requires_grad)
+    if w_ih.requires_grad or need_bias:
+        dw = dz2_t @ xa.reshape(T * B, xa.shape[2])  # [G, I+1]: its last column is the bias gradient
+    grads.append(dw[:, :I] if w_ih.requires_grad else None)
     grads.append(dz2_t @ h_prev.reshape(T * B, H) if w_hh.requires_grad else None)
     if b_ih is not None:
-        db = dz2.sum(axis=0) if (b_ih.requires_grad or b_hh.requires_grad) else None
+        db = dw[:, I] if need_bias else None
         grads.append(db if b_ih.requires_grad else None)
-        # A separate array for b_hh: the two gradients must not be one object.
-        grads.append(db.copy() if b_hh.requires_grad else None)
+        grads.append(db.copy() if b_hh.requires_grad else None)  # two gradients, two arrays
     return tuple(grads)
 
 
-# ---- Elman RNN -------------------------------------------------------------------------------------------------------
+# ---- Elman RNN ---------------------------------------------------------------------------------------------
 
 def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None,
                  nonlinearity: str = "tanh", lengths: Any = None, reverse: bool = False) -> tuple[Tensor, Tensor]:
@@ -391,17 +424,16 @@ def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
     need_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
     batches = None if lens is None else _Batches(lens, T, xp, dtype)
 
-    xd, h0d = x.data, h0.data
-    if batches is not None:
-        xd, h0d = batches.sort(xd, 1), batches.sort(h0d, 0)
-    xd = xp.ascontiguousarray(xd)
-    x2 = xd.reshape(T * B, I)
+    h0d = h0.data
+    order = None if batches is None else batches.order
+    if order is not None:
+        h0d = h0d[order]
     w_ih_d, w_hh_d = w_ih.data, w_hh.data
     w_hh_t = xp.ascontiguousarray(w_hh_d.T)
 
-    bias = None if b_ih is None else b_ih.data + b_hh.data
-    proj = _Projection(xd, w_ih_d, bias, H, False, reverse, xp)
+    proj = _Projection(x.data, w_ih_d, _data(b_ih), _data(b_hh), False, reverse, order, xp)
     pbuf, chunk = proj.buf, proj.steps
+    xa = proj.xa if need_grad else None
 
     a = 0 if reverse else 1
     first, last = (T, 0) if reverse else (0, T)
@@ -409,6 +441,7 @@ def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
     hs[first] = h0d
     steps = range(T - 1, -1, -1) if reverse else range(T)
     active = None if batches is None else batches.active
+    recur = bool(h0d.any())  # a zero h0 adds nothing at the first step: skip its GEMM
     call, matmul, add = registry.call, xp.matmul, xp.add
     for s, t in enumerate(steps):
         h_prev, h_out = hs[t + 1 - a], hs[t + a]
@@ -417,23 +450,31 @@ def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
             base = proj.fill(t)
         p = pbuf[t - base]
         if n == B:
-            matmul(h_prev, w_hh_t, out=h_out)
-            add(h_out, p, out=h_out)
-            call("rnn_cell_fwd", backend, h_out, h_out, relu)
+            if recur:
+                matmul(h_prev, w_hh_t, out=h_out)
+                add(h_out, p, out=h_out)
+                call("rnn_cell_fwd", backend, h_out, h_out, relu)
+            else:
+                call("rnn_cell_fwd", backend, p, h_out, relu)
+            recur = True
             continue
         if n:
             hn = h_out[:n]
-            matmul(h_prev[:n], w_hh_t, out=hn)
-            add(hn, p[:n], out=hn)
-            call("rnn_cell_fwd", backend, hn, hn, relu)
+            if recur:
+                matmul(h_prev[:n], w_hh_t, out=hn)
+                add(hn, p[:n], out=hn)
+                call("rnn_cell_fwd", backend, hn, hn, relu)
+            else:
+                call("rnn_cell_fwd", backend, p[:n], hn, relu)
         h_out[n:] = h_prev[n:]
+        recur = True
 
     out = hs[a:a + T]
     h_n = hs[last]
     if batches is not None:
         out = batches.unsort(out, 1) * batches.mask
         h_n = batches.unsort(h_n, 0)
-    del proj, pbuf
+    del proj, pbuf  # the backward needs xa only
 
     stash: dict = {}
 
@@ -444,13 +485,15 @@ def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
             g_out = None if g_out is None else batches.sort(g_out, 1)
         dh = g_hn.copy()
         dz = xp.empty((T, B, H), dtype=dtype)
+        t_first = T - 1 if reverse else 0  # the step that read h0: its GEMM only serves h0's gradient
         for t in (range(T) if reverse else range(T - 1, -1, -1)):
             n = B if active is None else active[t]
             if n == B:
                 if g_out is not None:
                     add(dh, g_out[t], out=dh)
                 call("rnn_cell_bwd", backend, hs[t + a], dh, dz[t], relu)
-                matmul(dz[t], w_hh_d, out=dh)
+                if t != t_first or h0.requires_grad:
+                    matmul(dz[t], w_hh_d, out=dh)
                 continue
             dz[t, n:] = 0
             if n:
@@ -458,9 +501,10 @@ def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
                 if g_out is not None:
                     add(dhn, g_out[t, :n], out=dhn)
                 call("rnn_cell_bwd", backend, hs[t + a, :n], dhn, dz[t, :n], relu)
-                matmul(dz[t, :n], w_hh_d, out=dhn)
-        return _weight_grads(dz, x2, hs[1 - a:1 - a + T], w_ih_d, batches, dh, None, (T, B, I, H),
-                             (x, h0, None, w_ih, w_hh, b_ih, b_hh), H)
+                if t != t_first or h0.requires_grad:
+                    matmul(dz[t, :n], w_hh_d, out=dhn)
+        return _weight_grads(dz, xa, hs[1 - a:1 - a + T], w_ih_d, batches, dh, None,
+                             (x, h0, None, w_ih, w_hh, b_ih, b_hh))
 
     h_n_t = make_result(h_n, parents, backward, "rnn_sequence")
     out_t = _side_output(out, h_n_t, stash, "out", "rnn_sequence.output")

@@ -84,4 +84,5 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    print(f"accuracy of the generated symbols {100 * train(a.steps, a.seed, verbose=True):.1f}% (chance {100 / V:.0f}%)")
+    acc = train(a.steps, a.seed, verbose=True)
+    print(f"accuracy of the generated symbols {100 * acc:.1f}% (chance {100 / V:.0f}%)")

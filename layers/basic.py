@@ -39,8 +39,14 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Any) -> Tensor:
-        y = ops.matmul(as_tensor(x), ops.transpose(self.weight))
-        return y if self.bias is None else y + self.bias
+        x = as_tensor(x)
+        lead = x.shape[:-1]
+        if x.ndim != 2:  # one 2-D GEMM: numpy's batched matmul against a transposed view skips BLAS
+            x = ops.reshape(x, (-1, x.shape[-1]))
+        y = ops.matmul(x, ops.transpose(self.weight))
+        if self.bias is not None:
+            y = y + self.bias
+        return y if len(lead) == 1 else ops.reshape(y, lead + (self.out_features,))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -101,7 +101,9 @@ class GCNConv(Module):
     Args:
         in_channels (int): size of each input node feature vector.
         out_channels (int): size of each output node feature vector.
-        improved (bool): use :math:`\mathbf{A} + 2\mathbf{I}` (default ``False``).
+        improved (bool): use :math:`\mathbf{A} + 2\mathbf{I}` (default ``False``). Note: PyG 2.8 adds
+            weight-1 loops when ``improved=True`` and no ``edge_weight`` is passed; this layer always
+            adds weight-2 loops (PyG's result with explicit unit edge weights).
         cached (bool): keep the normalised adjacency of the graph last seen and reuse it while the
             same graph object (CSR or edge_index array, and edge_weight) is passed again; for
             transductive training on one graph (default ``False``). ``.to()`` clears it.
@@ -242,11 +244,11 @@ def sparse_dropout_values(x: CSR, p: float, training: bool = True, dtype: Any = 
     if not training or p == 0.0:
         return None
     dtype = np.dtype(dtype)
-    keep = _random.uniform((x.nnz,), "cpu") >= p
-    scale = dtype.type(0.0 if p == 1.0 else 1.0 / (1.0 - p))
-    host = x.to("cpu")
-    base = np.ones(x.nnz, dtype=dtype) if host.data is None else host.data.astype(dtype)
-    return Tensor(to_device(base * keep * scale, x.device))
+    keep = _random.uniform((x.nnz,), x.device) >= p  # drawn on the host: the same mask on every device
+    vals = keep.astype(dtype) * dtype.type(0.0 if p == 1.0 else 1.0 / (1.0 - p))
+    if x.data is not None:
+        vals *= x.data.astype(dtype, copy=False)
+    return Tensor(vals)
 
 
 class GCN(Module):
@@ -297,6 +299,7 @@ class GCN(Module):
         last = self.num_layers - 1
         for i, conv in enumerate(self.convs):
             if isinstance(h, CSR):
+                h = h.to(self.device)  # a no-op when the features already live there (pass them so)
                 vals = sparse_dropout_values(h, self.dropout, self.training, self.dtype)
                 h = conv(h, edge_index, edge_weight, x_values=vals)
             else:

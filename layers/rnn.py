@@ -337,7 +337,7 @@ class LSTM(RNNBase):
                                                    self._finish_state(c_ns, batched))
 
 
-# ---- cells ------------------------------------------------------------------------------------------------------
+# ---- cells -------------------------------------------------------------------------------------------------
 
 class RNNCellBase(Module):
     _gate_mult = 1
@@ -363,7 +363,8 @@ class RNNCellBase(Module):
     def _prepare(self, input: Any) -> tuple[Tensor, bool]:
         x = _as_input(self, input, "input")
         if x.ndim not in (1, 2):
-            raise ValueError(f"input must be 2-D [B, input_size] or 1-D unbatched [input_size], got shape {x.shape}")
+            raise ValueError(f"input must be 2-D [B, input_size] or 1-D unbatched [input_size], "
+                             f"got shape {x.shape}")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input has {x.shape[-1]} features in its last dimension, "
                              f"expected input_size={self.input_size} (input shape {x.shape})")

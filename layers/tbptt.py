@@ -26,6 +26,7 @@ Two ways in:
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Iterator, NamedTuple
 
 from ..engine.tensor import Tensor
@@ -80,8 +81,11 @@ def tbptt_windows(T: int, k1: int, k2: int | None = None) -> Iterator[Window]:
     Each window's ``loss_start`` is the previous window's ``stop``, so every step's loss is counted
     exactly once; the last window is shorter when ``k1`` does not divide ``T``.
 
-    >>> list(tbptt_windows(5, 2))
-    [Window(start=0, stop=2, loss_start=0, carry_at=2), Window(start=2, stop=4, loss_start=2, carry_at=4), Window(start=4, stop=5, loss_start=4, carry_at=5)]
+    >>> for w in tbptt_windows(5, 2, 3):
+    ...     print(w)
+    Window(start=0, stop=2, loss_start=0, carry_at=1)
+    Window(start=1, stop=4, loss_start=2, carry_at=3)
+    Window(start=3, stop=5, loss_start=4, carry_at=5)
     """
     k1, k2 = _check_k(k1, k2)
     t = 0
@@ -147,7 +151,7 @@ class TBPTT:
         next_start = state if w.carry_at == w.start else _UNSET
         n_loss = w.stop - w.loss_start
         total = None
-        for a, b in zip(cuts[:-1], cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             with_loss = a >= w.loss_start
             loss, state = self.segment_fn(a, b, state, with_loss)
             if with_loss:

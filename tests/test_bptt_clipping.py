@@ -17,7 +17,7 @@ def _long_lstm(T=1000, seed=0):
 
 
 def _long_loss(lstm, head, x):
-    out, (h_n, c_n) = lstm(x)  # [T, B, H]: one recorded op per layer however long T is
+    out, (h_n, _) = lstm(x)  # [T, B, H]: one recorded op per layer however long T is
     return tg.mean(head(h_n[-1]) ** 2) + tg.mean(out ** 2)
 
 

@@ -192,6 +192,23 @@ def test_lstm_cell_matches_reference(cp, backend, B, H, dtype):
         np.testing.assert_allclose(cp.asnumpy(g), w, **tol)
 
 
+def test_recurrent_outputs_may_alias_inputs_as_the_engine_uses_them(cp, backend):
+    rng = np.random.default_rng(13)
+    gates = ref.lstm_cell_fwd(rng.standard_normal((16, 4 * 64)), rng.standard_normal((16, 64)))[0]
+    c_prev, c, grad_h, grad_c = rng.standard_normal((4, 16, 64))
+    want = ref.lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c)
+    dc = cp.asarray(grad_c)
+    got = _kernel("lstm_cell_bwd", backend)(*_to(cp, gates, c_prev, c, grad_h), dc, None, dc)
+    assert got[1] is dc
+    np.testing.assert_allclose(cp.asnumpy(got[0]), want[0], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(cp.asnumpy(dc), want[1], rtol=1e-12, atol=1e-13)
+    z = rng.standard_normal((16, 64))
+    want_h = np.tanh(z)
+    zd = cp.asarray(z)
+    assert _kernel("rnn_cell_fwd", backend)(zd, zd, False) is zd
+    np.testing.assert_allclose(cp.asnumpy(zd), want_h, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rnn_cell_matches_reference(cp, backend, relu, dtype):

@@ -55,6 +55,31 @@ def test_lstm_sequence_gradcheck_without_bias_and_with_constant_inputs():
     tg.gradcheck(lambda *a: _flat(*lstm_sequence(*a, reverse=True)), args)
 
 
+@pytest.mark.parametrize("op", ["lstm", "rnn"])
+def test_gradcheck_when_only_x_and_h0_require_grad(op):
+    """Weights and biases constant (frozen layer): only the gradients asked for are computed."""
+    rng = np.random.default_rng(14)
+    args = _inputs(rng, 4 if op == "lstm" else 1, state=2 if op == "lstm" else 1)
+    for a in args[2:]:
+        a.requires_grad_(False)
+    fn = lstm_sequence if op == "lstm" else rnn_sequence
+    tg.gradcheck(lambda *a: _flat(*fn(*a, lengths=[2, 4, 3])), args)
+
+
+@pytest.mark.parametrize("op", ["lstm", "rnn"])
+@pytest.mark.parametrize("h0_grad", [True, False])
+def test_gradcheck_with_a_zero_initial_state(op, h0_grad):
+    """A zero h0 (the layers' default) skips the first step's recurrent GEMM, and the last backward
+    GEMM when h0 needs no gradient; both shortcuts must leave every gradient right."""
+    rng = np.random.default_rng(15)
+    args = _inputs(rng, 4 if op == "lstm" else 1, state=2 if op == "lstm" else 1)
+    args[1] = tg.tensor(np.zeros_like(args[1].data), requires_grad=h0_grad)
+    fn = lstm_sequence if op == "lstm" else rnn_sequence
+    for reverse in (False, True):
+        for lengths in (None, [2, 4, 3]):
+            tg.gradcheck(lambda *a: _flat(*fn(*a, lengths=lengths, reverse=reverse)), args)
+
+
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", LENGTH_CASES)

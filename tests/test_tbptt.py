@@ -1,4 +1,6 @@
 """Truncated BPTT(k1, k2): window arithmetic, gradients against a hand-written truncated BPTT, state carry."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -82,7 +84,7 @@ def test_windows_count_every_loss_step_once_and_backprop_k2_steps(n, k1, k2):
     ws = list(tbptt_windows(n, k1, k2))
     assert [w.loss_start for w in ws] == [0] + [w.stop for w in ws[:-1]]
     assert ws[-1].stop == n
-    for prev, w in zip(ws, ws[1:]):
+    for prev, w in itertools.pairwise(ws):
         assert w.start == prev.carry_at  # each window starts where the previous one kept its state
     for w in ws:
         assert w.stop - w.loss_start == min(k1, n - w.loss_start)

@@ -2,7 +2,8 @@
 
 Same signatures and semantics as :mod:`tapegrad.kernels.reference`. Elementwise: one thread per
 (b, j) of the [B, H] state, in a grid-stride loop. Each thread reads all its inputs before it writes,
-so ``gates`` may alias ``z`` (and ``grad_z`` may alias ``gates``). Arrays may be cupy arrays, Numba
+so outputs may alias inputs element for element (``gates`` over ``z``, ``grad_c_prev`` over
+``grad_c``, ``h`` over ``z``), as the engine's recurrent ops use them. Arrays may be cupy arrays, Numba
 device arrays or host NumPy arrays; results come back in the kind of the leading input.
 """
 from __future__ import annotations

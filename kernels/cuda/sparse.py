@@ -28,7 +28,7 @@ MAX_BLOCKS = 4096    # grid size cap; grid-stride loops cover the rest
 SPMM_SEGMENT = 128   # stored entries per SpMM work item
 SDDMM_SEGMENT = 32   # stored entries per SDDMM work item
 SORT_TILE = 128      # entries ranked in place before the merge passes of csr_transpose
-SCAN_THREADS = 1024  # threads of the one-block prefix sum
+SCAN_THREADS = 512   # threads of the one-block prefix sum (few registers per thread even so)
 USE_SHUFFLE = None   # warp-shuffle reductions: None means "on a real GPU, not in the simulator"
 
 _FULL_MASK = 0xFFFFFFFF

@@ -3,7 +3,8 @@
 Same signatures and semantics as :mod:`tapegrad.kernels.reference`; arrays are cupy arrays and results
 are cupy arrays. Elementwise over the [B, H] state in a grid-stride loop; each thread owns ``VEC``
 neighbouring units (one float4 / double2 load per gate when H allows it) and reads all its inputs
-before it writes, so ``gates`` may alias ``z``.
+before it writes, so outputs may alias inputs element for element (``gates`` over ``z``,
+``grad_c_prev`` over ``grad_c``, ``h`` over ``z``), as the engine's recurrent ops use them.
 """
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ typedef $T T;
 __device__ __forceinline__ T tg_sigmoid(T v) { return T(1) / (T(1) + exp(-v)); }
 
 // Thread t owns units [t * VEC, t * VEC + VEC) of the flattened [B, H] state (H % VEC == 0, so they
-// share one row b).
+// share one row b). No __restrict__: outputs may alias inputs (gates over z, grad_c_prev over grad_c,
+// h over z), which is safe because each thread reads all its elements before writing them.
 extern "C" __global__ void tapegrad_lstm_cell_fwd_$SFX(
-        const T* z, const T* __restrict__ c_prev, T* gates, T* __restrict__ c,
-        T* __restrict__ h, long long n, long long H) {
+        const T* z, const T* c_prev, T* gates, T* c,
+        T* h, long long n, long long H) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t * VEC < n; t += stride) {
         const long long e = t * VEC, b = e / H, j = e - b * H;
-        const T* zb = z + b * 4 * H;  // not __restrict__: gates may alias z
+        const T* zb = z + b * 4 * H;  // not: gates may alias z
         T* gb = gates + b * 4 * H;
         T zi[VEC], zf[VEC], zg[VEC], zo[VEC], cp[VEC], cn[VEC], hn[VEC];
         tg_load<T, VEC>(zb + j, zi);
@@ -58,8 +60,8 @@ extern "C" __global__ void tapegrad_lstm_cell_fwd_$SFX(
 }
 
 extern "C" __global__ void tapegrad_lstm_cell_bwd_$SFX(
-        const T* gates, const T* __restrict__ c_prev, const T* __restrict__ c,
-        const T* __restrict__ grad_h, const T* __restrict__ grad_c, T* grad_z, T* __restrict__ grad_c_prev,
+        const T* gates, const T* c_prev, const T* c,
+        const T* grad_h, const T* grad_c, T* grad_z, T* grad_c_prev,
         long long n, long long H) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t * VEC < n; t += stride) {

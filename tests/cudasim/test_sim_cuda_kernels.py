@@ -18,12 +18,14 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
                 allow_module_level=True)
 
 cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-if not cuda.is_available() or not hasattr(cuda, "simulator"):
-    pytest.skip("the Numba CUDA simulator is not active", allow_module_level=True)
 
 from tapegrad.kernels import reference as ref  # noqa: E402
+from tapegrad.kernels.cuda import _device  # noqa: E402
 from tapegrad.kernels.cuda import recurrent as rc  # noqa: E402
 from tapegrad.kernels.cuda import sparse as sk  # noqa: E402
+
+if not _device.is_simulator():
+    pytest.skip("numba was imported before NUMBA_ENABLE_CUDASIM took effect", allow_module_level=True)
 
 
 @pytest.fixture(autouse=True)
@@ -203,6 +205,25 @@ def test_lstm_cell_fwd_writes_gates_over_z_when_aliased():
     assert got[0] is z and got[1] is c and got[2] is h
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_outputs_may_alias_inputs_as_the_engine_uses_them():
+    # The engine writes grad_c_prev over grad_c, and h over z, on device arrays.
+    rng = np.random.default_rng(13)
+    gates = ref.lstm_cell_fwd(rng.standard_normal((3, 8)), rng.standard_normal((3, 2)))[0]
+    c_prev, c, grad_h, grad_c = rng.standard_normal((4, 3, 2))
+    want = ref.lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c)
+    dc = cuda.to_device(grad_c)
+    got = rc.lstm_cell_bwd(cuda.to_device(gates), cuda.to_device(c_prev), cuda.to_device(c),
+                           cuda.to_device(grad_h), dc, grad_c_prev=dc)
+    assert got[1] is dc
+    np.testing.assert_allclose(got[0].copy_to_host(), want[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dc.copy_to_host(), want[1], rtol=1e-12, atol=1e-12)
+    z = rng.standard_normal((4, 5))
+    want_h = np.tanh(z)
+    zd = cuda.to_device(z)
+    assert rc.rnn_cell_fwd(zd, zd) is zd
+    np.testing.assert_allclose(zd.copy_to_host(), want_h, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("relu", [False, True])

@@ -1,0 +1,145 @@
+"""``python -m tapegrad``: dispatch, --help, argument errors (exit 2), missing files (exit 1, one line),
+and tiny real runs whose JSON output is parsed."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tapegrad import __main__ as cli
+from tapegrad.datasets import DATA_DIR
+
+CORA = str(DATA_DIR / "cora.npz")
+
+
+def _python_m(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "tapegrad", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def _exit_code(argv):
+    """Run the CLI in-process; argparse's SystemExit becomes a return code."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.fixture
+def small_text(tmp_path):
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "cat"]
+    lines = [" ".join(words[(7 * i + j) % len(words)] for j in range(8)) for i in range(60)]
+    path = tmp_path / "small.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# ---- the top level -----------------------------------------------------------------------------------------------
+
+def test_python_m_tapegrad_help_lists_every_command():
+    r = _python_m("--help", timeout=60)
+    assert r.returncode == 0
+    for name in cli.COMMANDS:
+        assert name in r.stdout
+
+
+def test_no_command_and_unknown_command_are_usage_errors(capsys):
+    assert _exit_code([]) == 2
+    assert "command" in capsys.readouterr().err
+    assert _exit_code(["nope"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_command_whose_module_is_missing_exits_2_with_a_clear_message(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "bench", ("tapegrad.apps._no_such_module", "absent"))
+    assert cli.main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert "not available" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_every_command_has_help(command, capsys):
+    code = _exit_code([command, "--help"])
+    out = capsys.readouterr()
+    if code == 2 and "not available" in out.err:
+        pytest.skip(f"{cli.COMMANDS[command][0]} is not in this build")
+    assert code == 0
+    assert "usage" in out.out.lower()
+
+
+# ---- argument errors: argparse's exit code 2 ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["charrnn", "--steps", "abc"],
+    ["charrnn", "--steps", "0"],
+    ["charrnn", "--lr", "-1"],
+    ["charrnn", "--bogus"],
+    ["gcn", "--seeds", "x"],
+    ["gcn", "--seeds", "0"],
+    ["gcn", "--bogus"],
+    ["demo", "--lstm-steps", "0"],
+    ["demo", "--bogus"],
+])
+def test_bad_arguments_exit_2_with_an_argparse_error(argv, capsys):
+    assert _exit_code(argv) == 2
+    assert "error" in capsys.readouterr().err
+
+
+# ---- missing data: one line, exit 1 ---------------------------------------------------------------------------
+
+def test_charrnn_missing_file_is_a_one_line_error_with_exit_1(tmp_path):
+    r = _python_m("charrnn", "--data", str(tmp_path / "missing.txt"), "--steps", "1", timeout=120)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.txt" in lines[0]
+
+
+def test_gcn_missing_file_is_a_one_line_error_with_exit_1(tmp_path, capsys):
+    code = _exit_code(["gcn", "--data", str(tmp_path / "missing.npz"), "--seeds", "1"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "missing.npz" in lines[0]
+    assert code == 1
+
+
+def test_charrnn_text_too_short_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "tiny.txt"
+    path.write_text("hello world\n")
+    assert _exit_code(["charrnn", "--data", str(path), "--steps", "1"]) == 1
+    assert "too short" in capsys.readouterr().err
+
+
+# ---- tiny real runs ---------------------------------------------------------------------------------------------------
+
+def test_charrnn_json_run_reports_finite_losses(small_text, capsys):
+    argv = ["charrnn", "--data", str(small_text), "--steps", "3", "--batch", "4", "--seq-len", "16",
+            "--hidden", "16", "--val-chunks", "2", "--json"]
+    assert _exit_code(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("train_loss", "val_loss", "ms_per_step"):
+        assert math.isfinite(out[key]) and out[key] > 0, key
+    # an untrained model over V characters sits near log V nats
+    assert out["val_loss"] < 2 * math.log(out["vocab_size"])
+
+
+def test_charrnn_text_run_and_sample(small_text, capsys):
+    argv = ["charrnn", "--data", str(small_text), "--steps", "2", "--batch", "4", "--seq-len", "16",
+            "--hidden", "16", "--val-chunks", "1", "--sample", "40"]
+    assert _exit_code(argv) == 0
+    out = capsys.readouterr().out
+    assert "val loss" in out and "--- sample ---" in out
+    sampled = out.split("--- sample ---\n", 1)[1]
+    assert set(sampled.strip()) <= set(small_text.read_text())
+
+
+def test_gcn_json_run_on_the_shipped_cora_file(capsys):
+    assert Path(CORA).is_file()
+    assert _exit_code(["gcn", "--data", CORA, "--seeds", "1", "--epochs", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 1 / 7 < out["test_acc_mean"] <= 1.0  # above chance (7 classes) already
+    assert out["test_acc_std"] == 0.0
+    assert out["epoch_ms_median"] > 0
