@@ -163,6 +163,7 @@ class Row:
     reps: int = 0
     unit: str = "time"     # "time", or "GB/s" for a bandwidth row (then ``value`` holds it)
     value: float | None = None
+    samples: list | None = None  # seconds per call of every repetition, in the order run
 
 
 @dataclass
@@ -191,6 +192,8 @@ class Case:
             elif r.unit == "time":
                 d["median_s"] = r.seconds
                 d["reps"] = r.reps
+                if r.samples is not None:
+                    d["samples_s"] = r.samples
                 if not r.ours and base and r.seconds:
                     d["ratio_peer_over_ours"] = r.seconds / base
             else:
@@ -214,7 +217,7 @@ def fmt_time(sec: float | None) -> str:
     return f"{sec:8.3f} s "
 
 
-W_CASE, W_IMPL, W_TIME, W_RATIO = 38, 34, 12, 10
+W_CASE, W_IMPL, W_TIME, W_RATIO = 34, 40, 12, 10
 HEADER = f"{'case':<{W_CASE}} {'implementation':<{W_IMPL}} {'median':>{W_TIME}} {'peer/ours':>{W_RATIO}}  reps"
 
 
@@ -377,11 +380,9 @@ class Bench:
         """Time ``ours`` and ``peers`` ({label: body}) interleaved, and append one row per label."""
         bodies = {**ours, **peers}
         t = interleaved(bodies, self.s, warmup=min(warmup, 1) if self.s.quick else warmup)
-        for label in ours:
-            case.rows.append(Row(label, t[label].median[""] if "" in t[label].median else None, ours=True,
-                                 reps=t[label].reps))
-        for label in peers:
-            case.rows.append(Row(label, t[label].median.get(""), reps=t[label].reps))
+        for label in {**ours, **peers}:
+            case.rows.append(Row(label, t[label].median.get(""), ours=label in ours, reps=t[label].reps,
+                                 samples=t[label].samples.get("")))
         for label, why in (skipped_peers or {}).items():
             case.rows.append(Row(label, skipped=why))
         return t
@@ -981,10 +982,8 @@ def _proc_measure(b: Bench, case: Case, ours: dict, peers: dict, skipped: dict, 
     for _ in range(reps):
         for k, fn in every.items():
             times[k].append(fn())
-    for k in ours:
-        case.rows.append(Row(k, float(np.median(times[k])), ours=True, reps=reps))
-    for k in peers:
-        case.rows.append(Row(k, float(np.median(times[k])), reps=reps))
+    for k in every:
+        case.rows.append(Row(k, float(np.median(times[k])), ours=k in ours, reps=reps, samples=times[k]))
     for k, why in skipped.items():
         case.rows.append(Row(k, skipped=why))
 

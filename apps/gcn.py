@@ -146,7 +146,11 @@ def run(data_path: Any = "cora", seeds: Any = 10, epochs: int = 200, json_out: b
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tapegrad gcn --data FILE.npz --seeds N [--epochs E] [--json]``."""
+    """``tapegrad gcn --data FILE.npz --seeds N [--epochs E] [--json]``.
+
+    Exit codes: 0 success, 1 a data error (missing, corrupt or feature-less file; one line on stderr),
+    2 bad arguments (argparse).
+    """
     p = argparse.ArgumentParser(prog="tapegrad gcn", description="Train Kipf & Welling's GCN (2 layers) "
                                 "and report test accuracy over seeds and the median epoch time.")
     p.add_argument("--data", default="cora", help="a graph .npz in tapegrad's format, or 'cora' (shipped)")
@@ -168,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args.data, seeds=args.seeds, epochs=args.epochs, json_out=args.json, hidden=args.hidden,
             dropout=args.dropout, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
             dtype=args.dtype, stopping=args.stopping, bias=args.bias)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # a bad or missing data file: one line, exit 1
         print(f"tapegrad gcn: error: {e}", file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 

@@ -13,37 +13,25 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import prange, types, uint64
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import overload
 
 # Chunks per thread: enough slack for uneven rows, few enough that chunk overhead stays negligible.
 _CHUNKS_PER_THREAD = 8
-# How many stored entries ahead spmm prefetches rows of X: far enough to hide an L3/DRAM miss.
-_PREFETCH_AHEAD = 8
-# Lines prefetched per row of X; the hardware prefetcher follows on for wider rows.
-_PREFETCH_MAX_LINES = 8
-_LINE_BYTES = 64
+# Most lanes sddmm accumulates in parallel; a power of two.
+_SDDMM_MAX_LANES = 32
 
 
-@intrinsic
-def _prefetch(typingctx, arr, idx):
-    """Hint the cache to load ``arr[idx]`` of a 1-D array (``llvm.prefetch``, read, keep in all levels).
+def _weight(data, k):
+    """data[k], or 1 where data is None (a CSR pattern whose stored values are all 1)."""
 
-    A prefetch never faults, so ``idx`` need not be in bounds.
-    """
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        i = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = builder.bitcast(builder.gep(ary.data, [i]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
 
-    return types.none(arr, idx), codegen
+@overload(_weight, inline="always")
+def _weight_impl(data, k):
+    if isinstance(data, types.NoneType):
+        # float32 1 is exact in either float dtype and promotes to x's; LLVM folds x * 1 to x.
+        return lambda data, k: np.float32(1.0)
+    return lambda data, k: data[k]
 
 
 @numba.njit(cache=True)
@@ -80,91 +68,77 @@ def _chunks(indptr):
 # --------------------------------------------------------------------------------------------------
 
 @numba.njit(cache=True, parallel=True)
-def _spmm_kernel(indptr, indices, data, x1, y1, F, bounds, pf_step, pf_lines):
-    """y1[i*F:(i+1)*F] = sum_k data[k] * x1[indices[k]*F:...] over row i; x1, y1 flat C views.
+def _spmm_kernel(indptr, indices, data, x1, y1, F, bounds):
+    """y1[i*F:(i+1)*F] = sum_k data[k] * x1[indices[k]*F:(indices[k]+1)*F] over row i.
 
-    Entries are added in CSR order, unrolled by four into one expression so the running sum of a row
-    is stored once per four entries instead of once per entry (same rounding as the reference).
+    x1, y1: flat views of C-contiguous X and Y; ``data`` None compiles a specialisation without
+    multiplies. Entries are added in CSR order, four per pass over the row: the first pass writes
+    the row, later ones add to it, which rounds exactly as the reference does while loading and
+    storing the running sum once per four entries.
     """
     uF = uint64(F)
     u1 = uint64(1)
     u2 = uint64(2)
     u3 = uint64(3)
     u4 = uint64(4)
-    nnz = uint64(len(indices))
-    ahead = uint64(_PREFETCH_AHEAD)
-    step = uint64(pf_step)
-    lines = uint64(pf_lines)
     for c in prange(len(bounds) - 1):
         for i in range(bounds[c], bounds[c + 1]):
             yb = uint64(i) * uF
-            for f in range(uF):
-                y1[yb + f] = 0
             k = uint64(indptr[i])
             hi = uint64(indptr[i + 1])
-            while k + u4 <= hi:
-                if k + ahead + u4 <= nnz:
-                    for q in range(u4):
-                        pb = uint64(indices[k + ahead + q]) * uF
-                        for ln in range(lines):
-                            _prefetch(x1, pb + ln * step)
-                v0 = data[k]
-                v1 = data[k + u1]
-                v2 = data[k + u2]
-                v3 = data[k + u3]
-                a0 = uint64(indices[k]) * uF
-                a1 = uint64(indices[k + u1]) * uF
-                a2 = uint64(indices[k + u2]) * uF
-                a3 = uint64(indices[k + u3]) * uF
+            m = hi - k
+            if m >= u4:
+                v0, v1, v2, v3 = _weight(data, k), _weight(data, k + u1), _weight(data, k + u2), _weight(data, k + u3)
+                a0, a1, a2, a3 = (uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF,
+                                  uint64(indices[k + u2]) * uF, uint64(indices[k + u3]) * uF)
                 for f in range(uF):
-                    y1[yb + f] = ((((y1[yb + f] + v0 * x1[a0 + f]) + v1 * x1[a1 + f])
-                                  + v2 * x1[a2 + f]) + v3 * x1[a3 + f])
+                    y1[yb + f] = ((v0 * x1[a0 + f] + v1 * x1[a1 + f]) + v2 * x1[a2 + f]) + v3 * x1[a3 + f]
                 k += u4
-            while k < hi:
-                v0 = data[k]
+            elif m == u3:
+                v0, v1, v2 = _weight(data, k), _weight(data, k + u1), _weight(data, k + u2)
+                a0, a1, a2 = uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF, uint64(indices[k + u2]) * uF
+                for f in range(uF):
+                    y1[yb + f] = (v0 * x1[a0 + f] + v1 * x1[a1 + f]) + v2 * x1[a2 + f]
+                continue
+            elif m == u2:
+                v0, v1 = _weight(data, k), _weight(data, k + u1)
+                a0, a1 = uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF
+                for f in range(uF):
+                    y1[yb + f] = v0 * x1[a0 + f] + v1 * x1[a1 + f]
+                continue
+            elif m == u1:
+                v0 = _weight(data, k)
+                a0 = uint64(indices[k]) * uF
+                for f in range(uF):
+                    y1[yb + f] = v0 * x1[a0 + f]
+                continue
+            else:
+                for f in range(uF):
+                    y1[yb + f] = 0
+                continue
+            while k + u4 <= hi:
+                v0, v1, v2, v3 = _weight(data, k), _weight(data, k + u1), _weight(data, k + u2), _weight(data, k + u3)
+                a0, a1, a2, a3 = (uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF,
+                                  uint64(indices[k + u2]) * uF, uint64(indices[k + u3]) * uF)
+                for f in range(uF):
+                    y1[yb + f] = (((y1[yb + f] + v0 * x1[a0 + f]) + v1 * x1[a1 + f]) + v2 * x1[a2 + f]) + v3 * x1[a3 + f]
+                k += u4
+            m = hi - k
+            if m == u3:
+                v0, v1, v2 = _weight(data, k), _weight(data, k + u1), _weight(data, k + u2)
+                a0, a1, a2 = uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF, uint64(indices[k + u2]) * uF
+                for f in range(uF):
+                    y1[yb + f] = ((y1[yb + f] + v0 * x1[a0 + f]) + v1 * x1[a1 + f]) + v2 * x1[a2 + f]
+            elif m == u2:
+                v0, v1 = _weight(data, k), _weight(data, k + u1)
+                a0, a1 = uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF
+                for f in range(uF):
+                    y1[yb + f] = (y1[yb + f] + v0 * x1[a0 + f]) + v1 * x1[a1 + f]
+            elif m == u1:
+                v0 = _weight(data, k)
                 a0 = uint64(indices[k]) * uF
                 for f in range(uF):
                     y1[yb + f] += v0 * x1[a0 + f]
-                k += u1
-
-
-@numba.njit(cache=True, parallel=True)
-def _spmm_ones_kernel(indptr, indices, x1, y1, F, bounds, pf_step, pf_lines):
-    """:func:`_spmm_kernel` with every stored value 1 (adds rows of X, no multiplies)."""
-    uF = uint64(F)
-    u1 = uint64(1)
-    u2 = uint64(2)
-    u3 = uint64(3)
-    u4 = uint64(4)
-    nnz = uint64(len(indices))
-    ahead = uint64(_PREFETCH_AHEAD)
-    step = uint64(pf_step)
-    lines = uint64(pf_lines)
-    for c in prange(len(bounds) - 1):
-        for i in range(bounds[c], bounds[c + 1]):
-            yb = uint64(i) * uF
-            for f in range(uF):
-                y1[yb + f] = 0
-            k = uint64(indptr[i])
-            hi = uint64(indptr[i + 1])
-            while k + u4 <= hi:
-                if k + ahead + u4 <= nnz:
-                    for q in range(u4):
-                        pb = uint64(indices[k + ahead + q]) * uF
-                        for ln in range(lines):
-                            _prefetch(x1, pb + ln * step)
-                a0 = uint64(indices[k]) * uF
-                a1 = uint64(indices[k + u1]) * uF
-                a2 = uint64(indices[k + u2]) * uF
-                a3 = uint64(indices[k + u3]) * uF
-                for f in range(uF):
-                    y1[yb + f] = (((y1[yb + f] + x1[a0 + f]) + x1[a1 + f]) + x1[a2 + f]) + x1[a3 + f]
-                k += u4
-            while k < hi:
-                a0 = uint64(indices[k]) * uF
-                for f in range(uF):
-                    y1[yb + f] += x1[a0 + f]
-                k += u1
 
 
 def spmm(indptr, indices, data, x, out=None):
@@ -179,16 +153,9 @@ def spmm(indptr, indices, data, x, out=None):
     y = out
     if y is None or not y.flags.c_contiguous or np.may_share_memory(y, x):
         y = np.empty((n_rows, F), dtype=x.dtype)
-    pf_step = max(1, _LINE_BYTES // x.itemsize)
-    pf_lines = min(_PREFETCH_MAX_LINES, -(-F // pf_step))
-    bounds = _chunks(indptr)
-    x1 = x.reshape(-1)
-    y1 = y.reshape(-1)
-    if data is None:
-        _spmm_ones_kernel(indptr, indices, x1, y1, F, bounds, pf_step, pf_lines)
-    else:
+    if data is not None:
         data = np.asarray(data).astype(x.dtype, copy=False)
-        _spmm_kernel(indptr, indices, data, x1, y1, F, bounds, pf_step, pf_lines)
+    _spmm_kernel(indptr, indices, data, x.reshape(-1), y.reshape(-1), F, _chunks(indptr))
     if out is not None and y is not out:
         out[...] = y
         return out
