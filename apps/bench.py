@@ -10,7 +10,9 @@ is paused while a sample runs. A peer that is not installed is skipped with a li
 is a case whose tapegrad piece is missing (``skipped: <reason>``).
 
 Threads: both sides use every core. numba's default is all cores; torch's is set explicitly with
-``torch.set_num_threads(os.cpu_count())``. scipy.sparse's matrix products are single-threaded.
+``torch.set_num_threads(os.cpu_count())``. scipy.sparse's matrix products are single-threaded. torch
+is imported before numba starts its threads: in the other order (two OpenMP runtimes in one process)
+torch.nn.RNN ran 100x slower on a 2-core machine, while the first order slows neither side.
 
 Cases (CPU): SpMM forward (A X) and backward (A^T dY through the CSR's cached transpose, as the engine
 does it; the peers get the same transpose, precomputed) on PubMed and R-MAT graphs of 2^16, 2^18 and
@@ -1161,6 +1163,9 @@ def _header(b: Bench) -> dict:
                   "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                   "numpy": np.__version__, "quick": b.s.quick, "filter": b.s.filter,
                   "data_dir": str(b.s.data_dir) if b.s.data_dir else None}
+    # torch first: once numba has started its OpenMP threads, torch loaded afterwards runs some ops (its
+    # RNN) 100x slower here. In this order neither side is slowed down.
+    b.peer_or_none("torch")
     try:
         import numba
         info["numba"] = numba.__version__

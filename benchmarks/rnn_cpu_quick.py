@@ -50,9 +50,8 @@ def main() -> None:
     ap.add_argument("--models", default="lstm,rnn")
     args = ap.parse_args()
 
-    import torch
-
     import tapegrad as tg
+    import torch
     from tapegrad.layers.rnn import LSTM, RNN
 
     T, B, I, H = args.T, args.B, args.I, args.H

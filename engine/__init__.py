@@ -4,6 +4,7 @@ from .ops import (add, sub, mul, div, neg, pow, exp, log, tanh, sigmoid, relu, m
                   transpose, getitem, concat, stack, split, where, masked_fill, softmax, log_softmax)
 from .nn import cross_entropy, mse, dropout, embedding
 from .sparse import spmm, gcn_norm
+from .recurrent import lstm_sequence, rnn_sequence
 from .gradcheck import gradcheck
 from .random import manual_seed
 from .backend import cuda_available

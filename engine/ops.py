@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .backend import array_module, check_device, device_of, to_device
+from .backend import array_module, check_device, to_device
 from .tensor import Tensor, make_result
 
 

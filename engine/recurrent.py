@@ -125,7 +125,7 @@ class _Batches:
     ``mask`` [T, B, 1] (original row order) is 1 where a step is real, 0 on padding.
     """
 
-    __slots__ = ("order", "inverse", "active", "mask")
+    __slots__ = ("active", "inverse", "mask", "order")
 
     def __init__(self, lengths: np.ndarray, T: int, xp: Any, dtype: Any) -> None:
         if np.all(lengths[:-1] >= lengths[1:]):
@@ -166,7 +166,7 @@ class _Projection:
     the last column of the weight gradient.
     """
 
-    __slots__ = ("xa", "w_t", "buf", "steps", "T", "reverse", "keep")
+    __slots__ = ("T", "buf", "keep", "reverse", "steps", "w_t", "xa")
 
     _CHUNK_BYTES = 1 << 20
 
@@ -249,7 +249,7 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
 
     Returns (output [T, B, H], h_n [B, H], c_n [B, H]); output[t] = h_t (zero on padding).
     """
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, (T, B, I, H) = _check_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, 4)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, (T, B, _, H) = _check_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, 4)
     lens = _check_lengths(lengths, T, B)
     xp = array_module(x.data)
     dtype = x.dtype
@@ -415,7 +415,7 @@ def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     relu = nonlinearity == "relu"
-    x, h0, _, w_ih, w_hh, b_ih, b_hh, (T, B, I, H) = _check_args(x, h0, None, w_ih, w_hh, b_ih, b_hh, 1)
+    x, h0, _, w_ih, w_hh, b_ih, b_hh, (T, B, _, H) = _check_args(x, h0, None, w_ih, w_hh, b_ih, b_hh, 1)
     lens = _check_lengths(lengths, T, B)
     xp = array_module(x.data)
     dtype = x.dtype

@@ -22,7 +22,7 @@ from ..engine.tensor import Tensor, tensor
 from . import init
 from .module import Module
 
-__all__ = ["RNNBase", "RNN", "LSTM", "RNNCellBase", "RNNCell", "LSTMCell"]
+__all__ = ["LSTM", "RNN", "LSTMCell", "RNNBase", "RNNCell", "RNNCellBase"]
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -56,8 +56,7 @@ def _uniform_init(module: Module, hidden_size: int) -> None:
 class RNNBase(Module):
     """What RNN and LSTM share: the parameter table, argument checks and the layer / direction loop."""
 
-    _gate_mult = 1
-    _mode = "RNN_TANH"
+    _gate_mult = 1  # 4 for an LSTM: the gates are stacked along the first axis of each weight
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -171,7 +170,7 @@ class RNNBase(Module):
 
     def _run(self, x: Tensor, h0: Tensor | None, c0: Tensor | None, lengths: Any):
         """The layer / direction loop; returns (output [T, B, D*H], [h_n per layer-direction], [c_n ...])."""
-        T, B = x.shape[0], x.shape[1]
+        B = x.shape[1]
         zeros = None
         if h0 is None or (self._gate_mult == 4 and c0 is None):
             xp = array_module(x.data)

@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import tapegrad as tg  # noqa: E402
-from tapegrad.layers.rnn import LSTM, RNN, LSTMCell, RNNCell  # noqa: E402
+import tapegrad as tg
+from tapegrad.layers.rnn import LSTM, RNN, LSTMCell, RNNCell
 
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
@@ -65,8 +65,8 @@ CONFIGS = [
 def test_matches_torch_outputs_states_and_every_gradient(kind, num_layers, bidirectional, batch_first, lengths,
                                                          dtype, bias, give_hx):
     T, B, I, H = 5, 3, 4, 6
-    kw = dict(input_size=I, hidden_size=H, num_layers=num_layers, bias=bias, batch_first=batch_first,
-              bidirectional=bidirectional)
+    kw = {"input_size": I, "hidden_size": H, "num_layers": num_layers, "bias": bias,
+          "batch_first": batch_first, "bidirectional": bidirectional}
     if kind != "lstm":
         kw["nonlinearity"] = kind.split("_")[1]
     tmod, ours = _pair("lstm" if kind == "lstm" else "rnn", dtype, **kw)
@@ -232,7 +232,7 @@ def test_init_is_uniform_within_one_over_sqrt_hidden():
 def test_float64_module_and_numpy_inputs():
     m = LSTM(3, 4, dtype=np.float64)
     out, (h, c) = m(np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32))
-    assert out.dtype == np.float64 and h.shape == (1, 2, 4)
+    assert out.dtype == np.float64 and h.shape == (1, 2, 4) and c.shape == (1, 2, 4)
     with pytest.raises(TypeError, match="dtype"):
         m(tg.tensor(np.zeros((5, 2, 3), dtype=np.float32)))
 
@@ -284,7 +284,7 @@ def test_10000_steps_backward_has_no_recursion_error():
         cell = RNNCell(I, H, dtype=np.float64)
         cell.load_state_dict({k[:-3]: v for k, v in seq.state_dict().items()})
         x = np.random.default_rng(5).standard_normal((T, 1, I)) * 0.1
-        out, h_n = seq(x)
+        _, h_n = seq(x)
         h_n.sum().backward()
         h = None
         for t in range(T):
@@ -327,8 +327,8 @@ def test_input_errors_name_the_argument():
         r(np.zeros((5, 3)), np.zeros((1, 2, 4)))  # unbatched input needs a 2-D hx
     with pytest.raises(ValueError, match="nonlinearity"):
         RNN(3, 4, nonlinearity="sigmoid")
-    for bad in (dict(hidden_size=0), dict(num_layers=0), dict(dropout=1.5), dict(input_size=2.5)):
-        args = dict(input_size=3, hidden_size=4) | bad
+    for bad in ({"hidden_size": 0}, {"num_layers": 0}, {"dropout": 1.5}, {"input_size": 2.5}):
+        args = {"input_size": 3, "hidden_size": 4} | bad
         with pytest.raises(ValueError), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             LSTM(**args)

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import prange, types, uint64
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 # Chunks per thread: enough slack for uneven rows, few enough that chunk overhead stays negligible.
 _CHUNKS_PER_THREAD = 8
 # Most lanes sddmm accumulates in parallel; a power of two.
 _SDDMM_MAX_LANES = 32
+# Byte alignment of the outputs spmm allocates: one cache line.
+_ALIGN = 64
 
 
 def _weight(data, k):
@@ -29,9 +33,26 @@ def _weight(data, k):
 @overload(_weight, inline="always")
 def _weight_impl(data, k):
     if isinstance(data, types.NoneType):
-        # float32 1 is exact in either float dtype and promotes to x's; LLVM folds x * 1 to x.
+        # float32 1 is exact in either float dtype; LLVM folds fma(1, x, y) to x + y.
         return lambda data, k: np.float32(1.0)
     return lambda data, k: data[k]
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c with one rounding (``llvm.fma``, vectorised as vfmadd). Not fastmath: the result is
+    exactly defined, only more accurate than a separate multiply and add."""
+    if not all(isinstance(t, types.Float) for t in (a, b, c)):
+        return None
+    ty = types.float64 if types.float64 in (a, b, c) else types.float32
+
+    def codegen(context, builder, sig, args):
+        llty = context.get_value_type(ty)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(llty, [llty] * 3), f"llvm.fma.f{ty.bitwidth}")
+        return builder.call(fn, [context.cast(builder, v, t, ty) for v, t in zip(args, sig.args)])
+
+    return ty(a, b, c), codegen
 
 
 @numba.njit(cache=True)
@@ -57,6 +78,17 @@ def _row_chunks(indptr, n_chunks):
     return bounds
 
 
+def _empty_aligned(shape, dtype):
+    """np.empty on a 64-byte boundary, so that rows of whole cache lines do not straddle one more."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes == 0:
+        return np.empty(shape, dtype=dtype)
+    buf = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    start = -buf.ctypes.data % _ALIGN
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _chunks(indptr):
     n_rows = len(indptr) - 1
     n_chunks = max(1, min(n_rows, numba.get_num_threads() * _CHUNKS_PER_THREAD))
@@ -71,10 +103,10 @@ def _chunks(indptr):
 def _spmm_kernel(indptr, indices, data, x1, y1, F, bounds):
     """y1[i*F:(i+1)*F] = sum_k data[k] * x1[indices[k]*F:(indices[k]+1)*F] over row i.
 
-    x1, y1: flat views of C-contiguous X and Y; ``data`` None compiles a specialisation without
-    multiplies. Entries are added in CSR order, four per pass over the row: the first pass writes
-    the row, later ones add to it, which rounds exactly as the reference does while loading and
-    storing the running sum once per four entries.
+    x1, y1: flat views of C-contiguous X and Y; ``data`` None compiles a specialisation that adds
+    rows without multiplying. Entries are taken in CSR order, four per pass over the row (the first
+    pass writes the row, later ones add to it), so the running sum is loaded and stored once per
+    four entries, as chained fused multiply-adds.
     """
     uF = uint64(F)
     u1 = uint64(1)
@@ -87,58 +119,46 @@ def _spmm_kernel(indptr, indices, data, x1, y1, F, bounds):
             k = uint64(indptr[i])
             hi = uint64(indptr[i + 1])
             m = hi - k
-            if m >= u4:
-                v0, v1, v2, v3 = _weight(data, k), _weight(data, k + u1), _weight(data, k + u2), _weight(data, k + u3)
-                a0, a1, a2, a3 = (uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF,
-                                  uint64(indices[k + u2]) * uF, uint64(indices[k + u3]) * uF)
-                for f in range(uF):
-                    y1[yb + f] = ((v0 * x1[a0 + f] + v1 * x1[a1 + f]) + v2 * x1[a2 + f]) + v3 * x1[a3 + f]
-                k += u4
-            elif m == u3:
-                v0, v1, v2 = _weight(data, k), _weight(data, k + u1), _weight(data, k + u2)
-                a0, a1, a2 = uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF, uint64(indices[k + u2]) * uF
-                for f in range(uF):
-                    y1[yb + f] = (v0 * x1[a0 + f] + v1 * x1[a1 + f]) + v2 * x1[a2 + f]
-                continue
-            elif m == u2:
-                v0, v1 = _weight(data, k), _weight(data, k + u1)
-                a0, a1 = uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF
-                for f in range(uF):
-                    y1[yb + f] = v0 * x1[a0 + f] + v1 * x1[a1 + f]
-                continue
-            elif m == u1:
-                v0 = _weight(data, k)
-                a0 = uint64(indices[k]) * uF
-                for f in range(uF):
-                    y1[yb + f] = v0 * x1[a0 + f]
-                continue
-            else:
+            if m == 0:
                 for f in range(uF):
                     y1[yb + f] = 0
                 continue
+            v0 = _weight(data, k)
+            a0 = uint64(indices[k]) * uF
+            if m == u1:
+                for f in range(uF):
+                    y1[yb + f] = v0 * x1[a0 + f]
+                continue
+            v1 = _weight(data, k + u1)
+            a1 = uint64(indices[k + u1]) * uF
+            if m == u2:
+                for f in range(uF):
+                    y1[yb + f] = _fma(v1, x1[a1 + f], v0 * x1[a0 + f])
+                continue
+            v2 = _weight(data, k + u2)
+            a2 = uint64(indices[k + u2]) * uF
+            if m == u3:
+                for f in range(uF):
+                    y1[yb + f] = _fma(v2, x1[a2 + f], _fma(v1, x1[a1 + f], v0 * x1[a0 + f]))
+                continue
+            v3 = _weight(data, k + u3)
+            a3 = uint64(indices[k + u3]) * uF
+            for f in range(uF):
+                y1[yb + f] = _fma(v3, x1[a3 + f], _fma(v2, x1[a2 + f], _fma(v1, x1[a1 + f], v0 * x1[a0 + f])))
+            k += u4
             while k + u4 <= hi:
                 v0, v1, v2, v3 = _weight(data, k), _weight(data, k + u1), _weight(data, k + u2), _weight(data, k + u3)
                 a0, a1, a2, a3 = (uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF,
                                   uint64(indices[k + u2]) * uF, uint64(indices[k + u3]) * uF)
                 for f in range(uF):
-                    y1[yb + f] = (((y1[yb + f] + v0 * x1[a0 + f]) + v1 * x1[a1 + f]) + v2 * x1[a2 + f]) + v3 * x1[a3 + f]
+                    y1[yb + f] = _fma(v3, x1[a3 + f], _fma(v2, x1[a2 + f], _fma(v1, x1[a1 + f], _fma(v0, x1[a0 + f], y1[yb + f]))))
                 k += u4
-            m = hi - k
-            if m == u3:
-                v0, v1, v2 = _weight(data, k), _weight(data, k + u1), _weight(data, k + u2)
-                a0, a1, a2 = uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF, uint64(indices[k + u2]) * uF
-                for f in range(uF):
-                    y1[yb + f] = ((y1[yb + f] + v0 * x1[a0 + f]) + v1 * x1[a1 + f]) + v2 * x1[a2 + f]
-            elif m == u2:
-                v0, v1 = _weight(data, k), _weight(data, k + u1)
-                a0, a1 = uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF
-                for f in range(uF):
-                    y1[yb + f] = (y1[yb + f] + v0 * x1[a0 + f]) + v1 * x1[a1 + f]
-            elif m == u1:
+            while k < hi:
                 v0 = _weight(data, k)
                 a0 = uint64(indices[k]) * uF
                 for f in range(uF):
-                    y1[yb + f] += v0 * x1[a0 + f]
+                    y1[yb + f] = _fma(v0, x1[a0 + f], y1[yb + f])
+                k += u1
 
 
 def spmm(indptr, indices, data, x, out=None):
@@ -152,7 +172,7 @@ def spmm(indptr, indices, data, x, out=None):
     x = np.ascontiguousarray(x)
     y = out
     if y is None or not y.flags.c_contiguous or np.may_share_memory(y, x):
-        y = np.empty((n_rows, F), dtype=x.dtype)
+        y = _empty_aligned((n_rows, F), x.dtype)
     if data is not None:
         data = np.asarray(data).astype(x.dtype, copy=False)
     _spmm_kernel(indptr, indices, data, x.reshape(-1), y.reshape(-1), F, _chunks(indptr))
@@ -168,6 +188,8 @@ def spmm(indptr, indices, data, x, out=None):
 
 # Most lanes sddmm accumulates in parallel; a power of two.
 _SDDMM_MAX_LANES = 32
+# Byte alignment of the outputs spmm allocates: one cache line.
+_ALIGN = 64
 
 
 @numba.njit(cache=True, parallel=True)
