@@ -726,7 +726,7 @@ def _rnn_case(b: Bench, case: Case, kind: str, mode: str, size: tuple, device: s
 
 
 # ---- GCN epoch on Cora --------------------------------------------------------------------------------------------
-def _tg_gcn_setup(data: Any, x: Any):
+def _tg_gcn_setup(data: Any):
     """The model and optimiser of apps/gcn.py: 2 layers, 16 hidden, dropout 0.5, cached P, Adam lr 0.01
     with weight decay 5e-4 on the first layer only."""
     from ..layers.gcn import GCN
@@ -808,7 +808,7 @@ def gcn_case(b: Bench) -> None:
             raise Skip("tapegrad.datasets.load_planetoid is not available yet")
         data = datasets.load_planetoid(str(b.cora_path()))
         x = datasets.row_normalize(data.x) if hasattr(datasets, "row_normalize") else data.x
-        model, opt = _tg_gcn_setup(data, x)
+        model, opt = _tg_gcn_setup(data)
         case.params.update(n=data.num_nodes, nnz=data.num_edges, features=data.num_features,
                            feature_nnz=x.nnz, classes=data.num_classes, hidden=16)
         ours = {"tapegrad GCN (CSR features)": _whole(lambda: _tg_gcn_epoch(model, opt, data, x))}
@@ -1244,6 +1244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("-" * len(HEADER))
     print(f"{len(b.cases)} cases in {elapsed:.1f} s; {sum(c.skipped is not None for c in b.cases)} skipped, "
           f"{len(errors)} errors")
+    try:
+        load = os.getloadavg()
+        info["load_average_end"] = load
+        print(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (this run's own threads "
+              f"count in it)")
+    except OSError:
+        pass
     if not b.cases:
         print(f"no case matches --filter {args.filter!r}; see --list")
     if args.json:

@@ -1,7 +1,27 @@
 """Shared test settings: the `gpu` marker skips without a usable CUDA device."""
 import os
+from pathlib import Path
 
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _RepoRootIsNotATestPackage:
+    """The repository root is the tapegrad package itself (its __init__.py is the public API). Left to
+    itself pytest would collect it as a test package and import that __init__.py under the checkout
+    folder's name, which fails for a folder name that is not an identifier. Collect it as a plain
+    directory; the tests import the installed ``tapegrad``."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if Path(path).resolve() == REPO_ROOT:
+            return pytest.Dir.from_parent(parent, path=Path(path))
+        return None
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_RepoRootIsNotATestPackage(), "tapegrad-repo-root")
 
 # Reproducible hypothesis runs in CI; `--hypothesis-profile=long` (or TAPEGRAD_FUZZ=long) runs longer.
 try:
