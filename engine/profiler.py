@@ -35,13 +35,16 @@ _lock = threading.Lock()
 _active: "Profile | None" = None
 
 
-# ---- cost models: (bytes moved, flops) per call, from the arguments -------------------------------------------
+# ---- cost models: (bytes moved, flops) per call ------------------------------------------------------------
+# Kernels: from the arguments. Ops: from the arguments and the result, counting only the work the op does
+# itself (an op whose work is a nested kernel, like spmm, costs nothing here: the kernel row carries it).
 
 def _nbytes(a: Any) -> int:
     return int(getattr(a, "nbytes", 0) or 0)
 
 
 def _cost_spmm(args):
+    # indptr + indices + values, one gathered row of X per stored entry, the output written once
     indptr, indices, data, x = args[:4]
     nnz, f, es = len(indices), x.shape[1], x.dtype.itemsize
     n = len(indptr) - 1
@@ -50,6 +53,7 @@ def _cost_spmm(args):
 
 
 def _cost_sddmm(args):
+    # a row of A and a gathered row of B per stored entry, one value written per entry
     indptr, indices, a, b = args[:4]
     nnz, f, es = len(indices), a.shape[1], a.dtype.itemsize
     return _nbytes(indptr) + _nbytes(indices) + 2 * nnz * f * es + nnz * es, 2 * nnz * f
@@ -67,6 +71,7 @@ def _cost_gcn_norm(args):
 
 
 def _cost_lstm_fwd(args):
+    # reads the 4H pre-activations and c_prev, writes the 4H gates, c and h; ~30 flops per unit
     z, c_prev = args[:2]
     bh, es = c_prev.size, z.dtype.itemsize
     return (4 + 1 + 4 + 1 + 1) * bh * es, 30 * bh
@@ -95,16 +100,97 @@ KERNEL_COST: dict[str, Callable] = {
 }
 
 
+def _arr(a: Any) -> Any:
+    a = a.data if isinstance(a, Tensor) else a
+    return a if hasattr(a, "nbytes") and hasattr(a, "shape") else None
+
+
+def _arrays(seq) -> list:
+    return [x for x in (_arr(a) for a in seq) if x is not None]
+
+
+def _shares(out: Any, inputs: list) -> bool:
+    """Whether ``out`` is a view of (or is) one of the inputs: then the op moved no data."""
+    for a in inputs:
+        if out is a:
+            return True
+        if isinstance(out, np.ndarray) and isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+            return True
+    return False
+
+
+_ELEMENTWISE = {"add": 1, "sub": 1, "mul": 1, "div": 1, "neg": 1, "pow": 1, "exp": 1, "log": 1, "tanh": 1,
+                "sigmoid": 3, "relu": 1, "where": 1, "mse": 3, "dropout": 2}
+_REDUCTIONS = {"sum": 1, "mean": 1, "softmax": 4, "log_softmax": 4, "cross_entropy": 4}
+_MOVES = ("reshape", "transpose", "getitem", "concat", "stack", "to", "embedding")
+_IN_KERNELS = ("spmm", "gcn_norm")  # all their array work is nested kernel calls
+
+
+def _recurrent_dims(name: str, arrays: list) -> tuple[int, int, int, int, int] | None:
+    """(T, B, I, G, H) from the arrays of lstm_sequence / rnn_sequence: x, h0, [c0,] w_ih, w_hh, ..."""
+    k = 3 if name.startswith("lstm") else 2
+    if len(arrays) < k + 2 or arrays[0].ndim != 3:
+        return None
+    (T, B, I), w_ih, w_hh = arrays[0].shape, arrays[k], arrays[k + 1]
+    return T, B, I, int(w_ih.shape[0]), int(w_hh.shape[1])
+
+
 def _op_cost(name: str, args: tuple, out: Any) -> tuple[int, int]:
     """Bytes and flops of an engine op's forward: exact for matmul, read-inputs-write-output otherwise."""
-    arrays = [a.data if isinstance(a, Tensor) else a for a in args]
-    arrays = [a for a in arrays if hasattr(a, "nbytes")]
-    out_arr = out.data if isinstance(out, Tensor) else None
-    moved = sum(_nbytes(a) for a in arrays) + _nbytes(out_arr)
-    if name == "matmul" and len(arrays) == 2 and out_arr is not None:
-        k = arrays[0].shape[-1]
-        return moved, 2 * int(out_arr.size) * int(k)
-    return moved, int(out_arr.size) if out_arr is not None else 0
+    if name in _IN_KERNELS:
+        return 0, 0
+    ins = _arrays(args)
+    outs = _arrays(out if isinstance(out, tuple) else (out,))
+    if not outs:
+        return 0, 0
+    o = outs[0]
+    if name in ("lstm_sequence", "rnn_sequence"):
+        dims = _recurrent_dims(name, ins)
+        if dims is None:
+            return 0, 0
+        T, B, I, G, H = dims
+        es = ins[0].dtype.itemsize
+        # the input projection and the per-step recurrent GEMMs run here, in BLAS; the cell is a kernel
+        return sum(_nbytes(a) for a in ins) + 2 * T * B * G * es + sum(_nbytes(a) for a in outs), \
+            2 * T * B * G * (I + H)
+    if name == "matmul":
+        if len(ins) != 2:  # a sparse operand: the nested spmm is the work
+            return 0, 0
+        return _nbytes(ins[0]) + _nbytes(ins[1]) + _nbytes(o), 2 * int(o.size) * int(ins[0].shape[-1])
+    if _shares(o, ins):  # a view, or an identity (dropout in eval mode): nothing moved
+        return 0, 0
+    if name in _MOVES:
+        return 2 * _nbytes(o), 0
+    moved = sum(_nbytes(a) for a in ins) + _nbytes(o)
+    if name in _REDUCTIONS:
+        return moved, _REDUCTIONS[name] * max(int(a.size) for a in ins) if ins else 0
+    return moved, _ELEMENTWISE.get(name, 1) * int(o.size)
+
+
+def _backward_cost(name: str, parents: tuple, grad: Any, grads: Any) -> tuple[int, int]:
+    """Bytes and flops of ``name``'s backward from grad_out, the parents and the grads it returned."""
+    if name in _IN_KERNELS:
+        return 0, 0
+    g = _arr(grad)
+    outs = _arrays(grads if isinstance(grads, (tuple, list)) else (grads,))
+    if g is not None:  # a grad passed through unchanged (add, reshape of a view) costs nothing
+        outs = [a for a in outs if not _shares(a, [g])]
+    pdata = _arrays(parents)
+    moved = _nbytes(g) + sum(_nbytes(a) for a in outs)
+    if name in ("lstm_sequence", "rnn_sequence"):
+        dims = _recurrent_dims(name, pdata)
+        if dims is None:
+            return moved, 0
+        T, B, I, G, H = dims
+        es = pdata[0].dtype.itemsize
+        # dx and dW_ih (2 TBGI each), per-step dh and dW_hh (2 TBGH each); dz stored and read back
+        return moved + sum(_nbytes(a) for a in pdata) + 2 * T * B * G * es, 4 * T * B * G * (I + H)
+    if name == "matmul" and len(pdata) == 2 and g is not None:
+        k = int(pdata[0].shape[-1])
+        return moved + sum(_nbytes(a) for a in pdata), 2 * int(g.size) * k * len(outs)
+    if name in _MOVES:
+        return (moved, 0) if outs else (0, 0)
+    return moved + sum(_nbytes(a) for a in pdata), sum(int(a.size) for a in outs)
 
 
 # ---- the machine's limits -----------------------------------------------------------------------------------
@@ -114,26 +200,47 @@ def _cache_path() -> str:
     return os.path.join(base, "tapegrad", "peak.json")
 
 
+def _gpu_name() -> str:
+    try:
+        import cupy
+        return str(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"])
+    except Exception:
+        try:
+            from numba import cuda
+            return str(cuda.get_current_device().name)
+        except Exception:
+            return "gpu"
+
+
 def machine_peak(device: str = "cpu", refresh: bool = False) -> dict:
-    """Memory bandwidth (GB/s) and float32 GEMM throughput (GFLOP/s), from a short probe, cached on disk."""
+    """Memory bandwidth (GB/s) and float32 GEMM throughput (GFLOP/s), from a short probe, cached on disk.
+
+    The cache is ``$XDG_CACHE_HOME/tapegrad/peak.json`` (``~/.cache`` by default), keyed by host, CPU and
+    device, so the probe runs once per machine; ``refresh=True`` probes again.
+    """
     import platform
-    key = f"{platform.node()}|{platform.processor() or platform.machine()}|{os.cpu_count()}|{device}"
+    what = _gpu_name() if device == "cuda" else (platform.processor() or platform.machine())
+    key = f"{platform.node()}|{what}|{os.cpu_count()}|{device}"
     path = _cache_path()
-    cached = {}
-    if os.path.exists(path) and not refresh:
+    cached: dict = {}
+    if os.path.exists(path):
         try:
             with open(path) as f:
                 cached = json.load(f)
         except (OSError, ValueError):
             cached = {}
-        if key in cached:
+        if not isinstance(cached, dict):
+            cached = {}
+        if key in cached and not refresh:
             return cached[key]
     peak = _probe_gpu() if device == "cuda" else _probe_cpu()
     cached[key] = peak
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
             json.dump(cached, f)
+        os.replace(tmp, path)  # atomic: two processes probing at once never leave half a file
     except OSError:
         pass
     return peak
@@ -148,23 +255,50 @@ def _best(fn: Callable, reps: int = 5) -> float:
     return best
 
 
+# Probe sizes; the tests shrink them.
+_PROBE_BYTES = 32 * 1024 * 1024  # a copy beyond the last-level cache
+_PROBE_GEMM = 1024
+
+
 def _probe_cpu() -> dict:
-    n = 32 * 1024 * 1024 // 4  # 32 MiB of float32: beyond the caches
+    n = _PROBE_BYTES // 4
     src = np.ones(n, dtype=np.float32)
     dst = np.empty_like(src)
-    t = _best(lambda: np.copyto(dst, src))
-    bandwidth = 2 * src.nbytes / t / 1e9
-    m = 1024
+    np.copyto(dst, src)  # fault the pages in before timing
+    t = _best(lambda: np.copyto(dst, src), reps=10)
+    bandwidth = 2 * src.nbytes / t / 1e9  # read + write
+    m = _PROBE_GEMM
     a = np.ones((m, m), dtype=np.float32)
     b = np.ones((m, m), dtype=np.float32)
     c = np.empty((m, m), dtype=np.float32)
-    t = _best(lambda: np.matmul(a, b, out=c), reps=3)
+    np.matmul(a, b, out=c)
+    t = _best(lambda: np.matmul(a, b, out=c), reps=10)
     return {"bandwidth_gbs": bandwidth, "gemm_gflops": 2 * m ** 3 / t / 1e9}
 
 
 def _probe_gpu() -> dict:
-    import cupy
+    """Device-to-device copy bandwidth and float32 GEMM throughput, timed with CUDA events.
+
+    Uses CuPy; with only Numba CUDA installed it measures the copy and leaves GEMM out (None).
+    """
+    try:
+        import cupy
+    except ImportError:
+        cupy = None
     n = 256 * 1024 * 1024 // 4
+    if cupy is None:
+        from numba import cuda
+        src = cuda.to_device(np.ones(n, dtype=np.float32))
+        dst = cuda.device_array_like(src)
+        dst.copy_to_device(src)
+        start, end = cuda.event(), cuda.event()
+        start.record()
+        for _ in range(5):
+            dst.copy_to_device(src)
+        end.record()
+        end.synchronize()
+        return {"bandwidth_gbs": 2 * src.nbytes * 5 / (cuda.event_elapsed_time(start, end) / 1e3) / 1e9,
+                "gemm_gflops": None}
     src = cupy.ones(n, dtype=cupy.float32)
     dst = cupy.empty_like(src)
     m = 4096
@@ -183,11 +317,48 @@ def _probe_gpu() -> dict:
     return out
 
 
+# ---- GPU timing (imported only once a GPU backend is seen) ---------------------------------------------------
+
+class _GpuTimer:
+    """CUDA events on the current stream: CuPy's when it is installed, else Numba CUDA's."""
+
+    def __init__(self) -> None:
+        try:
+            import cupy
+            self._cupy, self._cuda = cupy, None
+        except ImportError:
+            from numba import cuda
+            self._cupy, self._cuda = None, cuda
+
+    def _event(self):
+        return self._cupy.cuda.Event() if self._cupy is not None else self._cuda.event()
+
+    def start(self):
+        ev = self._event()
+        ev.record()
+        return ev
+
+    def stop(self, ev0) -> float:
+        """Seconds on the GPU between ``ev0`` and now (waits for the GPU to get there)."""
+        ev1 = self._event()
+        ev1.record()
+        ev1.synchronize()
+        if self._cupy is not None:
+            return self._cupy.cuda.get_elapsed_time(ev0, ev1) / 1e3
+        return self._cuda.event_elapsed_time(ev0, ev1) / 1e3
+
+    def synchronize(self) -> None:
+        if self._cupy is not None:
+            self._cupy.cuda.get_current_stream().synchronize()
+        else:
+            self._cuda.synchronize()
+
+
 # ---- records -------------------------------------------------------------------------------------------------
 
 @dataclass
 class Stat:
-    """Totals for one (kind, name, backend, signature) row."""
+    """Totals for one (kind, name, backend, signature) row. Times are self times: nested records excluded."""
 
     kind: str          # "kernel" or "op"
     name: str
@@ -198,7 +369,6 @@ class Stat:
     compile_s: float = 0.0
     bytes: int = 0
     flops: int = 0
-    times: list = field(default_factory=list, repr=False)
 
     @property
     def run_s(self) -> float:
@@ -206,6 +376,7 @@ class Stat:
 
     @property
     def mean_s(self) -> float:
+        """Mean run time per call (compile time left out)."""
         return self.run_s / self.calls if self.calls else 0.0
 
     def as_dict(self, peak: dict | None) -> dict:
@@ -214,10 +385,13 @@ class Stat:
         gflops = self.flops / run / 1e9 if run > 0 else 0.0
         d = dict(kind=self.kind, name=self.name, backend=self.backend, signature=self.signature,
                  calls=self.calls, total_s=self.total_s, compile_s=self.compile_s, run_s=run,
-                 mean_s=self.mean_s, bytes=self.bytes, flops=self.flops, gbs=gbs, gflops=gflops)
+                 mean_s=self.mean_s, bytes=self.bytes, flops=self.flops, gbs=gbs, gflops=gflops,
+                 intensity=self.flops / self.bytes if self.bytes else None)
         if peak:
-            d["frac_bandwidth"] = gbs / peak["bandwidth_gbs"] if peak.get("bandwidth_gbs") else None
-            d["frac_gemm"] = gflops / peak["gemm_gflops"] if peak.get("gemm_gflops") else None
+            bw, gf = peak.get("bandwidth_gbs"), peak.get("gemm_gflops")
+            # None where the row moves no bytes (or does no flops): a fraction of nothing says nothing
+            d["frac_bandwidth"] = gbs / bw if bw and self.bytes and run > 0 else None
+            d["frac_gemm"] = gflops / gf if gf and self.flops and run > 0 else None
         return d
 
 
@@ -225,7 +399,9 @@ def _signature(args: tuple) -> str:
     parts = []
     for a in args:
         a = a.data if isinstance(a, Tensor) else a
-        if hasattr(a, "shape") and hasattr(a, "dtype"):
+        if hasattr(a, "indptr") and hasattr(a, "indices"):  # a CSR operand
+            parts.append(f"csr{list(a.shape)} nnz={len(a.indices)}")
+        elif hasattr(a, "shape") and hasattr(a, "dtype"):
             parts.append(f"{a.dtype}{list(a.shape)}")
         elif a is None:
             parts.append("None")
@@ -235,113 +411,164 @@ def _signature(args: tuple) -> str:
 
 
 class _CompileListener:
-    """Sums Numba compile time on this thread (outermost compile events only)."""
+    """Numba JIT time per thread: the outermost spans during which Numba's compiler lock is held.
+
+    Listening to the lock, not only to ``numba:compile``, also catches loading a kernel from Numba's
+    on-disk cache, which fires no compile event yet costs a first call hundreds of milliseconds.
+    """
+
+    KINDS = ("numba:compiler_lock", "numba:compile")
 
     def __init__(self) -> None:
-        self.depth = 0
-        self.start = 0.0
-        self.total = 0.0
+        self._state: dict[int, list] = {}  # thread id -> [depth, start, total]
+
+    def total(self) -> float:
+        st = self._state.get(threading.get_ident())
+        return st[2] if st is not None else 0.0
 
     def notify(self, ev) -> None:
+        tid = threading.get_ident()
+        st = self._state.get(tid)
+        if st is None:
+            st = self._state[tid] = [0, 0.0, 0.0]
         if ev.is_start:
-            if self.depth == 0:
-                self.start = time.perf_counter()
-            self.depth += 1
-        elif ev.is_end:
-            self.depth -= 1
-            if self.depth == 0:
-                self.total += time.perf_counter() - self.start
+            if st[0] == 0:
+                st[1] = time.perf_counter()
+            st[0] += 1
+        elif ev.is_end and st[0] > 0:
+            st[0] -= 1
+            if st[0] == 0:
+                st[2] += time.perf_counter() - st[1]
 
 
 class Profile:
-    """Collects kernel and op records while active; reports as a table, JSON, a Chrome trace or a roofline."""
+    """Collects kernel and op records while active; reports as a table, JSON, a Chrome trace or a roofline.
+
+    Every record is a self time: an op's time excludes the kernels and ops nested in it (and the
+    profiler's bookkeeping for them), and so does its compile time, so the rows add up to the profiled
+    wall time less the untracked Python between ops (``wall_s`` against ``tracked_s``).
+    """
 
     def __init__(self, trace: bool = True) -> None:
         self.stats: dict[tuple, Stat] = {}
         self.events: list[dict] = []
         self.trace = trace
+        self.wall_s: float | None = None  # the profiled block's wall time, set when it exits
         self._t0 = time.perf_counter()
         self._compile = _CompileListener()
         self._stack = threading.local()
         self._peak: dict[str, dict] = {}
+        self._gpu: _GpuTimer | None = None
+        self._live = False
+
+    @property
+    def tracked_s(self) -> float:
+        """Sum of all rows' self times."""
+        return sum(s.total_s for s in self.stats.values())
 
     # -- recording --
-    def _children(self) -> list:
+    def _frames(self) -> list:
         st = getattr(self._stack, "frames", None)
         if st is None:
             st = self._stack.frames = []
         return st
 
-    def _record(self, kind: str, name: str, backend: str, args: tuple, t_start: float, total: float,
-                compile_s: float, cost: tuple[int, int]) -> None:
-        sig = _signature(args)
+    def _gpu_timer(self) -> _GpuTimer:
+        if self._gpu is None:
+            self._gpu = _GpuTimer()
+        return self._gpu
+
+    def _record(self, kind: str, name: str, backend: str, sig_args: tuple, t_start: float, wall: float,
+                self_s: float, compile_s: float, cost: tuple[int, int]) -> None:
+        sig = _signature(sig_args)
         key = (kind, name, backend, sig)
         with _lock:
             s = self.stats.get(key)
             if s is None:
                 s = self.stats[key] = Stat(kind, name, backend, sig)
             s.calls += 1
-            s.total_s += total
+            s.total_s += self_s
             s.compile_s += compile_s
-            if total - compile_s > 0:
-                s.bytes += cost[0]
-                s.flops += cost[1]
+            s.bytes += cost[0]
+            s.flops += cost[1]
             if self.trace and len(self.events) < 1_000_000:
-                self.events.append(dict(name=name, cat=f"{kind}:{backend}", ph="X",
-                                        ts=(t_start - self._t0) * 1e6, dur=total * 1e6,
-                                        pid=os.getpid(), tid=threading.get_ident(), args={"shapes": sig}))
+                # dur is inclusive, so nested calls sit inside their parent in the viewer
+                self.events.append(dict(name=name, cat=f"{kind},{backend}", ph="X",
+                                        ts=(t_start - self._t0) * 1e6, dur=wall * 1e6,
+                                        pid=os.getpid(), tid=threading.get_ident(),
+                                        args={"shapes": sig, "self_us": self_s * 1e6,
+                                              "compile_us": compile_s * 1e6}))
 
     def _timed(self, kind: str, name: str, backend: str, fn: Callable, args: tuple, kwargs: dict,
-               cost_fn: Callable | None):
-        frames = self._children()
-        frames.append(0.0)  # time spent in nested records, subtracted to give self time
-        compile_before = self._compile.total
-        gpu = backend in ("cupy", "numba-cuda")
+               cost_fn: Callable, sig_args: tuple):
+        frames = self._frames()
+        frame = [0.0, 0.0]  # wall and compile time of nested records, taken out of this one
+        frames.append(frame)
+        compile_before = self._compile.total()
+        gpu = self._gpu_timer() if backend != "cpu" else None
+        ev0 = gpu.start() if gpu is not None and kind == "kernel" else None
         t_start = time.perf_counter()
-        if gpu:
-            import cupy
-            ev0, ev1 = cupy.cuda.Event(), cupy.cuda.Event()
-            ev0.record()
         try:
             out = fn(*args, **kwargs)
+            if gpu is not None and ev0 is None:
+                gpu.synchronize()  # an op's GPU work is asynchronous: charge it to the op that queued it
         finally:
-            nested = frames.pop()
-        if gpu:
-            ev1.record()
-            ev1.synchronize()
-            total = cupy.cuda.get_elapsed_time(ev0, ev1) / 1e3
+            frames.pop()
+        if ev0 is not None:
+            self_s = gpu.stop(ev0)  # the kernel's GPU time, from CUDA events
+            wall = time.perf_counter() - t_start
         else:
-            total = time.perf_counter() - t_start
-        compile_s = self._compile.total - compile_before
-        self_time = max(total - nested, 0.0) if kind == "op" else total
+            wall = time.perf_counter() - t_start
+            self_s = max(wall - frame[0], 0.0)
+        compile_s = min(max(self._compile.total() - compile_before - frame[1], 0.0), self_s)
+        try:
+            cost = cost_fn(out) if self_s > compile_s else (0, 0)
+        except Exception:  # a cost model that does not fit these arguments must not break the run
+            cost = (0, 0)
+        self._record(kind, name, backend, sig_args, t_start, wall, self_s, compile_s, cost)
         if frames:
-            frames[-1] += total
-        cost = cost_fn(args) if cost_fn is not None else _op_cost(name, args, out)
-        self._record(kind, name, backend, args, t_start, self_time, min(compile_s, self_time), cost)
+            # the parent loses everything from our start to now, our own bookkeeping included
+            frames[-1][0] += time.perf_counter() - t_start
+            frames[-1][1] += compile_s + frame[1]
         return out
 
     def kernel_hook(self, name, backend, fn, args, kwargs):
-        return self._timed("kernel", name, backend, fn, args, kwargs, KERNEL_COST.get(name))
+        model = KERNEL_COST.get(name)
+        return self._timed("kernel", name, backend, fn, args, kwargs,
+                           (lambda out: model(args)) if model is not None else (lambda out: (0, 0)), args)
 
     def op_wrapper(self, name: str, fn: Callable) -> Callable:
         def wrapped(*args, **kwargs):
-            return self._timed("op", name, _device_of_args(args), fn, args, kwargs, None)
+            if not self._live:  # a binding that outlived its profile (a module imported while profiling)
+                return fn(*args, **kwargs)
+            return self._timed("op", name, _device_of_args(args), fn, args, kwargs,
+                               lambda out: _op_cost(name, args, out), args)
         wrapped.__wrapped__ = fn
         wrapped.__name__ = getattr(fn, "__name__", name)
+        wrapped.__qualname__ = getattr(fn, "__qualname__", name)
         wrapped.__doc__ = fn.__doc__
+        wrapped._tapegrad_profiled = True
         return wrapped
 
     def backward_hook(self, node, grad):
-        return self._timed("op", f"{node.name}.backward", "cpu" if isinstance(grad, np.ndarray) else "cuda",
-                           node.backward, (grad,), {}, lambda args: (2 * _nbytes(args[0]), 0))
+        backend = _device_of_args((grad,))
+        return self._timed("op", f"{node.name}.backward", backend, node.backward, (grad,), {},
+                           lambda out: _backward_cost(node.name, node.parents, grad, out),
+                           (grad,) + tuple(node.parents))
 
     # -- reports --
     def peak(self, device: str = "cpu") -> dict:
+        """This machine's measured limits for ``device`` ("cpu" or "cuda"), probed once and cached."""
         if device not in self._peak:
             self._peak[device] = machine_peak(device)
         return self._peak[device]
 
+    def _devices(self) -> list[str]:
+        devs = sorted({"cpu" if s.backend == "cpu" else "cuda" for s in self.stats.values()}) or ["cpu"]
+        return devs
+
     def rows(self, with_peak: bool = True) -> list[dict]:
+        """One dict per (kind, name, backend, shapes), sorted by total (self) time, longest first."""
         out = []
         for s in sorted(self.stats.values(), key=lambda s: -s.total_s):
             device = "cpu" if s.backend == "cpu" else "cuda"
@@ -349,41 +576,65 @@ class Profile:
         return out
 
     def table(self, limit: int = 30, with_peak: bool = True) -> str:
-        """A terminal table sorted by total time."""
+        """A terminal table sorted by total time; GB/s, GFLOP/s and the % of peak use run time (no JIT)."""
         rows = self.rows(with_peak)
-        total = sum(r["total_s"] for r in rows) or 1.0
-        head = (f"{'kind':6} {'name':24} {'backend':10} {'calls':>7} {'total ms':>10} {'%':>5} {'mean us':>9} "
+        tracked = sum(r["total_s"] for r in rows)
+        denom = tracked or 1.0
+        head = (f"{'kind':6} {'name':30} {'backend':10} {'calls':>6} {'total ms':>9} {'%':>5} {'mean us':>9} "
                 f"{'jit ms':>8} {'GB/s':>7} {'GFLOP/s':>8} {'%bw':>5} {'%gemm':>6}  shapes")
         lines = [head, "-" * len(head)]
+
+        def num(v, fmt):
+            return "" if not v else format(v, fmt)
+
+        def pct(f, width):
+            return f"{'' if f is None else f'{100 * f:.1f}':>{width}}"
+
         for r in rows[:limit]:
-            fb = r.get("frac_bandwidth")
-            fg = r.get("frac_gemm")
             lines.append(
-                f"{r['kind']:6} {r['name'][:24]:24} {r['backend']:10} {r['calls']:7d} {r['total_s'] * 1e3:10.2f} "
-                f"{100 * r['total_s'] / total:5.1f} {r['mean_s'] * 1e6:9.1f} {r['compile_s'] * 1e3:8.1f} "
-                f"{r['gbs']:7.2f} {r['gflops']:8.2f} {'' if fb is None else f'{100 * fb:5.1f}':>5} "
-                f"{'' if fg is None else f'{100 * fg:6.1f}':>6}  {r['signature'][:60]}")
+                f"{r['kind']:6} {r['name'][:30]:30} {r['backend']:10} {r['calls']:6d} {r['total_s'] * 1e3:9.2f} "
+                f"{100 * r['total_s'] / denom:5.1f} {r['mean_s'] * 1e6:9.1f} {num(r['compile_s'] * 1e3, '.1f'):>8} "
+                f"{num(r['gbs'] if r['bytes'] else 0, '.2f'):>7} {num(r['gflops'] if r['flops'] else 0, '.2f'):>8} "
+                f"{pct(r.get('frac_bandwidth'), 5)} {pct(r.get('frac_gemm'), 6)}  {r['signature'][:70]}")
         if len(rows) > limit:
-            lines.append(f"... {len(rows) - limit} more rows (to_json has them all)")
+            rest = sum(r["total_s"] for r in rows[limit:])
+            lines.append(f"... {len(rows) - limit} more rows, {rest * 1e3:.2f} ms (to_json has them all)")
+        jit = sum(r["compile_s"] for r in rows)
+        summary = f"tracked {tracked * 1e3:.1f} ms (of which JIT {jit * 1e3:.1f} ms)"
+        if self.wall_s:
+            summary += (f" of {self.wall_s * 1e3:.1f} ms wall; the other "
+                        f"{max(self.wall_s - tracked, 0.0) * 1e3:.1f} ms is Python between ops and the profiler")
+        lines.append(summary)
         if with_peak:
-            p = self.peak("cpu")
-            lines.append(f"peak (probe): {p['bandwidth_gbs']:.1f} GB/s memory, {p['gemm_gflops']:.1f} GFLOP/s float32 GEMM")
+            for d in self._devices():
+                p = self.peak(d)
+                gf = p.get("gemm_gflops")
+                lines.append(f"peak {d} (probe): {p['bandwidth_gbs']:.1f} GB/s memory copy"
+                             + (f", {gf:.1f} GFLOP/s float32 GEMM" if gf else "")
+                             + "; %bw over 100 means the data sat in cache")
         return "\n".join(lines)
 
     def to_json(self, path: str | None = None) -> dict:
-        doc = {"rows": self.rows(), "peak": {d: self.peak(d) for d in self._peak} or {"cpu": self.peak("cpu")}}
+        """Every row plus the peaks and wall/tracked time; written to ``path`` when given."""
+        doc = {"rows": self.rows(), "peak": {d: self.peak(d) for d in self._devices()},
+               "wall_s": self.wall_s, "tracked_s": self.tracked_s}
         if path is not None:
             with open(path, "w") as f:
                 json.dump(doc, f, indent=1)
         return doc
 
     def export_chrome_trace(self, path: str) -> None:
-        """A trace viewable in chrome://tracing or Perfetto (one complete event per call)."""
+        """A trace viewable in chrome://tracing or https://ui.perfetto.dev (one complete event per call)."""
+        meta = [dict(name="process_name", ph="M", pid=os.getpid(), tid=0, args={"name": "tapegrad"})]
         with open(path, "w") as f:
-            json.dump({"traceEvents": self.events, "displayTimeUnit": "ms"}, f)
+            json.dump({"traceEvents": meta + self.events, "displayTimeUnit": "ms"}, f)
 
-    def roofline(self, path: str, device: str = "cpu") -> None:
-        """A roofline plot (PNG) of every row: arithmetic intensity vs achieved GFLOP/s (needs matplotlib)."""
+    def roofline(self, path: str, device: str = "cpu", label: int = 12) -> None:
+        """A roofline plot (PNG): arithmetic intensity vs achieved GFLOP/s, one point per kernel/op name.
+
+        Rows of one name (all shapes) are pooled; rows with no flops or no bytes (views, copies, scalar
+        losses' backward) have no place on a roofline and are left out. The ``label`` largest are named.
+        """
         try:
             import matplotlib
             matplotlib.use("Agg")
@@ -391,21 +642,55 @@ class Profile:
         except ImportError:
             raise RuntimeError("the roofline plot needs matplotlib: pip install 'tapegrad[plot]'") from None
         peak = self.peak(device)
-        bw, gf = peak["bandwidth_gbs"], peak["gemm_gflops"]
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        xs = np.logspace(-3, 3, 200)
-        ax.plot(xs, np.minimum(xs * bw, gf), "k-", lw=1.5, label=f"roof: {bw:.0f} GB/s, {gf:.0f} GFLOP/s")
-        for r in self.rows():
-            if r["bytes"] <= 0 or r["flops"] <= 0 or r["run_s"] <= 0:
+        bw, gf = peak["bandwidth_gbs"], peak.get("gemm_gflops")
+        pooled: dict[tuple, list] = {}
+        for s in self.stats.values():
+            if (s.backend == "cpu") != (device == "cpu"):
                 continue
-            ai = r["flops"] / r["bytes"]
-            ax.scatter([ai], [r["gflops"]], s=20 + 200 * r["total_s"] / max(x["total_s"] for x in self.rows()))
-            ax.annotate(r["name"], (ai, r["gflops"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            p = pooled.setdefault((s.kind, s.name), [0, 0, 0.0, 0.0])
+            p[0] += s.bytes
+            p[1] += s.flops
+            p[2] += s.run_s
+            p[3] += s.total_s
+        points = [(k, f / b, f / run / 1e9, run) for k, (b, f, run, tot) in pooled.items()
+                  if b > 0 and f > 0 and run > 0]
+        fig, ax = plt.subplots(figsize=(8, 5))
+        if points:
+            ai = np.array([p[1] for p in points])
+            perf = np.array([p[2] for p in points])
+            x_lo, x_hi = ai.min() / 4, ai.max() * 4
+            ridge = gf / bw if gf else None
+            if ridge:
+                x_lo, x_hi = min(x_lo, ridge / 4), max(x_hi, ridge * 4)
+            y_top = max(gf or 0, perf.max()) * 2
+            y_lo = min(perf.min(), x_lo * bw) / 4
+        else:
+            x_lo, x_hi, y_lo, y_top, ridge = 1e-2, 1e2, 1e-2, (gf or bw) * 2, None
+        xs = np.logspace(np.log10(x_lo), np.log10(x_hi), 200)
+        roof = np.minimum(xs * bw, gf) if gf else xs * bw
+        ax.plot(xs, roof, "k-", lw=1.5,
+                label=f"roof: {bw:.1f} GB/s" + (f", {gf:.1f} GFLOP/s" if gf else ""))
+        if ridge:
+            ax.axvline(ridge, color="0.7", ls=":", lw=1)
+        total_max = max((p[3] for p in points), default=1.0) or 1.0
+        colours = {"kernel": "tab:blue", "op": "tab:orange"}
+        ranked = sorted(points, key=lambda p: -p[3])
+        for i, ((kind, name), x, y, tot) in enumerate(ranked):
+            backward = name.endswith(".backward")
+            ax.scatter([x], [y], s=25 + 300 * tot / total_max, color=colours.get(kind, "tab:gray"),
+                       marker="v" if backward else "o", alpha=0.75, edgecolors="k", linewidths=0.5)
+            if i < label:
+                ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        for kind, colour in colours.items():
+            ax.scatter([], [], color=colour, label=f"{kind} (area ~ time; \u25bc backward)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xlim(x_lo, x_hi)
+        ax.set_ylim(y_lo, y_top)
         ax.set_xlabel("arithmetic intensity (FLOP / byte)")
-        ax.set_ylabel("achieved GFLOP/s")
-        ax.set_title("tapegrad kernels and ops against this machine's roofline")
+        ax.set_ylabel("achieved GFLOP/s (run time, JIT excluded)")
+        ax.set_title(f"tapegrad kernels and ops against this machine's roofline ({device})")
+        ax.grid(True, which="major", ls=":", lw=0.5)
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
@@ -415,8 +700,11 @@ class Profile:
 def _device_of_args(args: tuple) -> str:
     for a in args:
         a = a.data if isinstance(a, Tensor) else a
-        if hasattr(a, "dtype"):
-            return "cpu" if isinstance(a, np.ndarray) else "cuda"
+        a = getattr(a, "indptr", a)  # a CSR operand lives where its arrays do
+        if isinstance(a, (np.ndarray, np.generic)):
+            return "cpu"
+        if hasattr(a, "__cuda_array_interface__"):
+            return "cuda"
     return "cpu"
 
 
@@ -431,24 +719,43 @@ PROFILED_OPS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _bindings(originals: dict[int, tuple[str, Callable]]) -> list[tuple[Any, str, Callable, str]]:
+    """Every (module, attribute) of a loaded tapegrad module bound to one of the ops above.
+
+    ``from ..engine.sparse import spmm`` (layers/gcn.py) and the package's re-exports make their own
+    names for an op; each must be swapped too, or the calls through it go unseen.
+    """
+    import sys
+    found = []
+    for modname, mod in list(sys.modules.items()):
+        if mod is None or not (modname == "tapegrad" or modname.startswith("tapegrad.")):
+            continue
+        for attr, value in list(vars(mod).items()):
+            hit = originals.get(id(value))
+            if hit is not None and hit[1] is value:
+                found.append((mod, attr, value, hit[0]))
+    return found
+
+
 @contextmanager
 def profile(trace: bool = True) -> Iterator[Profile]:
     """Profile everything run inside the block (one profile at a time per process)."""
     global _active
-    if _active is not None:
-        raise RuntimeError("a profile is already active")
-    prof = Profile(trace)
-    patched = []
+    with _lock:
+        if _active is not None:
+            raise RuntimeError("a profile is already active")
+        prof = _active = Profile(trace)
+    patched: list[tuple[Any, str, Callable]] = []
+    event, listener = None, None
     try:
-        from numba.core import event
-        listener = _numba_listener(prof._compile)
-        event.register("numba:compile", listener)
-    except Exception:  # numba's event API changed: compile time then counts as run time
-        event, listener = None, None
-    _active = prof
-    registry._hook = prof.kernel_hook
-    _tensor._profiler = prof
-    try:
+        try:
+            from numba.core import event
+            listener = _numba_listener(prof._compile)
+            for kind in _CompileListener.KINDS:
+                event.register(kind, listener)
+        except Exception:  # numba missing or its event API changed: compile time then counts as run time
+            event, listener = None, None
+        originals: dict[int, tuple[str, Callable]] = {}
         for modname, names in PROFILED_OPS.items():
             try:
                 mod = importlib.import_module(modname)
@@ -456,21 +763,43 @@ def profile(trace: bool = True) -> Iterator[Profile]:
                 continue
             for name in names:
                 fn = getattr(mod, name, None)
-                if fn is not None:
-                    patched.append((mod, name, fn))
-                    setattr(mod, name, prof.op_wrapper(name, fn))
+                if fn is not None and not getattr(fn, "_tapegrad_profiled", False):
+                    originals[id(fn)] = (name, fn)
+        wrappers = {id(fn): prof.op_wrapper(name, fn) for name, fn in originals.values()}
+        for mod, attr, fn, _ in _bindings(originals):
+            patched.append((mod, attr, fn))
+            setattr(mod, attr, wrappers[id(fn)])
+        prof._live = True
+        registry._hook = prof.kernel_hook
+        _tensor._profiler = prof
+        prof._t0 = time.perf_counter()
         yield prof
     finally:
-        for mod, name, fn in patched:
-            setattr(mod, name, fn)
+        prof.wall_s = time.perf_counter() - prof._t0
+        prof._live = False
         registry._hook = None
         _tensor._profiler = None
-        _active = None
+        for mod, attr, fn in patched:
+            setattr(mod, attr, fn)
+        _restore_late_bindings()
         if event is not None and listener is not None:
-            try:
-                event.unregister("numba:compile", listener)
-            except Exception:
-                pass
+            for kind in _CompileListener.KINDS:
+                try:
+                    event.unregister(kind, listener)
+                except Exception:
+                    pass
+        _active = None
+
+
+def _restore_late_bindings() -> None:
+    """Put back the original op wherever a module imported during the profile bound a wrapper."""
+    import sys
+    for modname, mod in list(sys.modules.items()):
+        if mod is None or not (modname == "tapegrad" or modname.startswith("tapegrad.")):
+            continue
+        for attr, value in list(vars(mod).items()):
+            if getattr(value, "_tapegrad_profiled", False) and callable(value):
+                setattr(mod, attr, value.__wrapped__)
 
 
 def _numba_listener(target: _CompileListener):

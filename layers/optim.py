@@ -6,6 +6,7 @@ hyper-parameters mean the same thing. Updates happen in place on ``p.data`` (num
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -74,33 +75,57 @@ class Optimizer:
                 k += 1
         return out
 
+    _STATE_NAMES = ("step", "exp_avg", "exp_avg_sq", "momentum_buffer")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned. Every entry is checked before any is applied, so a
+        bad state (unknown key, wrong shape) raises and leaves the optimizer unchanged."""
+        self._stage_state_dict(state)()
+
+    def _stage_state_dict(self, state: dict[str, Any]):
+        """Check ``state`` and return a function that applies it (and cannot fail)."""
+        if not hasattr(state, "items"):
+            raise TypeError(f"state must be a mapping of key -> array, got {type(state).__name__}")
         params = [p for g in self.param_groups for p in g["params"]]
+        group_updates: list[tuple[int, str, Any]] = []
         new_state: dict[int, dict] = {}
         for key, value in state.items():
-            head, _, name = key.partition(".")
-            if head.startswith("group"):
-                gi = int(head[5:])
-                if gi >= len(self.param_groups) or name not in self.param_groups[gi]:
+            head, _, name = str(key).partition(".")
+            m = re.fullmatch(r"(group|param)([0-9]+)", head)
+            if m is None:
+                raise KeyError(f"unrecognised optimizer state key {key!r}")
+            index = m.group(2)
+            if m.group(1) == "group":
+                gi = int(index)
+                if gi >= len(self.param_groups) or name not in self.param_groups[gi] or name == "params":
                     raise KeyError(f"optimizer state has {key!r}, which this optimizer does not know")
                 v = np.asarray(value)
-                self.param_groups[gi][name] = tuple(v.tolist()) if v.ndim else v.item()
-            elif head.startswith("param"):
-                k = int(head[5:])
+                group_updates.append((gi, name, tuple(v.tolist()) if v.ndim else v.item()))
+            else:
+                k = int(index)
                 if k >= len(params):
                     raise KeyError(f"optimizer state has {key!r} but the optimizer has {len(params)} parameters")
+                if name not in self._STATE_NAMES:
+                    raise KeyError(f"unrecognised optimizer state key {key!r}")
                 p = params[k]
                 v = np.asarray(value)
                 if name == "step":
-                    new_state.setdefault(id(p), {})[name] = v.copy()
+                    if v.shape != () or v.dtype.kind not in "iu":
+                        raise ValueError(f"optimizer state {key!r} must be one integer, got {v.dtype} {v.shape}")
+                    new_state.setdefault(id(p), {})[name] = v.astype(np.int64)
                 else:
                     if v.shape != p.shape:
                         raise ValueError(f"optimizer state {key!r} has shape {v.shape}, parameter has {p.shape}")
+                    if v.dtype.kind not in "fiu":
+                        raise ValueError(f"optimizer state {key!r} has non-numeric dtype {v.dtype}")
                     xp = array_module(p.data)
-                    new_state.setdefault(id(p), {})[name] = xp.asarray(v.astype(p.dtype))
-            else:
-                raise KeyError(f"unrecognised optimizer state key {key!r}")
-        self.state = new_state
+                    new_state.setdefault(id(p), {})[name] = xp.array(v.astype(p.dtype), copy=True)
+
+        def commit() -> None:
+            for gi, name, v in group_updates:
+                self.param_groups[gi][name] = v
+            self.state = new_state
+        return commit
 
 
 class SGD(Optimizer):
