@@ -115,7 +115,8 @@ def lstm_workload(seed, num_layers=1, dropout=0.0, hidden=32, batch=8, seq_len=1
 
 
 WORKLOADS = {"gcn": gcn_workload, "lstm": lstm_workload,
-             "lstm-dropout": lambda seed: lstm_workload(seed, num_layers=2, dropout=0.3)}
+             "lstm-dropout": lambda seed: lstm_workload(seed, num_layers=2, dropout=0.3),
+             "lstm-2layer": lambda seed: lstm_workload(seed, num_layers=2)}
 
 
 def rss_bytes():
@@ -278,6 +279,9 @@ def test_same_seed_gives_bitwise_identical_parameters_in_process(name, steps):
     assert_same_params(a, b)
     c = train_params(name, 12, steps)  # the seed matters (init and dropout masks)
     assert any(not np.array_equal(a[k], c[k]) for k in a)
+    if name == "lstm-dropout":  # and the dropout between the layers really ran
+        d = train_params("lstm-2layer", 11, steps)
+        assert any(not np.array_equal(a[k], d[k]) for k in a)
 
 
 def test_same_seed_gives_bitwise_identical_parameters_in_two_processes(tmp_path):
