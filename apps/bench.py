@@ -1,6 +1,7 @@
 """Benchmarks: tapegrad's kernels and layers against the installed peers, on the same inputs.
 
     python -m tapegrad bench [--quick] [--json FILE] [--filter SUBSTR] [--data-dir DIR] [--list]
+                             [--reps N] [--gap SECONDS] [--time-limit SECONDS]
 
 Every case runs tapegrad and each peer (scipy, torch, torch_geometric, cupy) in this one process, on
 the same arrays, interleaved (ours, peer, ours, peer, ...) for several repetitions after a warm-up,
@@ -9,10 +10,18 @@ sample of a fast call loops over it enough times to last a few milliseconds; the
 is paused while a sample runs. A peer that is not installed is skipped with a line that says so; so
 is a case whose tapegrad piece is missing (``skipped: <reason>``).
 
+Interleaving has a trap: a library's idle worker threads keep spinning for a while after a call and
+slow down whoever runs next. OpenBLAS's spin for about 0.1 s (torch.nn.LSTM timed right after
+tapegrad's LSTM ran 2x slower), so the cases whose tapegrad side calls numpy's BLAS (LSTM, RNN, GCN)
+idle BLAS_GAP_S before every sample; ``--gap`` sets the idle time of every case.
+
 Threads: both sides use every core. numba's default is all cores; torch's is set explicitly with
-``torch.set_num_threads(os.cpu_count())``. scipy.sparse's matrix products are single-threaded. torch
-is imported before numba starts its threads: in the other order (two OpenMP runtimes in one process)
-torch.nn.RNN ran 100x slower on a 2-core machine, while the first order slows neither side.
+``torch.set_num_threads(os.cpu_count())``. scipy.sparse's matrix products are single-threaded.
+torch and numba's OpenMP layer load libgomp under one soname (torch ships its own copy), so the copy
+loaded first serves both: torch is imported before numba starts its threads, because with the
+system's copy first torch.nn.RNN ran 100x slower on a 2-core machine. Loaded that way, libgomp keeps
+its default (spinning) wait policy, where a process that only uses tapegrad gets the passive policy
+``tapegrad.kernels.cpu`` sets.
 
 Cases (CPU): SpMM forward (A X) and backward (A^T dY through the CSR's cached transpose, as the engine
 does it; the peers get the same transpose, precomputed) on PubMed and R-MAT graphs of 2^16, 2^18 and
@@ -52,6 +61,11 @@ SPMM_WIDTHS = (16, 64, 256)
 SPMM_WIDTHS_QUICK = (16, 64)
 BANDWIDTH_WIDTH = 64
 TAPE_OPS = 100
+# OpenBLAS's idle worker threads spin for about 2^28 cycles (~0.1 s) after a call. Timed right after
+# tapegrad's LSTM (numpy matmuls), torch.nn.LSTM ran 2x slower on 2 cores; after this much idle time it
+# runs as fast as alone. Used for the cases whose tapegrad side calls BLAS.
+BLAS_GAP_S = 0.12
+BLAS_MAX_REPS = 20
 
 
 class Skip(Exception):
@@ -71,6 +85,7 @@ class Settings:
     proc_reps: int         # repetitions of the import case (fresh interpreters)
     first_call_reps: int   # repetitions of the first-call case (fresh processes, seconds each)
     deadline: float = math.inf  # time.perf_counter() after which the remaining cases are skipped
+    gap_s: float | None = None  # idle time before each sample (--gap); None: BLAS_GAP_S for BLAS cases
 
     @classmethod
     def make(cls, quick: bool, data_dir: Path | None, filt: str | None, reps: int | None) -> "Settings":
@@ -113,13 +128,16 @@ class Timing:
     samples: dict
 
 
-def interleaved(bodies: dict, s: Settings, warmup: int = 1) -> dict[str, Timing]:
+def interleaved(bodies: dict, s: Settings, warmup: int = 1, gap_s: float = 0.0,
+                max_reps: int | None = None) -> dict[str, Timing]:
     """Time each body (``number -> {phase: seconds}``), interleaved: rep 1 of each, rep 2 of each, ...
 
     After ``warmup`` calls each (JIT compilation, caches, allocator), a timed call estimates each
     body's cost (the last warm-up call when it took over 0.2 s); that sets how many calls make a sample (``sample_s``) and how many repetitions fit
-    in the case's budget (between ``min_reps`` and ``max_reps``).
+    in the case's budget (between ``min_reps`` and ``max_reps``). ``gap_s`` of idle time precedes every
+    sample.
     """
+    max_reps = s.max_reps if max_reps is None else min(max_reps, s.max_reps)
     est = {}
     for name, body in bodies.items():
         for _ in range(warmup):
@@ -133,12 +151,14 @@ def interleaved(bodies: dict, s: Settings, warmup: int = 1) -> dict[str, Timing]
         reps = s.min_reps
     else:  # slow cases (a round over a second) get at least 3 repetitions rather than min_reps
         floor = s.min_reps if round_s < 1.0 else min(3, s.min_reps)
-        reps = int(min(s.max_reps, max(floor, s.budget_s / round_s)))
+        reps = int(min(max_reps, max(floor, s.budget_s / round_s)))
     samples: dict = {k: {} for k in bodies}
     gc_was_on = gc.isenabled()
     try:
         for _ in range(reps):
             for name, body in bodies.items():
+                if gap_s:
+                    time.sleep(gap_s)
                 gc.disable()
                 try:
                     t = body(number[name])
@@ -378,10 +398,21 @@ class Bench:
         self.add(case)
 
     def measure(self, case: Case, ours: dict, peers: dict, skipped_peers: dict | None = None,
-                warmup: int = 1) -> dict[str, Timing]:
-        """Time ``ours`` and ``peers`` ({label: body}) interleaved, and append one row per label."""
+                warmup: int = 1, blas: bool = False) -> dict[str, Timing]:
+        """Time ``ours`` and ``peers`` ({label: body}) interleaved, and append one row per label.
+
+        ``blas``: the bodies call a BLAS with spinning worker threads (tapegrad's dense products are
+        numpy's OpenBLAS); then each sample waits BLAS_GAP_S first (unless --gap says otherwise).
+        """
         bodies = {**ours, **peers}
-        t = interleaved(bodies, self.s, warmup=min(warmup, 1) if self.s.quick else warmup)
+        gap = self.s.gap_s
+        if gap is None:
+            gap = BLAS_GAP_S if blas and not self.s.quick else 0.0
+        if gap:
+            case.notes.append(f"{gap:g} s idle before every sample (spinning BLAS threads of the previous "
+                              "library go to sleep)")
+        t = interleaved(bodies, self.s, warmup=min(warmup, 1) if self.s.quick else warmup, gap_s=gap,
+                        max_reps=BLAS_MAX_REPS if gap else None)
         for label in {**ours, **peers}:
             case.rows.append(Row(label, t[label].median.get(""), ours=label in ours, reps=t[label].reps,
                                  samples=t[label].samples.get("")))
@@ -720,7 +751,7 @@ def _rnn_case(b: Bench, case: Case, kind: str, mode: str, size: tuple, device: s
         peers[peer_label] = _whole(torch_train if mode == "train" else torch_infer)
     else:
         skipped[peer_label] = why
-    b.measure(case, ours, peers, skipped)
+    b.measure(case, ours, peers, skipped, blas=True)
     case.notes.append("training step = forward + backward of sum(output), no optimiser" if mode == "train"
                       else "inference = forward under no_grad")
 
@@ -831,7 +862,7 @@ def gcn_case(b: Bench) -> None:
             peers["torch_geometric GCNConv (sparse CSR x)"] = _whole(lambda: ep(m2, o2, xs, ei, y, tidx))
         else:
             skipped["torch_geometric GCNConv"] = why
-        b.measure(case, ours, peers, skipped, warmup=3)
+        b.measure(case, ours, peers, skipped, warmup=3, blas=True)
         case.notes.append("epoch = forward, backward, Adam step; P cached on both sides (cached=True, "
                           "as in apps/gcn.py and PyG's examples/gcn.py); row-normalised features")
 
@@ -883,7 +914,7 @@ def tape_case(b: Bench) -> None:
                     x.grad = None
                 return {"fwd": fwd, "bwd": bwd}
             bodies["torch autograd"] = peer
-        t = interleaved(bodies, b.s, warmup=3)
+        t = interleaved(bodies, b.s, warmup=3, gap_s=b.s.gap_s or 0.0)
         for phase in ("fwd", "bwd"):
             sub = Case(f"tape/{phase}_per_op", params={"ops": TAPE_OPS, "phase": phase})
             sub.rows.append(Row("tapegrad", t["tapegrad"].median[phase] / TAPE_OPS, ours=True,
@@ -1118,7 +1149,7 @@ def _gpu_spmm(b: Bench, case: Case, cupy: Any, g: str, width: int) -> None:
         got = cupy.asnumpy(kernels.spmm(indptr, indices, data, x, backend=backend))
         if ref is not None:
             _check_close(case, f"tapegrad ({label})", got, ref)
-    t = interleaved({**ours, **peers}, b.s, warmup=2)
+    t = interleaved({**ours, **peers}, b.s, warmup=2, gap_s=b.s.gap_s or 0.0)
     first = True
     for label in ours:
         case.rows.append(Row(label, t[label].median[""], ours=first, reps=t[label].reps))
@@ -1223,6 +1254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "next to the package)")
     p.add_argument("--reps", type=int, default=None, help="fixed number of repetitions per case")
     p.add_argument("--list", action="store_true", help="print the case names and exit")
+    p.add_argument("--gap", metavar="SECONDS", type=float, default=None,
+                   help="sleep before every sample of every case, so that the spinning worker threads of "
+                        f"the library timed just before are asleep (default: {BLAS_GAP_S} s in the LSTM, RNN "
+                        "and GCN cases, whose tapegrad side calls OpenBLAS; none elsewhere nor in --quick)")
     p.add_argument("--time-limit", metavar="SECONDS", type=float, default=None,
                    help="skip the cases that would start after SECONDS (a cap for smoke checks)")
     args = p.parse_args(argv)
@@ -1236,6 +1271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     if args.time_limit is not None:
         b.s.deadline = t_start + args.time_limit
+    if args.gap is not None and args.gap < 0:
+        p.error("--gap must be >= 0")
+    b.s.gap_s = args.gap
     info = _header(b)
     for _, group in CASE_GROUPS:
         group(b)

@@ -5,7 +5,7 @@ Run from the repository root (OpenBLAS variables unset so no peer runs with odd 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/spmm_cpu_quick.py [--rmat] [--width 64]
 
 Prints the median time of each implementation over three blocks of ``--reps`` calls (each after a
-warm-up), and the ratio peer / ours (above 1: tapegrad is faster). Every implementation multiplies the same arrays.
+warm-up), and the ratio peer / ours (above 1: tapegrad is faster). All multiply the same arrays.
 X is benchmarked twice: 64-byte aligned (as torch allocates) and at numpy's default placement
 (16 bytes past a line for large arrays, so every 256-byte row of float32 x 64 touches five cache
 lines instead of four; all implementations pay for it).
@@ -138,21 +138,26 @@ def bench(name, indptr, indices, width, reps, dtype):
         warnings.simplefilter("ignore")
         ta = torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(indices.astype(np.int64)),
                                      torch.from_numpy(data), size=(n, n))
+        ta32 = torch.sparse_csr_tensor(torch.from_numpy(indptr.astype(np.int32)),
+                                       torch.from_numpy(indices.astype(np.int32)),
+                                       torch.from_numpy(data), size=(n, n))
     print(f"{name}: n={n} nnz={len(indices)} max row={np.diff(indptr).max()} F={width} "
           f"{np.dtype(dtype).name}, threads numba={numba.get_num_threads()} torch={torch.get_num_threads()}")
-    for label, x in (("x 64-byte aligned", aligned_copy(x_np)), (f"x numpy default (+{x_np.ctypes.data % 64} B)", x_np)):
+    xs = (("x 64-byte aligned", aligned_copy(x_np)), (f"x numpy default (+{x_np.ctypes.data % 64} B)", x_np))
+    for label, x in xs:
         np.testing.assert_allclose(cpu.spmm(indptr, indices, data, x), a @ x, rtol=1e-4, atol=1e-4)
         tx = torch.from_numpy(x)
         t, share = median_times({
-            "ours": lambda: cpu.spmm(indptr, indices, data, x, out),
-            "ours, new out": lambda: cpu.spmm(indptr, indices, data, x),
-            "ours, data None": lambda: cpu.spmm(indptr, indices, None, x, out),
-            "scipy": lambda: a @ x,
-            "torch": lambda: torch.sparse.mm(ta, tx),
+            "ours": lambda x=x: cpu.spmm(indptr, indices, data, x, out),
+            "ours, new out": lambda x=x: cpu.spmm(indptr, indices, data, x),
+            "ours, data None": lambda x=x: cpu.spmm(indptr, indices, None, x, out),
+            "scipy": lambda x=x: a @ x,
+            "torch, int64 idx": lambda tx=tx: torch.sparse.mm(ta, tx),
+            "torch, int32 idx": lambda tx=tx: torch.sparse.mm(ta32, tx),
         }, reps)
         print(f"  {label}; median of 3 x {reps}; other processes used {share:.0%} of the CPUs meanwhile")
         for impl, s in t.items():
-            ratio = f"   {impl}/ours {s / t['ours']:5.2f}x" if impl in ("scipy", "torch") else ""
+            ratio = "" if impl.startswith("ours") else f"   peer/ours {s / t['ours']:5.2f}x"
             print(f"    {impl:16s} {s * 1e3:9.3f} ms{ratio}")
 
 

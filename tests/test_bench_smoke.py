@@ -91,3 +91,16 @@ def test_list_names_every_case_and_filter_selects_by_substring(capsys):
         assert expected in names
     b = bench.Bench(bench.Settings.make(quick=True, data_dir=None, filt="rmat20", reps=None))
     assert b.selected("spmm/fwd/rmat20/F64") and not b.selected("spmm/fwd/pubmed/F64")
+
+
+def test_interleaved_idles_gap_before_each_sample_outside_the_timed_part():
+    import time
+
+    def body(number):
+        t0 = time.perf_counter()
+        time.sleep(0.001 * number)
+        return {"": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    t = bench.interleaved({"ours": body, "peer": body}, _settings(3), warmup=1, gap_s=0.03)
+    assert time.perf_counter() - t0 >= 6 * 0.03  # 3 rounds x 2 samples, each after a gap
+    assert all(0.001 <= t[k].median[""] < 0.02 for k in t)
