@@ -4,8 +4,9 @@ Run from the repository root (OpenBLAS variables unset so no peer runs with odd 
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/spmm_cpu_quick.py [--rmat] [--width 64]
 
-Prints the median time of each implementation over three blocks of ``--reps`` calls (each after a
-warm-up), and the ratio peer / ours (above 1: tapegrad is faster). All multiply the same arrays.
+Prints the median time of each implementation over three blocks of ``--reps`` calls (each block
+after a warm-up), and the ratio peer / ours (above 1: tapegrad is faster). All multiply the same
+arrays.
 X is benchmarked twice: 64-byte aligned (as torch allocates) and at numpy's default placement
 (16 bytes past a line for large arrays, so every 256-byte row of float32 x 64 touches five cache
 lines instead of four; all implementations pay for it).
@@ -100,16 +101,19 @@ def median_times(fns, reps, rounds=3, attempts=10):
     """Median seconds of each function over ``rounds`` blocks of ``reps`` back-to-back calls.
 
     Calls run in blocks, not interleaved: an OpenMP pool (torch's, Numba's) keeps spinning for a
-    while after a call and would slow whichever implementation ran next.
+    while after a call and would slow whichever implementation ran next. Each block starts with
+    at least 30 ms of untimed calls, which outlasts that spinning. Nothing sleeps in between: on a
+    virtual machine an idle CPU can take a while to come back at full speed.
     """
     ts = {name: [] for name in fns}
 
     def run():
         for _ in range(rounds):
             for name, fn in fns.items():
-                time.sleep(0.05)  # let the previous implementation's threads go to sleep
+                t_end = time.perf_counter() + 0.03
                 fn()
-                fn()
+                while time.perf_counter() < t_end:
+                    fn()
                 for _ in range(reps):
                     t0 = time.perf_counter()
                     fn()

@@ -104,3 +104,15 @@ def launch_shape(n_threads: int, block: int, max_blocks: int) -> tuple[int, int]
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def finish(buf, out):
+    """Hand a kernel's result back: ``buf`` itself, or copied into the caller's ``out`` when the kernel had
+    to write a scratch buffer (``out`` not a C-contiguous cupy array, or a host array)."""
+    if out is None or out is buf:
+        return buf
+    if isinstance(out, cupy.ndarray):
+        out[...] = buf
+    else:
+        out[...] = cupy.asnumpy(buf)
+    return out

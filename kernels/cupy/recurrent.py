@@ -156,16 +156,6 @@ def _result(out, shape, dtype):
     return cupy.empty(shape, dtype), out
 
 
-def _finish(buf, out):
-    if out is None or out is buf:
-        return buf
-    if isinstance(out, cupy.ndarray):
-        out[...] = buf
-    else:
-        out[...] = cupy.asnumpy(buf)
-    return out
-
-
 def _launch(name, dtype, H, n, arrays, args):
     vec = cc.vec_width(dtype, H, *arrays)
     blocks, threads = cc.launch_shape(-(-n // vec), BLOCK, MAX_BLOCKS)
@@ -186,7 +176,7 @@ def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
     if n > 0:
         _launch("lstm_cell_fwd", dtype, H, n, (z, c_prev, gb, cb, hb),
                 (z, c_prev, gb, cb, hb, np.int64(n), np.int64(H)))
-    return _finish(gb, gu), _finish(cb, cu), _finish(hb, hu)
+    return cc.finish(gb, gu), cc.finish(cb, cu), cc.finish(hb, hu)
 
 
 def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=None):
@@ -204,7 +194,7 @@ def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=Non
     if n > 0:
         _launch("lstm_cell_bwd", dtype, H, n, (gates, c_prev, c, grad_h, grad_c, zb, cb),
                 (gates, c_prev, c, grad_h, grad_c, zb, cb, np.int64(n), np.int64(H)))
-    return _finish(zb, zu), _finish(cb, cu)
+    return cc.finish(zb, zu), cc.finish(cb, cu)
 
 
 def rnn_cell_fwd(z, h=None, relu=False):
@@ -214,7 +204,7 @@ def rnn_cell_fwd(z, h=None, relu=False):
     if z.size > 0:
         _launch("rnn_cell_fwd", z.dtype, z.shape[-1], z.size, (z, hb),
                 (z, hb, np.int64(z.size), np.int32(bool(relu))))
-    return _finish(hb, hu)
+    return cc.finish(hb, hu)
 
 
 def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
@@ -226,4 +216,4 @@ def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
     if h.size > 0:
         _launch("rnn_cell_bwd", h.dtype, h.shape[-1], h.size, (h, grad_h, zb),
                 (h, grad_h, zb, np.int64(h.size), np.int32(bool(relu))))
-    return _finish(zb, zu)
+    return cc.finish(zb, zu)

@@ -301,16 +301,6 @@ def _result(out, shape, dtype):
     return cupy.empty(shape, dtype), out
 
 
-def _finish(buf, out):
-    if out is None or out is buf:
-        return buf
-    if isinstance(out, cupy.ndarray):
-        out[...] = buf
-    else:
-        out[...] = cupy.asnumpy(buf)
-    return out
-
-
 def spmm(indptr, indices, data, x, out=None):
     """Y = A @ X for CSR A (``data=None``: all ones) and dense X [n_cols, F]; Y [n_rows, F], X's dtype.
 
@@ -322,7 +312,7 @@ def spmm(indptr, indices, data, x, out=None):
     n_cols, F = x.shape
     y, user = _result(out, (n_rows, F), dtype)
     if n_rows <= 0 or F == 0:
-        return _finish(y, user)
+        return cc.finish(y, user)
     indptr, indices = _contig(indptr), _contig(indices)
     nnz = indices.shape[0]
     seg = max(1, int(SPMM_SEGMENT))
@@ -346,7 +336,7 @@ def spmm(indptr, indices, data, x, out=None):
         blocks, threads = _launch(n_seg * F)
         _kernel(_SPMM, "spmm_fixup", *args)(
             (blocks,), (threads,), (indptr, y, carry, _i64(n_rows), _i64(F), _i64(nnz), _i64(seg)))
-    return _finish(y, user)
+    return cc.finish(y, user)
 
 
 def sddmm(indptr, indices, a, b, out=None):
@@ -357,7 +347,7 @@ def sddmm(indptr, indices, a, b, out=None):
     nnz = indices.shape[0]
     res, user = _result(out, (nnz,), dtype)
     if nnz == 0:
-        return _finish(res, user)
+        return cc.finish(res, user)
     n_rows = indptr.shape[0] - 1
     F = a.shape[1]
     seg = max(1, int(SDDMM_SEGMENT))
@@ -370,7 +360,7 @@ def sddmm(indptr, indices, a, b, out=None):
         (blocks,), (threads,),
         (indptr, indices, a, b, res, _i64(n_rows), _i64(b.shape[0]), _i64(F), _i64(nnz), _i64(seg),
          np.int32(group)))
-    return _finish(res, user)
+    return cc.finish(res, user)
 
 
 def csr_transpose(indptr, indices, data, n_cols):
