@@ -7,9 +7,11 @@ Run from the repository root (OpenBLAS variables unset so no peer runs with odd 
 Prints the median time of each implementation over three blocks of ``--reps`` calls (each block
 after a warm-up), and the ratio peer / ours (above 1: tapegrad is faster). All multiply the same
 arrays.
-X is benchmarked twice: 64-byte aligned (as torch allocates) and at numpy's default placement
-(16 bytes past a line for large arrays, so every 256-byte row of float32 x 64 touches five cache
-lines instead of four; all implementations pay for it).
+X is benchmarked twice: 2 MiB aligned, so that transparent huge pages back all of it (random row
+gathers then miss the TLB less; how much of a plain numpy array gets huge pages varies from run to
+run, and so do all timings with it), and at numpy's default placement (16 bytes past a cache line
+for large arrays, so every 256-byte row of float32 x 64 touches five lines instead of four; all
+implementations pay for it).
 
 Graphs: PubMed (structure only) and, with ``--rmat``, an R-MAT power-law graph with 2^20 nodes and
 about 17M stored entries (a=0.57, b=c=0.19), cached in the temp folder after the first build.
@@ -25,6 +27,11 @@ import os
 import tempfile
 import time
 import warnings
+
+# torch first: its bundled libgomp then serves Numba's OpenMP threads too, so both run on the same
+# runtime. (Numba alone loads the system libgomp, whose workers fall asleep between back-to-back
+# calls; on a virtual machine waking them adds ~0.1 ms to every call: use OMP_WAIT_POLICY=active.)
+import torch  # noqa: I001
 
 import numba
 import numpy as np
@@ -65,13 +72,32 @@ def rmat(scale=20, n_edges=18_000_000, a=0.57, b=0.19, c=0.19, seed=0):
     return indptr, indices
 
 
-def aligned_copy(a, offset=0):
-    """Copy of ``a`` starting ``offset`` bytes past a 64-byte boundary."""
-    buf = np.empty(a.nbytes + 128, dtype=np.uint8)
-    start = -buf.ctypes.data % 64 + offset
+def aligned_copy(a, align=2 << 20):
+    """Copy of ``a`` starting on an ``align``-byte boundary (default 2 MiB: a transparent huge page,
+    which numpy requests for large arrays, can then back all of it)."""
+    buf = np.empty(a.nbytes + align, dtype=np.uint8)
+    start = -buf.ctypes.data % align
     out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
     out[...] = a
     return out
+
+
+def huge_page_share(a):
+    """Share of ``a``'s memory mapping backed by transparent huge pages (Linux; None elsewhere)."""
+    p = a.ctypes.data
+    try:
+        with open("/proc/self/smaps") as f:
+            inside = False
+            for line in f:
+                head = line.split(maxsplit=1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(v, 16) for v in head.split("-"))
+                    inside, size_kb = lo <= p < hi, (hi - lo) // 1024
+                elif inside and head == "AnonHugePages:":
+                    return int(line.split()[1]) / size_kb
+    except OSError:
+        pass
+    return None
 
 
 def _cpu_times():
@@ -130,8 +156,6 @@ def median_times(fns, reps, rounds=3, attempts=10):
 
 
 def bench(name, indptr, indices, width, reps, dtype):
-    import torch
-
     n = len(indptr) - 1
     rng = np.random.default_rng(1)
     x_np = rng.standard_normal((n, width)).astype(dtype)
@@ -147,8 +171,9 @@ def bench(name, indptr, indices, width, reps, dtype):
                                        torch.from_numpy(data), size=(n, n))
     print(f"{name}: n={n} nnz={len(indices)} max row={np.diff(indptr).max()} F={width} "
           f"{np.dtype(dtype).name}, threads numba={numba.get_num_threads()} torch={torch.get_num_threads()}")
-    xs = (("x 64-byte aligned", aligned_copy(x_np)), (f"x numpy default (+{x_np.ctypes.data % 64} B)", x_np))
+    xs = (("x 2 MiB aligned", aligned_copy(x_np)), (f"x numpy default (+{x_np.ctypes.data % 64} B)", x_np))
     for label, x in xs:
+        label += f", {huge_page_share(x) or 0:.0%} of its mapping on huge pages"
         np.testing.assert_allclose(cpu.spmm(indptr, indices, data, x), a @ x, rtol=1e-4, atol=1e-4)
         tx = torch.from_numpy(x)
         t, share = median_times({

@@ -27,7 +27,7 @@ def pytest_configure(config):
 try:
     from hypothesis import HealthCheck, settings
 
-    settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+    settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, database=None,
                               suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("long", max_examples=5000, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 
+import numba
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -185,6 +186,34 @@ def test_spmm_power_law_graph_with_a_hub_row():
     a = sp.csr_matrix((data, indices, indptr), shape=(2000, 2000))
     for d, expected in ((data, a @ x), (None, ref.spmm(indptr, indices, None, x))):
         np.testing.assert_allclose(cpu.spmm(indptr, indices, d, x), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.fixture
+def many_chunks(monkeypatch):
+    """Run even small problems on every thread, in many chunks (they run on one thread otherwise)."""
+    monkeypatch.setattr(cpu, "_PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(cpu, "_CHUNKS_PER_THREAD", 64)
+
+
+@pytest.mark.parametrize("index_dtype, dtype", CASES)
+def test_parallel_chunks_give_the_single_thread_result(many_chunks, index_dtype, dtype):
+    rng = np.random.default_rng(19)
+    indptr, indices = power_law_graph(1500, rng, index_dtype)
+    data = rng.standard_normal(len(indices)).astype(dtype)
+    x = rng.standard_normal((1500, 67)).astype(dtype)
+    g = rng.standard_normal((1500, 67)).astype(dtype)
+    threads = numba.get_num_threads()
+    for d in (data, None):
+        got = cpu.spmm(indptr, indices, d, x)
+        cpu._PARALLEL_MIN_WORK = 1 << 62
+        np.testing.assert_array_equal(got, cpu.spmm(indptr, indices, d, x))
+        cpu._PARALLEL_MIN_WORK = 0
+        np.testing.assert_allclose(got, ref.spmm(indptr, indices, d, x), rtol=tol(dtype)["rtol"],
+                                   atol=50 * tol(dtype)["atol"])
+    got = cpu.sddmm(indptr, indices, g, x)
+    cpu._PARALLEL_MIN_WORK = 1 << 62
+    np.testing.assert_array_equal(got, cpu.sddmm(indptr, indices, g, x))
+    assert numba.get_num_threads() == threads  # the one-thread path restores the count
 
 
 def test_row_chunks_cover_every_row_once_and_balance_entries():

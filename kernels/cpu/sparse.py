@@ -24,6 +24,10 @@ from numba.extending import intrinsic, overload
 
 # Chunks per thread: enough slack for uneven rows, few enough that chunk overhead stays negligible.
 _CHUNKS_PER_THREAD = 8
+# Below this many multiply-adds a row-parallel kernel runs on the calling thread alone: waking the
+# OpenMP workers (asleep between calls under libgomp's default wait policy) costs tens of
+# microseconds, more on a virtual machine, which is more than such a call's work.
+_PARALLEL_MIN_WORK = 1 << 20
 # Most lanes sddmm accumulates in parallel; a power of two.
 _SDDMM_MAX_LANES = 32
 # Byte alignment of the outputs spmm allocates: one cache line.
@@ -93,10 +97,21 @@ def _empty_aligned(shape, dtype):
     return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def _chunks(indptr):
-    n_rows = len(indptr) - 1
-    n_chunks = max(1, min(n_rows, numba.get_num_threads() * _CHUNKS_PER_THREAD))
-    return _row_chunks(indptr, n_chunks)
+def _run_on_row_chunks(kernel, work, indptr, *args):
+    """kernel(indptr, *args, bounds) with the rows split into chunks of about equal work.
+
+    Work below ``_PARALLEL_MIN_WORK`` runs with one thread, set for this call only (Numba's thread
+    count belongs to the calling thread, and is restored).
+    """
+    threads = numba.get_num_threads()
+    if threads > 1 and work < _PARALLEL_MIN_WORK:
+        numba.set_num_threads(1)
+        try:
+            return kernel(indptr, *args, _row_chunks(indptr, 1))
+        finally:
+            numba.set_num_threads(threads)
+    n_chunks = max(1, min(len(indptr) - 1, threads * _CHUNKS_PER_THREAD))
+    return kernel(indptr, *args, _row_chunks(indptr, n_chunks))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,7 +211,8 @@ def spmm(indptr, indices, data, x, out=None):
     if data is not None:
         data = np.asarray(data).astype(x.dtype, copy=False)
     kernel = _SPMM_KERNELS.get(F, _SPMM_KERNELS[0])
-    kernel(indptr, indices, data, x.reshape(-1), y.reshape(-1), F, _chunks(indptr))
+    work = (len(indices) + n_rows) * F
+    _run_on_row_chunks(kernel, work, indptr, indices, data, x.reshape(-1), y.reshape(-1), F)
     if out is not None and y is not out:
         out[...] = y
         return out
@@ -208,7 +224,7 @@ def spmm(indptr, indices, data, x, out=None):
 # --------------------------------------------------------------------------------------------------
 
 @numba.njit(cache=True, parallel=True)
-def _sddmm_kernel(indptr, indices, a1, b1, out, F, bounds, lanes):
+def _sddmm_kernel(indptr, indices, a1, b1, out, F, lanes, bounds):
     """out[k] = sum_f a1[row(k)*F + f] * b1[indices[k]*F + f]; a1, b1 flat C views.
 
     A float sum does not vectorise without fastmath, so each dot keeps ``lanes`` (a power of two
@@ -259,7 +275,8 @@ def sddmm(indptr, indices, a, b, out=None):
         res[...] = 0
     else:
         lanes = 1 << (min(F, _SDDMM_MAX_LANES).bit_length() - 1)
-        _sddmm_kernel(indptr, indices, a.reshape(-1), b.reshape(-1), res, F, _chunks(indptr), lanes)
+        a1, b1 = a.reshape(-1), b.reshape(-1)
+        _run_on_row_chunks(_sddmm_kernel, nnz * F, indptr, indices, a1, b1, res, F, lanes)
     if out is not None and res is not out:
         out[...] = res
         return out
