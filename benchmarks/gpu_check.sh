@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with an NVIDIA GPU (and no network), run the tests marked `gpu` and the GPU
-# benchmark cases, writing everything under ${OUT:-gpu_check_out}. Installs nothing; expects numba,
-# numba-cuda, cupy, torch and torch-geometric to be importable already.
-#   bash benchmarks/gpu_check.sh            # about 5-8 minutes on an H100
+# benchmarks, writing logs and JSON under ${OUT:-gpu_check_out}. Installs nothing; expects numba,
+# numba-cuda, cupy, pytest and (for the peers) torch to be importable already. pubmed.npz is read from
+# $TAPEGRAD_DATA (default ../shared/data). About 3-5 minutes on an H100.
+#   bash benchmarks/gpu_check.sh [--quick]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_check_out}"
 mkdir -p "$out"
+export PYTHONUNBUFFERED=1
 # The checkout folder may not be named tapegrad: make `import tapegrad` find this tree without installing.
 if ! python -c "import tapegrad" 2>/dev/null; then
   link="$(mktemp -d)"
   ln -s "$(pwd)" "$link/tapegrad"
   export PYTHONPATH="$link${PYTHONPATH:+:$PYTHONPATH}"
 fi
-python - <<'PY' | tee "$out/device.txt"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1
+  python - <<'PY'
 import cupy, numba, tapegrad
 p = cupy.cuda.runtime.getDeviceProperties(0)
 print("device:", p["name"].decode(), "| cupy", cupy.__version__, "| numba", numba.__version__)
+from numba import cuda
+print("numba-cuda sees the GPU:", cuda.is_available())
 PY
-timeout 240 python -m pytest -q -m gpu tests 2>&1 | tail -25 | tee "$out/gpu_tests.txt"
-timeout 300 python benchmarks/bench.py --filter gpu/ --json "$out/gpu_bench.json" 2>&1 | tee "$out/gpu_bench.txt"
+} 2>&1 | tee "$out/device.txt"
+timeout 170 python -m pytest -q -m gpu -p no:cacheprovider --tb=short -rs \
+  tests/test_kernels_gpu.py tests/test_gpu_engine.py > "$out/gpu_tests.txt" 2>&1
+echo "gpu tests exit code: $?" | tee -a "$out/gpu_tests.txt"
+grep -E "^(FAILED|ERROR)|passed|failed" "$out/gpu_tests.txt" | tail -40
+timeout 260 python benchmarks/gpu_bench.py --json "$out/gpu_bench.json" "$@" 2>&1 | tee "$out/gpu_bench.txt"
 echo "results in $out/"

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .backend import array_module, check_device, device_of, is_cupy, to_device
+from .backend import array_module, check_device, device_of, is_cupy, require_cuda, to_device
 
 
 class _GradMode(threading.local):
@@ -162,6 +162,21 @@ class Tensor:
         body = np.array2string(self.numpy(), separator=", ", prefix="tensor(", threshold=50)
         return f"tensor({body}, dtype={self.dtype}{dev}{grad})"
 
+    # ---- interchange: other libraries read the data without a copy -------------------------------------
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        """DLPack export of the data (no copy), so ``torch.from_dlpack(t)``, ``cupy.from_dlpack(t)`` and
+        ``np.from_dlpack(t)`` share this tensor's memory. The graph is not exported."""
+        return self.data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self) -> tuple:
+        return self.data.__dlpack_device__()
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        if not is_cupy(self.data):
+            raise AttributeError("a CPU tensor has no __cuda_array_interface__ (use .numpy() or DLPack)")
+        return self.data.__cuda_array_interface__
+
     # ---- conversion ------------------------------------------------------------------------------------
     def requires_grad_(self, flag: bool = True) -> "Tensor":
         if flag and self.data.dtype not in _FLOAT_DTYPES:
@@ -268,11 +283,12 @@ def _to_array(data: Any, dtype: Any) -> Any:
     dtype = None if dtype is None else np.dtype(dtype)
     if isinstance(data, np.ndarray) or is_cupy(data):
         arr = data
+    elif hasattr(data, "__dlpack_device__") and not isinstance(data, np.generic):
+        arr = _from_dlpack(data)  # torch, JAX, ...: shared, not copied
     elif hasattr(data, "__cuda_array_interface__"):
-        import cupy  # a GPU array from another library (torch, numba, JAX): shared, not copied
+        require_cuda()
+        import cupy  # a GPU array from another library (Numba, ...): shared, not copied
         arr = cupy.asarray(data)
-    elif hasattr(data, "__dlpack__") and not isinstance(data, np.generic):
-        arr = np.from_dlpack(data)
     elif isinstance(data, np.generic):
         arr = np.asarray(data)
     else:
@@ -284,6 +300,36 @@ def _to_array(data: Any, dtype: Any) -> Any:
     if dtype is not None and arr.dtype != dtype:
         arr = arr.astype(dtype)
     return arr
+
+
+_DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
+def _from_dlpack(obj: Any) -> Any:
+    """The array behind a DLPack producer, without a copy: cupy for CUDA memory, numpy for host memory."""
+    device_type = int(obj.__dlpack_device__()[0])
+    if device_type in _DLPACK_CUDA:
+        require_cuda()
+        import cupy
+        return cupy.from_dlpack(obj)
+    if device_type != 1:  # kDLCPU
+        raise TypeError(f"cannot take an array from DLPack device type {device_type}: tapegrad holds host "
+                        "(numpy) or CUDA (cupy) memory")
+    return np.from_dlpack(obj)
+
+
+def from_dlpack(obj: Any, requires_grad: bool = False) -> "Tensor":
+    """A leaf tensor sharing the memory of any DLPack producer (torch, JAX, cupy, numpy), no copy.
+
+    GPU memory becomes a cupy-backed tensor on ``'cuda'``, host memory a numpy-backed one on ``'cpu'``.
+    Writes through either side are seen by the other.
+    """
+    if not hasattr(obj, "__dlpack__"):
+        raise TypeError(f"{type(obj).__name__} does not support DLPack (no __dlpack__ method)")
+    arr = _from_dlpack(obj)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"tapegrad tensors hold real numbers or booleans; got dtype {arr.dtype}")
+    return Tensor(arr, requires_grad=requires_grad)
 
 
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, device: str | None = None) -> Tensor:

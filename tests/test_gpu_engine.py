@@ -1,0 +1,377 @@
+"""The engine, layers and optimisers on the GPU against the same code on the CPU.
+
+Every test is marked ``gpu`` and skips without cupy or a usable CUDA device. Each builds one model or
+op on the CPU in float64, copies it to ``'cuda'`` and checks outputs and gradients against the CPU run
+(both GPU kernel backends where kernels are involved), so the GPU path is held to the CPU path, which
+the rest of the suite holds to finite differences and to PyTorch / PyG.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad.kernels import registry
+
+pytestmark = pytest.mark.gpu
+
+GPU_BACKENDS = ["cupy", "numba-cuda"]
+
+
+@pytest.fixture(scope="module")
+def cp():
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip("no CUDA device")
+    except Exception as e:
+        pytest.skip(f"no usable CUDA device: {e}")
+    return cupy
+
+
+@pytest.fixture(params=GPU_BACKENDS)
+def gpu_backend(request, cp):
+    if request.param == "numba-cuda":
+        cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+        if not cuda.is_available():
+            pytest.skip("numba-cuda cannot reach the GPU")
+    before = registry.gpu_backend()
+    registry.set_gpu_backend(request.param)
+    yield request.param
+    registry.set_gpu_backend(before)
+
+
+def _close(got, want, rtol=1e-9, atol=1e-11):
+    got = got.numpy() if isinstance(got, tg.Tensor) else (got.get() if hasattr(got, "get") else got)
+    want = want.numpy() if isinstance(want, tg.Tensor) else want
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+# ---- tensors and devices -------------------------------------------------------------------------------------
+def test_tensor_on_cuda_and_back(cp):
+    a = np.arange(6, dtype=np.float64).reshape(2, 3)
+    t = tg.tensor(a, device="cuda")
+    assert t.device == "cuda" and isinstance(t.data, cp.ndarray)
+    assert t.to("cpu").device == "cpu" and t.cpu().device == "cpu"
+    np.testing.assert_array_equal(t.numpy(), a)
+    assert tg.tensor(a).cuda().device == "cuda"
+    assert "device='cuda'" in repr(t)
+
+
+def test_to_is_differentiable_across_devices(cp):
+    x = tg.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    y = (x.to("cuda") * x.to("cuda")).sum()
+    assert y.device == "cuda"
+    y.backward()
+    assert isinstance(x.grad, np.ndarray)
+    np.testing.assert_allclose(x.grad, [2.0, 4.0, 6.0])
+
+
+def test_mixing_devices_in_one_op_is_an_error(cp):
+    with pytest.raises((TypeError, ValueError, RuntimeError)):
+        tg.tensor(np.ones(3)) + tg.tensor(np.ones(3), device="cuda")
+
+
+# ---- every op: forward and gradients equal the CPU's -----------------------------------------------------------
+def _op_cases():
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((4, 5))
+    v = rng.standard_normal(5)
+    pos = rng.random((4, 5)) + 0.5
+    sq = rng.standard_normal((5, 3))
+    labels = np.array([0, 2, 4, 1])
+    mask = rng.random((4, 5)) > 0.5
+    return {
+        "add_broadcast": (lambda a, b: a + b, [m, v]),
+        "sub_mul_div": (lambda a, b: (a - b) * a / (b * b + 1.0), [m, pos]),
+        "pow_neg": (lambda a: (-a) ** 3 + a ** 2, [m]),
+        "exp_log": (lambda a: a.exp() + a.log(), [pos]),
+        "tanh_sigmoid_relu": (lambda a: a.tanh() + a.sigmoid() + a.relu(), [m]),
+        "matmul": (lambda a, b: a @ b, [m, sq]),
+        "sum_mean_axes": (lambda a: a.sum(axis=0) + a.mean(axis=0, keepdims=True).sum(axis=0), [m]),
+        "reshape_transpose": (lambda a: a.reshape(5, 4).T * 2.0, [m]),
+        "index": (lambda a: a[1:3, ::2] * a[[0, 3]][:, :3] + a[[0, 0]][:, 2:], [m]),
+        "bool_mask": (lambda a: a[tg.tensor(mask)] * 1.5, [m]),
+        "concat_stack_split": (lambda a, b: tg.concat([a, b], axis=0).sum(axis=0)
+                               + tg.stack(tg.split(a, [2, 2], axis=0), axis=0).sum(axis=(0, 1)), [m, m * 2]),
+        "where_masked_fill": (lambda a, b: tg.where(tg.tensor(mask), a, b) + tg.masked_fill(a, tg.tensor(mask), 0.0),
+                              [m, pos]),
+        "softmax_log_softmax": (lambda a: a.softmax(axis=1) * 3.0 + a.log_softmax(axis=0), [m]),
+        "cross_entropy": (lambda a: tg.cross_entropy(a, tg.tensor(labels)), [m]),
+        "mse": (lambda a, b: tg.mse(a, b), [m, pos]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_op_cases()))
+def test_op_matches_cpu(cp, name):
+    fn, arrays = _op_cases()[name]
+    rng = np.random.default_rng(1)
+    cpu_in = [tg.tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*cpu_in)
+    g = rng.standard_normal(out.shape)
+    (out * tg.tensor(g)).sum().backward()
+    gpu_in = [tg.tensor(a, requires_grad=True, device="cuda") for a in arrays]
+
+    def on_gpu(*xs):  # the op's constant tensors (labels, masks) move with its inputs
+        orig = tg.tensor
+
+        def tensor_on_cuda(data, *args, **kw):
+            kw.setdefault("device", "cuda")
+            return orig(data, *args, **kw)
+        tg.tensor = tensor_on_cuda
+        try:
+            return fn(*xs)
+        finally:
+            tg.tensor = orig
+
+    out_g = on_gpu(*gpu_in)
+    assert out_g.device == "cuda"
+    (out_g * tg.tensor(g, device="cuda")).sum().backward()
+    _close(out_g, out)
+    for a, b in zip(gpu_in, cpu_in):
+        assert isinstance(a.grad, cp.ndarray)
+        _close(a.grad, b.grad)
+
+
+def test_dropout_and_embedding_on_gpu(cp):
+    tg.manual_seed(0)
+    x = tg.tensor(np.ones((200, 50)), requires_grad=True, device="cuda")
+    y = tg.dropout(x, 0.3, training=True)
+    kept = float((y.data != 0).mean())
+    assert 0.6 < kept < 0.8
+    y.sum().backward()
+    assert cp.all((x.grad == 0) | cp.isclose(x.grad, 1 / 0.7))
+    w = np.random.default_rng(0).standard_normal((10, 4))
+    idx = np.array([[1, 2, 1], [9, 0, 1]])
+    wc, wg = tg.tensor(w, requires_grad=True), tg.tensor(w, requires_grad=True, device="cuda")
+    tg.embedding(wc, tg.tensor(idx)).sum().backward()
+    tg.embedding(wg, tg.tensor(idx, device="cuda")).sum().backward()
+    _close(wg.grad, wc.grad)
+
+
+# ---- sparse ops and GCN -----------------------------------------------------------------------------------
+def _graph(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    deg = np.minimum(rng.zipf(2.0, n), n - 1)
+    src = np.repeat(np.arange(n), deg)
+    dst = rng.integers(0, n, src.size)
+    keep = src != dst
+    ei = np.stack([np.concatenate([src[keep], dst[keep]]), np.concatenate([dst[keep], src[keep]])])
+    return ei
+
+
+def test_spmm_op_values_and_x_grads_match_cpu(cp, gpu_backend):
+    ei = _graph()
+    A = tg.CSR.from_edge_index(ei, num_nodes=300)
+    rng = np.random.default_rng(2)
+    vals = rng.random(A.nnz)
+    x = rng.standard_normal((300, 17))
+    vc, xc = tg.tensor(vals, requires_grad=True), tg.tensor(x, requires_grad=True)
+    Ag = A.to("cuda")
+    vg, xg = tg.tensor(vals, requires_grad=True, device="cuda"), tg.tensor(x, requires_grad=True, device="cuda")
+    g = rng.standard_normal((300, 17))
+    (tg.spmm(A, xc, values=vc) * tg.tensor(g)).sum().backward()
+    out = tg.spmm(Ag, xg, values=vg)
+    (out * tg.tensor(g, device="cuda")).sum().backward()
+    _close(out, (tg.spmm(A, xc, values=vc)).numpy())
+    _close(xg.grad, xc.grad)
+    _close(vg.grad, vc.grad)
+
+
+def test_gcn_norm_on_gpu_matches_cpu(cp, gpu_backend):
+    A = tg.CSR.from_edge_index(_graph(), num_nodes=300)
+    Pc = tg.gcn_norm(A)
+    Pg = tg.gcn_norm(A.to("cuda"))
+    np.testing.assert_array_equal(Pg.indptr.get(), Pc.indptr)
+    np.testing.assert_array_equal(Pg.indices.get(), Pc.indices)
+    np.testing.assert_allclose(Pg.data.get(), Pc.data, rtol=1e-6)
+
+
+def test_gcn_training_on_gpu_follows_cpu(cp, gpu_backend):
+    ei = _graph(seed=3)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 24))
+    y = rng.integers(0, 4, 300)
+    tg.manual_seed(0)
+    cpu = tg.GCN(24, 16, 4, num_layers=2, dropout=0.0, dtype=np.float64)
+    gpu = tg.GCN(24, 16, 4, num_layers=2, dropout=0.0, dtype=np.float64)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    assert all(p.device == "cuda" for p in gpu.parameters())
+    runs = {}
+    for name, model, dev in (("cpu", cpu, "cpu"), ("gpu", gpu, "cuda")):
+        opt = tg.optim.Adam(model.parameters(), lr=0.01, weight_decay=5e-4)
+        xt, yt = tg.tensor(x, device=dev), tg.tensor(y, device=dev)
+        losses = []
+        for _ in range(5):
+            opt.zero_grad()
+            loss = tg.cross_entropy(model(xt, ei), yt)
+            loss.backward()
+            tg.optim.clip_grad_norm(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+        runs[name] = losses
+    np.testing.assert_allclose(runs["gpu"], runs["cpu"], rtol=1e-9)
+    for k, v in gpu.state_dict().items():
+        assert isinstance(v, np.ndarray)
+        np.testing.assert_allclose(v, cpu.state_dict()[k], rtol=1e-8, atol=1e-12)
+
+
+# ---- recurrent layers ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_layer_forward_backward_matches_cpu(cp, gpu_backend, kind, bidirectional):
+    T, B, I, H = 7, 5, 6, 8
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, B, I))
+    lengths = np.array([7, 3, 5, 1, 7])
+    tg.manual_seed(1)
+    cls = getattr(tg, kind)
+    cpu = cls(I, H, num_layers=2, bidirectional=bidirectional, dtype=np.float64)
+    gpu = cls(I, H, num_layers=2, bidirectional=bidirectional, dtype=np.float64)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    g = None
+    grads = {}
+    for name, model, dev in (("cpu", cpu, "cpu"), ("gpu", gpu, "cuda")):
+        xt = tg.tensor(x, requires_grad=True, device=dev)
+        out, state = model(xt, lengths=lengths)
+        h_n = state[0] if kind == "LSTM" else state
+        if g is None:
+            g = rng.standard_normal(out.shape)
+        ((out * tg.tensor(g, device=dev)).sum() + (h_n * h_n).sum()).backward()
+        grads[name] = (out.numpy(), h_n.numpy(), xt.grad, {k: p.grad for k, p in model.named_parameters()})
+    c, gg = grads["cpu"], grads["gpu"]
+    _close(gg[0], c[0])
+    _close(gg[1], c[1])
+    _close(gg[2], c[2])
+    for k in c[3]:
+        _close(gg[3][k], c[3][k])
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "RNNCell"])
+def test_cells_match_cpu(cp, gpu_backend, cell):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4))
+    tg.manual_seed(2)
+    cpu = getattr(tg, cell)(4, 6, dtype=np.float64)
+    gpu = getattr(tg, cell)(4, 6, dtype=np.float64)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.cuda()
+    outs = []
+    for model, dev in ((cpu, "cpu"), (gpu, "cuda")):
+        xt = tg.tensor(x, requires_grad=True, device=dev)
+        state = None
+        total = None
+        for _ in range(3):
+            state = model(xt, state)
+            h = state[0] if cell == "LSTMCell" else state
+            total = h.sum() if total is None else total + (h * h).sum()
+        total.backward()
+        outs.append((h.numpy(), xt.grad))
+    _close(outs[1][0], outs[0][0])
+    _close(outs[1][1], outs[0][1])
+
+
+def test_float32_lstm_on_gpu_is_close_to_float64_cpu(cp, gpu_backend):
+    T, B, I, H = 20, 16, 32, 64
+    x = np.random.default_rng(6).standard_normal((T, B, I))
+    tg.manual_seed(3)
+    cpu = tg.LSTM(I, H, dtype=np.float64)
+    gpu = tg.LSTM(I, H, dtype=np.float32, device="cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    out_c, _ = cpu(tg.tensor(x))
+    out_g, _ = gpu(tg.tensor(x.astype(np.float32), device="cuda"))
+    out_g.sum().backward()
+    _close(out_g, out_c, rtol=1e-4, atol=1e-5)
+    assert all(isinstance(p.grad, cp.ndarray) and bool(cp.isfinite(p.grad).all()) for p in gpu.parameters())
+
+
+def test_tbptt_with_clipping_on_gpu_follows_cpu(cp, gpu_backend):
+    T, B, I, H = 24, 4, 3, 5
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, H))
+    tg.manual_seed(4)
+    cpu = tg.LSTM(I, H, dtype=np.float64)
+    gpu = tg.LSTM(I, H, dtype=np.float64)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    losses = {}
+    for name, model, dev in (("cpu", cpu, "cpu"), ("gpu", gpu, "cuda")):
+        xt, yt = tg.tensor(x, device=dev), tg.tensor(y, device=dev)
+
+        def segment(a, b, state, with_loss, model=model, xt=xt, yt=yt):
+            out, state = model(xt[a:b], state)
+            return (tg.mse(out, yt[a:b]) if with_loss else None), state
+        trainer = tg.TBPTT(segment, tg.optim.SGD(model.parameters(), lr=0.5), k1=4, k2=6, clip=0.1, length=T)
+        losses[name] = []
+        while (loss := trainer.step()) is not None:
+            losses[name].append(loss)
+    np.testing.assert_allclose(losses["gpu"], losses["cpu"], rtol=1e-9)
+
+
+def test_save_and_load_a_gpu_model(cp, tmp_path):
+    model = tg.LSTM(3, 4, device="cuda")
+    opt = tg.optim.Adam(model.parameters())
+    model(tg.tensor(np.ones((2, 1, 3), np.float32), device="cuda"))[0].sum().backward()
+    opt.step()
+    tg.save(tmp_path / "m.npz", model, opt)
+    other = tg.LSTM(3, 4, device="cuda")
+    other_opt = tg.optim.Adam(other.parameters())
+    tg.load(tmp_path / "m.npz", other, other_opt)
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        np.testing.assert_array_equal(a, b)
+    assert all(p.device == "cuda" for p in other.parameters())
+
+
+# ---- arrays from other libraries, without copies ------------------------------------------------------------
+def test_cupy_arrays_in_and_out_without_copies(cp):
+    a = cp.arange(6, dtype=cp.float32).reshape(2, 3)
+    t = tg.tensor(a)
+    assert t.data.data.ptr == a.data.ptr
+    back = cp.from_dlpack(t)
+    assert back.data.ptr == a.data.ptr
+    assert cp.asarray(t).data.ptr == a.data.ptr  # __cuda_array_interface__
+    assert tg.from_dlpack(a).data.data.ptr == a.data.ptr
+
+
+def test_torch_cuda_tensors_in_and_out_without_copies(cp):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA device")
+    src = torch.arange(12, dtype=torch.float32, device="cuda").reshape(3, 4)
+    t = tg.tensor(src)
+    assert t.device == "cuda" and t.data.data.ptr == src.data_ptr()
+    t.data[0, 0] = 42.0
+    torch.cuda.synchronize()
+    assert src[0, 0].item() == 42.0
+    out = torch.from_dlpack(t * 2.0)
+    assert out.device.type == "cuda" and out[0, 0].item() == 84.0
+    y = tg.tensor(np.ones(4, np.float32), device="cuda")
+    assert torch.from_dlpack(y).data_ptr() == y.data.data.ptr
+    assert torch.as_tensor(y, device="cuda").data_ptr() == y.data.data.ptr  # __cuda_array_interface__
+
+
+def test_jax_gpu_arrays_in_and_out(cp):
+    import os
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    jax = pytest.importorskip("jax")
+    try:
+        gpus = jax.devices("gpu")
+    except Exception as e:
+        pytest.skip(f"JAX has no GPU here: {e}")
+    jnp = pytest.importorskip("jax.numpy")
+    a = jax.device_put(jnp.arange(8, dtype=jnp.float32), gpus[0])
+    t = tg.tensor(a)
+    assert t.device == "cuda"
+    np.testing.assert_array_equal(t.numpy(), np.arange(8, dtype=np.float32))
+    back = jax.dlpack.from_dlpack(t * 3.0)
+    np.testing.assert_array_equal(np.asarray(back), 3 * np.arange(8, dtype=np.float32))
+
+
+def test_kernels_dispatch_cupy_arrays_to_the_gpu(cp):
+    A = tg.CSR.from_edge_index(_graph(), num_nodes=300)
+    x = np.random.default_rng(8).standard_normal((300, 8)).astype(np.float32)
+    got = tg.kernels.spmm(cp.asarray(A.indptr), cp.asarray(A.indices), None, cp.asarray(x))
+    assert isinstance(got, cp.ndarray)
+    np.testing.assert_allclose(got.get(), tg.kernels.spmm(A.indptr, A.indices, None, x), rtol=1e-5, atol=1e-5)
