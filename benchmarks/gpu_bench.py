@@ -20,7 +20,10 @@ Cases:
   once). Each result is checked against cuSPARSE before timing.
 * ``lstm|rnn/{train,infer}/T_B_I_H``: a training step (forward, sum of the output, backward; no
   optimiser) and inference (forward under no_grad) of tapegrad's layers on 'cuda' against torch.nn.LSTM
-  / RNN with cuDNN, same weights, outputs compared first.
+  / RNN with cuDNN, same weights, outputs compared first; ours with CUDA graphs (the default), without,
+  and with the numba-cuda kernels.
+* ``gcn/epoch/cora``: a GCN training epoch (the model of apps/gcn.py, dense row-normalised features)
+  against PyG's GCNConv on the GPU.
 * ``launch/...``: host time per call (no synchronisation inside the timed loop) on a tiny input, for
   each implementation's kernel-table entry and for the validated public ``tapegrad.kernels`` wrapper.
 """
@@ -43,7 +46,7 @@ RMAT_SCALES = (16, 18, 20, 22)
 RNN_SIZES = ((50, 64, 128, 256), (50, 8, 128, 256))
 
 
-def _timed_rounds(fns: dict, sync, rounds: int = 7, sample_s: float = 0.02, max_n: int = 200) -> dict:
+def _timed_rounds(fns: dict, sync, rounds: int = 5, sample_s: float = 0.02, max_n: int = 200) -> dict:
     """Median seconds per call of each fn, interleaved over ``rounds`` rounds."""
     n = {}
     for k, f in fns.items():
@@ -175,6 +178,65 @@ def spmm_cases(rep: Report, graphs, widths, cupy, torch) -> None:
         cupy.get_default_memory_pool().free_all_blocks()
 
 
+def _setting(f, graphs: bool = True, backend: str = "cupy"):
+    """f run with CUDA graphs on or off and the given GPU kernel backend (restored afterwards)."""
+    from tapegrad.engine import recurrent_cuda
+    from tapegrad.kernels import registry
+
+    def run():
+        recurrent_cuda.set_cuda_graphs(graphs)
+        registry.set_gpu_backend(backend)
+        try:
+            f()
+        finally:
+            recurrent_cuda.set_cuda_graphs(True)
+            registry.set_gpu_backend("cupy")
+    return run
+
+
+def gcn_case(rep: Report, cupy, torch) -> None:
+    """A GCN training epoch on Cora (forward, backward, Adam step) on the GPU, against PyG on the GPU."""
+    import tapegrad as tg
+    from tapegrad import datasets
+    from tapegrad.apps.bench import _pyg_namespace, _tg_gcn_setup
+    name = "gcn/epoch/cora"
+    try:
+        data = datasets.load_planetoid(str(rep.data_dir / "cora.npz"))
+        x = datasets.row_normalize(data.x).toarray().astype(np.float32)
+        model, opt = _tg_gcn_setup(data)
+        model.to("cuda")
+        xg, yg = tg.tensor(x, device="cuda"), tg.tensor(data.y, device="cuda")
+        idx = cupy.asarray(data.train_idx)
+
+        def ours():
+            model.train()
+            opt.zero_grad()
+            loss = tg.cross_entropy(model(xg, data.A), yg, idx)
+            loss.backward()
+            opt.step()
+        fns = {"tapegrad GCN": ours}
+        if torch is not None:
+            try:
+                ns = _pyg_namespace()
+                rows = np.repeat(np.arange(data.num_nodes, dtype=np.int64), np.diff(data.A.indptr))
+                ei = torch.from_numpy(np.stack([data.A.indices.astype(np.int64), rows])).cuda()
+                m, o = ns["pyg_setup"](data.num_features, data.num_classes)
+                m.cuda()
+                args = (torch.from_numpy(x).cuda(), ei, torch.from_numpy(data.y).cuda(),
+                        torch.from_numpy(data.train_idx).cuda())
+                fns["torch_geometric GCNConv"] = lambda: ns["pyg_epoch"](m, o, *args)
+            except Exception as e:
+                print(f"{name}: PyG peer unavailable ({type(e).__name__}: {e})")
+
+        def sync():
+            cupy.cuda.Device().synchronize()
+            if torch is not None:
+                torch.cuda.synchronize()
+        rep.add(name, _timed_rounds(fns, sync, sample_s=0.05, max_n=50), "tapegrad GCN", n=data.num_nodes)
+    except Exception as e:
+        rep.error(name, e)
+
+
 def rnn_cases(rep: Report, sizes, cupy, torch) -> None:
     import tapegrad as tg
     sync = cupy.cuda.Device().synchronize
@@ -196,7 +258,10 @@ def rnn_cases(rep: Report, sizes, cupy, torch) -> None:
                     def ours_infer(model=model, x=x):
                         with tg.no_grad():
                             model(x)
-                    fns = {f"tapegrad {cls.__name__}": ours_train if mode == "train" else ours_infer}
+                    ours = ours_train if mode == "train" else ours_infer
+                    fns = {f"tapegrad {cls.__name__}": ours,
+                           f"tapegrad {cls.__name__} (no CUDA graphs)": _setting(ours, graphs=False),
+                           f"tapegrad {cls.__name__} (numba-cuda kernels)": _setting(ours, backend="numba-cuda")}
                     if torch is not None:
                         tmodel = (torch.nn.LSTM(I, H) if kind == "lstm" else torch.nn.RNN(I, H)).cuda()
                         model.load_state_dict({k: v.detach().cpu().numpy() for k, v in tmodel.state_dict().items()})
@@ -223,7 +288,7 @@ def rnn_cases(rep: Report, sizes, cupy, torch) -> None:
                         sync()
                         if torch is not None:
                             torch.cuda.synchronize()
-                    rows = _timed_rounds(fns, both_sync, rounds=7, sample_s=0.05, max_n=50)
+                    rows = _timed_rounds(fns, both_sync, sample_s=0.05, max_n=50)
                     rep.add(name, rows, f"tapegrad {cls.__name__}", T=T, B=B, I=I, H=H, mode=mode)
                 except Exception as e:
                     rep.error(name, e)
@@ -290,10 +355,14 @@ def summary(rep: Report) -> dict:
             out[f"spmm bwd/fwd time, worst ({backend})"] = float(max(r))
             out[f"spmm bwd/fwd time, geomean ({backend})"] = float(np.exp(np.mean(np.log(r))))
     for c in rep.cases:
-        if c["name"].startswith(("lstm/", "rnn/")) and "rows" in c and len(c["rows"]) > 1:
-            ours = c["rows"][c["ours"]]["median_s"]
-            peer = [v for k, v in c["rows"].items() if k != c["ours"]][0]["median_s"]
-            out[f"{c['name']} vs cuDNN"] = peer / ours
+        if c["name"].startswith(("lstm/", "rnn/", "gcn/")) and "rows" in c:
+            peers = [v["median_s"] for k, v in c["rows"].items() if k.startswith("torch")]
+            if not peers:
+                continue
+            for label, r in c["rows"].items():
+                if label.startswith("tapegrad"):
+                    out[f"{c['name']}: {label} vs {'PyG' if c['name'].startswith('gcn') else 'cuDNN'}"] = \
+                        peers[0] / r["median_s"]
     return out
 
 
@@ -302,7 +371,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--data-dir", default=os.environ.get("TAPEGRAD_DATA") or str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--quick", action="store_true", help="pubmed and R-MAT 2^16 only, widths 32 and 256")
-    ap.add_argument("--only", default="spmm,rnn,launch", help="comma list of spmm, rnn, launch")
+    ap.add_argument("--only", default="launch,rnn,gcn,spmm", help="comma list of launch, rnn, gcn, spmm")
     args = ap.parse_args(argv)
     try:
         import torch
@@ -332,6 +401,8 @@ def main(argv=None) -> int:
         launch_cases(rep, cupy, torch)
     if "rnn" in only:
         rnn_cases(rep, RNN_SIZES if not args.quick else RNN_SIZES[1:], cupy, torch)
+    if "gcn" in only:
+        gcn_case(rep, cupy, torch)
     if "spmm" in only:
         graphs = ["pubmed"] + [f"rmat{s}" for s in (RMAT_SCALES if not args.quick else RMAT_SCALES[:1])]
         spmm_cases(rep, graphs, WIDTHS if not args.quick else (32, 256), cupy, torch)

@@ -25,9 +25,12 @@ from numba import cuda
 print("numba-cuda sees the GPU:", cuda.is_available())
 PY
 } 2>&1 | tee "$out/device.txt"
-timeout 170 python -m pytest -q -m gpu -p no:cacheprovider --tb=short -rs \
+# Several test processes when pytest-xdist is there: most of the time goes to compiling kernels.
+par=""
+python -c "import xdist" 2>/dev/null && par="-n 4"
+timeout 180 python -m pytest -q -m gpu -p no:cacheprovider --tb=short -rs $par \
   tests/test_kernels_gpu.py tests/test_gpu_engine.py > "$out/gpu_tests.txt" 2>&1
 echo "gpu tests exit code: $?" | tee -a "$out/gpu_tests.txt"
 grep -E "^(FAILED|ERROR)|passed|failed" "$out/gpu_tests.txt" | tail -40
-timeout 260 python benchmarks/gpu_bench.py --json "$out/gpu_bench.json" "$@" 2>&1 | tee "$out/gpu_bench.txt"
+timeout 240 python benchmarks/gpu_bench.py --json "$out/gpu_bench.json" "$@" 2>&1 | tee "$out/gpu_bench.txt"
 echo "results in $out/"

@@ -27,7 +27,8 @@ rows still running at a step are a prefix and each step's GEMM and kernel only t
 ``reverse=True`` sequence ``b`` is read from step ``lengths[b] - 1`` down to 0 (a packed bidirectional
 RNN's reverse direction).
 
-All array work uses the module of the input (numpy or cupy); ``xp.matmul(..., out=)`` works on both.
+On the GPU the same ops run from :mod:`tapegrad.engine.recurrent_cuda`, which replays each step loop
+as a CUDA graph; the helpers here (argument checks, batches, projection, weight gradients) serve both.
 """
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ class _Projection:
     _CHUNK_BYTES = 1 << 20
 
     def __init__(self, x: Any, w_ih: Any, b_ih: Any, b_hh: Any, keep: bool, reverse: bool, order: Any,
-                 xp: Any) -> None:
+                 xp: Any, out: Any = None) -> None:
         T, B, I = x.shape
         G = w_ih.shape[0]
         if b_ih is None:
@@ -186,6 +187,9 @@ class _Projection:
             xp.add(b_ih, b_hh, out=w[:, I])
             self.w_t = w.T
         self.T, self.reverse, self.keep = T, reverse, keep
+        if out is not None:  # the caller's [T, B, G] buffer, filled in one GEMM (the GPU path)
+            self.steps, self.keep, self.buf = T, True, out
+            return
         self.steps = max(1, min(T, self._CHUNK_BYTES // (B * G * x.dtype.itemsize)))
         self.buf = xp.empty((T if keep else self.steps, B, G), dtype=x.dtype)
 
@@ -252,6 +256,9 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, (T, B, _, H) = _check_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, 4)
     lens = _check_lengths(lengths, T, B)
     xp = array_module(x.data)
+    if xp is not np:  # the GPU replays the step loop as a CUDA graph
+        from . import recurrent_cuda
+        return recurrent_cuda.lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse)
     dtype = x.dtype
     backend = registry.backend_of(x.data)
     parents = _parents(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
@@ -418,6 +425,9 @@ def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
     x, h0, _, w_ih, w_hh, b_ih, b_hh, (T, B, _, H) = _check_args(x, h0, None, w_ih, w_hh, b_ih, b_hh, 1)
     lens = _check_lengths(lengths, T, B)
     xp = array_module(x.data)
+    if xp is not np:  # the GPU replays the step loop as a CUDA graph
+        from . import recurrent_cuda
+        return recurrent_cuda.rnn_sequence(x, h0, w_ih, w_hh, b_ih, b_hh, relu, lens, reverse)
     dtype = x.dtype
     backend = registry.backend_of(x.data)
     parents = _parents(x, h0, w_ih, w_hh, b_ih, b_hh)

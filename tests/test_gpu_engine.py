@@ -375,3 +375,49 @@ def test_kernels_dispatch_cupy_arrays_to_the_gpu(cp):
     got = tg.kernels.spmm(cp.asarray(A.indptr), cp.asarray(A.indices), None, cp.asarray(x))
     assert isinstance(got, cp.ndarray)
     np.testing.assert_allclose(got.get(), tg.kernels.spmm(A.indptr, A.indices, None, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+@pytest.mark.parametrize("graphs", [True, False])
+def test_training_steps_replay_recorded_loops_and_follow_cpu(cp, gpu_backend, kind, graphs):
+    """Several optimiser steps (weights updated in place, so the slots and graphs are reused), stacked
+    layers (two slots of one shape at once), against the same steps on the CPU."""
+    from tapegrad.engine import recurrent_cuda
+    before = recurrent_cuda.cuda_graphs_enabled()
+    recurrent_cuda.set_cuda_graphs(graphs)
+    recurrent_cuda.clear_cuda_graphs()
+    try:
+        T, B, I, H = 9, 6, 5, 7
+        rng = np.random.default_rng(9)
+        x, y = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, H))
+        tg.manual_seed(5)
+        cls = getattr(tg, kind)
+        cpu = cls(I, H, num_layers=3, dtype=np.float64)
+        gpu = cls(I, H, num_layers=3, dtype=np.float64)
+        gpu.load_state_dict(cpu.state_dict())
+        gpu.to("cuda")
+        losses = {}
+        for name, model, dev in (("cpu", cpu, "cpu"), ("gpu", gpu, "cuda")):
+            opt = tg.optim.Adam(model.parameters(), lr=0.05)
+            xt, yt = tg.tensor(x, device=dev), tg.tensor(y, device=dev)
+            losses[name] = []
+            for _ in range(4):
+                opt.zero_grad()
+                loss = tg.mse(model(xt)[0], yt)
+                loss.backward()
+                opt.step()
+                losses[name].append(loss.item())
+            with tg.no_grad():  # inference takes (and gives back) slots of its own
+                losses[name].append(float(model(xt)[0].sum().item()))
+        np.testing.assert_allclose(losses["gpu"], losses["cpu"], rtol=1e-9)
+        for k, v in gpu.state_dict().items():
+            np.testing.assert_allclose(v, cpu.state_dict()[k], rtol=1e-8, atol=1e-12)
+        slots = [s for v in recurrent_cuda._slots.values() for s in v]
+        assert slots and not any(s.busy for s in slots)
+        recorded = [g for s in slots for g in s.graphs.values()]
+        if graphs:  # every loop was captured: none fell back to running eagerly
+            assert recorded and all(g is not recurrent_cuda._FAILED for g in recorded)
+        else:
+            assert not recorded
+    finally:
+        recurrent_cuda.set_cuda_graphs(before)

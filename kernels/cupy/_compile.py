@@ -77,9 +77,26 @@ def _module(source: str, device_id: int) -> cupy.RawModule:
     return cupy.RawModule(code=source, options=OPTIONS)
 
 
+_FUNCTIONS: dict = {}
+
+
 def kernel(source: str, name: str):
-    """The compiled kernel ``name`` of ``source`` on the current device (compiled once per device)."""
-    return _module(source, cupy.cuda.runtime.getDevice()).get_function(name)
+    """The compiled kernel ``name`` of ``source`` on the current device (compiled once per device).
+
+    The function handles are memoised too: a launch is on the host's critical path, and looking the
+    kernel up in its module again costs a driver call each time."""
+    key = (source, name, cupy.cuda.runtime.getDevice())
+    fn = _FUNCTIONS.get(key)
+    if fn is None:
+        fn = _FUNCTIONS[key] = _module(source, key[2]).get_function(name)
+    return fn
+
+
+def contiguous(a):
+    """``a`` as a C-contiguous cupy array: itself when it already is one (the common, fast case)."""
+    if type(a) is cupy.ndarray and a.flags.c_contiguous:
+        return a
+    return cupy.ascontiguousarray(cupy.asarray(a))
 
 
 def data_ptr(a) -> int:

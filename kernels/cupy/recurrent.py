@@ -135,8 +135,7 @@ def _kernel(name, dtype, vec):
     return cc.kernel(source, f"tapegrad_{name}_{sfx}")
 
 
-def _contig(a):
-    return cupy.ascontiguousarray(cupy.asarray(a))
+_contig = cc.contiguous
 
 
 def _check(name, a, shape):

@@ -9,7 +9,7 @@ features at a time when the feature width allows it, and reductions use warp shu
   fewer for narrow X) walks one segment for one tile of features, writing rows that end inside it and
   leaving the pieces of rows cut by segment edges to a fix-up pass that adds them in segment order.
   Short rows share a warp, power-law rows are split, and nothing uses atomics: results are bitwise
-  reproducible.
+  reproducible. The fix-up pass also zeroes empty rows, so a call is two launches.
 * sddmm: a group of lanes per segment of ``SDDMM_SEGMENT`` entries, one shuffle reduction per entry.
 * csr_transpose: a stable ``cupy.argsort`` of the column ids, then gather kernels.
 * gcn_norm: per-row degree kernel, ``cupy.cumsum`` for the new row pointer, scatter kernels.
@@ -33,15 +33,6 @@ SDDMM_SEGMENT = 32   # stored entries per SDDMM work item
 _SPMM = r"""
 typedef $T T; typedef $I I; typedef $P P;
 #define VEC $VEC
-
-extern "C" __global__ void tapegrad_spmm_zero_empty_rows_$SFX(
-        const P* __restrict__ indptr, T* __restrict__ y, long long n_rows, long long F) {
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n_rows * F; i += stride) {
-        const long long r = i / F;
-        if (indptr[r + 1] == indptr[r]) y[i] = T(0);
-    }
-}
 
 // A group of `group` lanes per (segment of `seg` entries, tile of group * VEC features). A row ending
 // inside the segment goes to y; the piece of the row cut at the segment start goes to carry[s][0],
@@ -96,15 +87,23 @@ extern "C" __global__ void tapegrad_spmm_$SFX(
     }
 }
 
-// One thread per (segment, feature): a row that starts in segment s and runs past it is the sum of
-// carry[s][1] and carry[s2][0] for the later segments it covers, added in segment order.
-extern "C" __global__ void tapegrad_spmm_fixup_$SFX(
+// After the segment pass, one thread per (row, feature) then per (segment, feature): an empty row
+// gets zeros (no segment writes it), and a row that starts in segment s and runs past it gets the sum
+// of carry[s][1] and carry[s2][0] for the later segments it covers, added in segment order. The two
+// sets of rows are disjoint, so one launch does both.
+extern "C" __global__ void tapegrad_spmm_finish_$SFX(
         const P* __restrict__ indptr, T* __restrict__ y, const T* __restrict__ carry,
         long long n_rows, long long F, long long nnz, long long seg) {
     const long long n_seg = (nnz + seg - 1) / seg;
+    const long long n_zero = n_rows * F;
     const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n_seg * F; i += stride) {
-        const long long s = i / F, f = i - s * F;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n_zero + n_seg * F; i += stride) {
+        if (i < n_zero) {
+            const long long r = i / F;
+            if (indptr[r + 1] == indptr[r]) y[i] = T(0);
+            continue;
+        }
+        const long long s = (i - n_zero) / F, f = (i - n_zero) - s * F;
         const long long start = s * seg, end = min(start + seg, nnz);
         const long long r = tg_row_of(indptr, n_rows, end - 1);
         const long long r_end = indptr[r + 1];
@@ -285,8 +284,7 @@ def _launch(n):
     return cc.launch_shape(n, BLOCK, MAX_BLOCKS)
 
 
-def _contig(a):
-    return cupy.ascontiguousarray(cupy.asarray(a))
+_contig = cc.contiguous
 
 
 def _result(out, shape, dtype):
@@ -321,8 +319,7 @@ def spmm(indptr, indices, data, x, out=None):
     group = min(32, cc.next_pow2(-(-F // vec)))
     n_tiles = -(-F // (group * vec))
     args = (dtype, indices.dtype, indptr.dtype, vec)
-    blocks, threads = _launch(n_rows * F)
-    _kernel(_SPMM, "spmm_zero_empty_rows", *args)((blocks,), (threads,), (indptr, y, _i64(n_rows), _i64(F)))
+    carry = y  # not read when there are no segments
     if nnz > 0:
         has_data = data is not None
         d = _contig(data).astype(dtype, copy=False) if has_data else x
@@ -333,9 +330,9 @@ def spmm(indptr, indices, data, x, out=None):
             (blocks,), (threads,),
             (indptr, indices, d, np.int32(has_data), x, y, carry, _i64(n_rows), _i64(n_cols), _i64(F),
              _i64(nnz), _i64(seg), np.int32(group), _i64(n_tiles)))
-        blocks, threads = _launch(n_seg * F)
-        _kernel(_SPMM, "spmm_fixup", *args)(
-            (blocks,), (threads,), (indptr, y, carry, _i64(n_rows), _i64(F), _i64(nnz), _i64(seg)))
+    blocks, threads = _launch((n_rows + n_seg) * F)
+    _kernel(_SPMM, "spmm_finish", *args)(
+        (blocks,), (threads,), (indptr, y, carry, _i64(n_rows), _i64(F), _i64(nnz), _i64(seg)))
     return cc.finish(y, user)
 
 

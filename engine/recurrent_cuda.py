@@ -1,0 +1,422 @@
+"""The whole-sequence LSTM / RNN ops on the GPU, their step loops replayed as CUDA graphs.
+
+Same math, arguments and results as :func:`tapegrad.engine.recurrent.lstm_sequence` and
+:func:`~tapegrad.engine.recurrent.rnn_sequence`, which hand cupy inputs to this module.
+
+Why graphs: on the GPU a step is two tiny launches (a cuBLAS GEMM that adds ``h_{t-1} W_hh^T`` into the
+step's slice of the input projection, then the fused cell kernel). Each costs the host 10-25 us and the
+GPU 2-5 us, so a step loop driven from Python waits on the host. Here the loop runs over the *static*
+device arrays of a slot: the first call with a slot runs it eagerly (which compiles the kernels and
+creates the cuBLAS handle) and then records it into a CUDA graph; later calls copy their inputs into
+the slot and replay the graph, one host call for all T steps. Forward and backward each get a graph.
+
+A slot is keyed by everything that shapes the loop: sizes, dtype, direction, the per-step batch sizes of
+a padded batch, whether a backward will follow, the kernel backend, the device, and the address of
+W_hh, which the graphs read in place. Optimisers update parameters in place, so that address is stable
+from one training step to the next (a new weight array simply gets a new slot).
+
+Ownership: a forward that records a node keeps its slot, whose gates and states its backward reads,
+until the node is released (after the backward, or when its outputs are dropped: a
+``weakref.finalize`` on the backward closure). Another call with the same key meanwhile takes another
+slot, as the layers of a stacked LSTM do. What the caller gets back is always a copy, never a slot's
+memory. At most ``MAX_SLOTS`` slots are kept, least recently used dropped first; past that a call
+runs eagerly from buffers of its own.
+
+``set_cuda_graphs(False)`` (or ``TAPEGRAD_CUDA_GRAPHS=0`` in the environment) runs the same loops
+eagerly. A capture that fails (something in the loop that cannot be captured, or an allocation during
+capture, which is refused because the graph would keep writing memory the pool hands out again) makes
+that slot run eagerly, with one warning.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+import weakref
+from collections import OrderedDict
+from typing import Any, Callable
+
+from ..kernels import registry
+from .recurrent import _Batches, _data, _parents, _Projection, _side_output, _weight_grads
+from .tensor import Tensor, is_grad_enabled, make_result
+
+__all__ = ["set_cuda_graphs", "cuda_graphs_enabled", "clear_cuda_graphs"]
+
+MAX_SLOTS = 16
+
+_enabled = os.environ.get("TAPEGRAD_CUDA_GRAPHS", "1") != "0"
+_slots: "OrderedDict[tuple, list[_Slot]]" = OrderedDict()
+_lock = threading.Lock()
+_warned = False
+_FAILED = object()
+
+
+def set_cuda_graphs(enabled: bool) -> None:
+    """Replay recurrent step loops as CUDA graphs (default) or run them eagerly."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def cuda_graphs_enabled() -> bool:
+    return _enabled
+
+
+def clear_cuda_graphs() -> None:
+    """Drop every idle slot with its graphs and buffers (slots in use are dropped when released)."""
+    with _lock:
+        for key in list(_slots):
+            _slots[key] = [s for s in _slots[key] if s.busy]
+            if not _slots[key]:
+                del _slots[key]
+
+
+class _Slot:
+    """Static device arrays for one loop shape, and the graphs recorded over them."""
+
+    __slots__ = ("arrays", "graphs", "busy", "pooled")
+
+    def __init__(self, arrays: dict, pooled: bool) -> None:
+        self.arrays = arrays
+        self.graphs: dict = {}
+        self.busy = True
+        self.pooled = pooled
+
+    def release(self) -> None:
+        self.busy = False
+
+    def run(self, name: Any, record: Callable[[], None]) -> None:
+        """Run ``record`` (which touches only this slot's arrays and the weights): eagerly the first
+        time, then as the graph recorded from it."""
+        graph = self.graphs.get(name) if (_enabled and self.pooled) else _FAILED
+        if graph is None:
+            record()
+            self.graphs[name] = _capture(record) or _FAILED
+        elif graph is _FAILED:
+            record()
+        else:
+            graph.launch()
+
+
+def _acquire(key: tuple, make: Callable[[], dict]) -> _Slot:
+    with _lock:
+        slots = _slots.get(key)
+        if slots is not None:
+            _slots.move_to_end(key)
+            for slot in slots:
+                if not slot.busy:
+                    slot.busy = True
+                    return slot
+        while sum(len(v) for v in _slots.values()) >= MAX_SLOTS:  # make room: drop idle slots, oldest first
+            idle = next(((k, s) for k, v in _slots.items() for s in v if not s.busy), None)
+            if idle is None:
+                return _Slot(make(), pooled=False)
+            k, s = idle
+            _slots[k].remove(s)
+            if not _slots[k]:
+                del _slots[k]
+        slot = _Slot(make(), pooled=True)
+        _slots.setdefault(key, []).append(slot)
+        return slot
+
+
+def _refuse_allocation(size: int):
+    raise RuntimeError("a device allocation during CUDA graph capture")
+
+
+def _capture(record: Callable[[], None]):
+    global _warned
+    import cupy
+    stream = cupy.cuda.Stream(non_blocking=True)
+    try:
+        with stream, cupy.cuda.using_allocator(_refuse_allocation):
+            stream.begin_capture()
+            try:
+                record()
+            finally:
+                graph = stream.end_capture()
+        return graph
+    except Exception as e:  # the slot runs eagerly from now on
+        if not _warned:
+            _warned = True
+            warnings.warn(f"tapegrad: recording a recurrent step loop as a CUDA graph failed ({type(e).__name__}: "
+                          f"{e}); it runs without a graph", RuntimeWarning, stacklevel=4)
+        return None
+
+
+def _gemm(a: Any, b: Any, out: Any, trans_b: bool, accumulate: bool) -> None:
+    """out = a @ op(b) (+ out when accumulating): one cuBLAS call, no temporary."""
+    from cupy import cublas
+    cublas.gemm("N", "T" if trans_b else "N", a, b, out=out, alpha=1.0, beta=1.0 if accumulate else 0.0)
+
+
+def _weights(w_hh: Tensor) -> tuple[Any, Any]:
+    """(W_hh as the graphs read it, its address for the slot key); a non-contiguous W_hh is copied into
+    the slot on every call instead (address None)."""
+    w = w_hh.data
+    if w.flags.c_contiguous:
+        return w, _address(w)
+    return None, None
+
+
+def _address(a: Any) -> int:
+    return a.data.ptr
+
+
+def _device_id() -> int:
+    import cupy
+    return cupy.cuda.runtime.getDevice()
+
+
+# ---- LSTM ------------------------------------------------------------------------------------------------
+
+def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                  b_hh: Tensor | None, lens: Any, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`tapegrad.engine.recurrent.lstm_sequence` for cupy inputs (arguments already checked)."""
+    import cupy as xp
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    dtype = x.dtype
+    backend = registry.backend_of(x.data)
+    parents = _parents(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    need_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
+    batches = None if lens is None else _Batches(lens, T, xp, dtype)
+    active = None if batches is None else tuple(batches.active)
+    w_in_place, w_ptr = _weights(w_hh)
+    key = ("lstm", T, B, H, dtype.str, reverse, active, need_grad, backend, _device_id(), w_ptr)
+
+    def make():
+        arrays = {"gates": xp.empty((T, B, 4 * H), dtype), "hs": xp.empty((T + 1, B, H), dtype),
+                  "cs": xp.empty((T + 1 if need_grad else 2, B, H), dtype)}
+        if w_ptr is None:
+            arrays["w"] = xp.empty((4 * H, H), dtype)
+        return arrays
+    slot = _acquire(key, make)
+    A = slot.arrays
+    w = w_in_place if w_ptr is not None else A["w"]
+    if w_ptr is None:
+        w[...] = w_hh.data
+
+    order = None if batches is None else batches.order
+    h0d, c0d = (h0.data, c0.data) if order is None else (h0.data[order], c0.data[order])
+    proj = _Projection(x.data, w_ih.data, _data(b_ih), _data(b_hh), True, reverse, order, xp, out=A["gates"])
+    proj.fill(T - 1 if reverse else 0)
+    xa = proj.xa if need_grad else None
+    del proj
+    a = 0 if reverse else 1
+    first, last = (T, 0) if reverse else (0, T)
+    A["hs"][first] = h0d
+    A["cs"][first if need_grad else 0] = c0d
+    steps = tuple(range(T - 1, -1, -1) if reverse else range(T))
+    call = registry.call
+
+    def forward_loop():
+        gates, hs, cs = A["gates"], A["hs"], A["cs"]
+        for s, t in enumerate(steps):
+            h_prev, h_out = hs[t + 1 - a], hs[t + a]
+            if need_grad:
+                c_prev, c_out = cs[t + 1 - a], cs[t + a]
+            else:
+                c_prev, c_out = cs[s & 1], cs[(s + 1) & 1]
+            z = gates[t]
+            n = B if active is None else active[t]
+            if n == B:
+                _gemm(h_prev, w, z, trans_b=True, accumulate=True)
+                call("lstm_cell_fwd", backend, z, c_prev, z, c_out, h_out)
+                continue
+            if n:
+                _gemm(h_prev[:n], w, z[:n], trans_b=True, accumulate=True)
+                call("lstm_cell_fwd", backend, z[:n], c_prev[:n], z[:n], c_out[:n], h_out[:n])
+            h_out[n:] = h_prev[n:]  # finished rows keep their state
+            c_out[n:] = c_prev[n:]
+
+    try:
+        slot.run("forward", forward_loop)
+    except BaseException:
+        slot.release()
+        raise
+    hs, cs = A["hs"], A["cs"]
+    c_last = cs[last] if need_grad else cs[T & 1]
+    if batches is None:
+        out, h_n, c_n = hs[a:a + T].copy(), hs[last].copy(), c_last.copy()
+    else:
+        out = batches.unsort(hs[a:a + T], 1) * batches.mask
+        h_n, c_n = batches.unsort(hs[last], 0).copy(), batches.unsort(c_last, 0).copy()
+    if not need_grad:
+        slot.release()
+        return Tensor(out), Tensor(h_n), Tensor(c_n)
+
+    stash: dict = {}
+    t_first = T - 1 if reverse else 0  # the step that read h0: its GEMM only serves h0's gradient
+
+    def backward(g_hn):
+        g_out = stash.pop("out", None)
+        g_cn = stash.pop("c_n", None)
+        if batches is not None:
+            g_hn = batches.sort(g_hn, 0)
+            g_cn = None if g_cn is None else batches.sort(g_cn, 0)
+            g_out = None if g_out is None else batches.sort(g_out, 1)
+        if "dz" not in A:
+            A.update(dz=xp.empty((T, B, 4 * H), dtype), dh=xp.empty((B, H), dtype), dc=xp.empty((B, H), dtype))
+        if g_out is not None and "g_out" not in A:
+            A["g_out"] = xp.empty((T, B, H), dtype)
+        A["dh"][...] = g_hn
+        if g_cn is None:
+            A["dc"].fill(0)
+        else:
+            A["dc"][...] = g_cn
+        if g_out is not None:
+            A["g_out"][...] = g_out
+        has_g_out, need_h0 = g_out is not None, h0.requires_grad
+        if w_ptr is None:
+            w[...] = w_hh.data
+
+        def backward_loop():
+            gates, cs, dz, dh, dc = A["gates"], A["cs"], A["dz"], A["dh"], A["dc"]
+            go = A.get("g_out")
+            for t in (range(T) if reverse else range(T - 1, -1, -1)):
+                n = B if active is None else active[t]
+                if n == B:
+                    if has_g_out:
+                        xp.add(dh, go[t], out=dh)
+                    call("lstm_cell_bwd", backend, gates[t], cs[t + 1 - a], cs[t + a], dh, dc, dz[t], dc)
+                    if t != t_first or need_h0:
+                        _gemm(dz[t], w, dh, trans_b=False, accumulate=False)
+                    continue
+                dz[t, n:] = 0  # padding: no gradient to x or the weights; dh, dc pass through unchanged
+                if n:
+                    dhn, dcn = dh[:n], dc[:n]
+                    if has_g_out:
+                        xp.add(dhn, go[t, :n], out=dhn)
+                    call("lstm_cell_bwd", backend, gates[t, :n], cs[t + 1 - a, :n], cs[t + a, :n], dhn, dcn,
+                         dz[t, :n], dcn)
+                    if t != t_first or need_h0:
+                        _gemm(dz[t, :n], w, dhn, trans_b=False, accumulate=False)
+
+        slot.run(("backward", has_g_out, need_h0), backward_loop)
+        return _weight_grads(A["dz"], xa, A["hs"][1 - a:1 - a + T], w_ih.data, batches, A["dh"].copy(),
+                             A["dc"].copy(), (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+
+    weakref.finalize(backward, slot.release)
+    h_n_t = make_result(h_n, parents, backward, "lstm_sequence")
+    out_t = _side_output(out, h_n_t, stash, "out", "lstm_sequence.output")
+    c_n_t = _side_output(c_n, h_n_t, stash, "c_n", "lstm_sequence.c_n")
+    return out_t, h_n_t, c_n_t
+
+
+# ---- Elman RNN ---------------------------------------------------------------------------------------------
+
+def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+                 relu: bool, lens: Any, reverse: bool) -> tuple[Tensor, Tensor]:
+    """:func:`tapegrad.engine.recurrent.rnn_sequence` for cupy inputs (arguments already checked)."""
+    import cupy as xp
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    dtype = x.dtype
+    backend = registry.backend_of(x.data)
+    parents = _parents(x, h0, w_ih, w_hh, b_ih, b_hh)
+    need_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
+    batches = None if lens is None else _Batches(lens, T, xp, dtype)
+    active = None if batches is None else tuple(batches.active)
+    w_in_place, w_ptr = _weights(w_hh)
+    key = ("rnn", T, B, H, dtype.str, reverse, active, need_grad, relu, backend, _device_id(), w_ptr)
+
+    def make():
+        arrays = {"p": xp.empty((T, B, H), dtype), "hs": xp.empty((T + 1, B, H), dtype)}
+        if w_ptr is None:
+            arrays["w"] = xp.empty((H, H), dtype)
+        return arrays
+    slot = _acquire(key, make)
+    A = slot.arrays
+    w = w_in_place if w_ptr is not None else A["w"]
+    if w_ptr is None:
+        w[...] = w_hh.data
+
+    order = None if batches is None else batches.order
+    h0d = h0.data if order is None else h0.data[order]
+    proj = _Projection(x.data, w_ih.data, _data(b_ih), _data(b_hh), True, reverse, order, xp, out=A["p"])
+    proj.fill(T - 1 if reverse else 0)
+    xa = proj.xa if need_grad else None
+    del proj
+    a = 0 if reverse else 1
+    first, last = (T, 0) if reverse else (0, T)
+    A["hs"][first] = h0d
+    steps = tuple(range(T - 1, -1, -1) if reverse else range(T))
+    call = registry.call
+
+    def forward_loop():
+        p, hs = A["p"], A["hs"]
+        for t in steps:
+            h_prev, h_out = hs[t + 1 - a], hs[t + a]
+            n = B if active is None else active[t]
+            if n == B:
+                _gemm(h_prev, w, p[t], trans_b=True, accumulate=True)
+                call("rnn_cell_fwd", backend, p[t], h_out, relu)
+                continue
+            if n:
+                _gemm(h_prev[:n], w, p[t, :n], trans_b=True, accumulate=True)
+                call("rnn_cell_fwd", backend, p[t, :n], h_out[:n], relu)
+            h_out[n:] = h_prev[n:]
+
+    try:
+        slot.run("forward", forward_loop)
+    except BaseException:
+        slot.release()
+        raise
+    hs = A["hs"]
+    if batches is None:
+        out, h_n = hs[a:a + T].copy(), hs[last].copy()
+    else:
+        out = batches.unsort(hs[a:a + T], 1) * batches.mask
+        h_n = batches.unsort(hs[last], 0).copy()
+    if not need_grad:
+        slot.release()
+        return Tensor(out), Tensor(h_n)
+
+    stash: dict = {}
+    t_first = T - 1 if reverse else 0
+
+    def backward(g_hn):
+        g_out = stash.pop("out", None)
+        if batches is not None:
+            g_hn = batches.sort(g_hn, 0)
+            g_out = None if g_out is None else batches.sort(g_out, 1)
+        if "dz" not in A:
+            A.update(dz=xp.empty((T, B, H), dtype), dh=xp.empty((B, H), dtype))
+        if g_out is not None and "g_out" not in A:
+            A["g_out"] = xp.empty((T, B, H), dtype)
+        A["dh"][...] = g_hn
+        if g_out is not None:
+            A["g_out"][...] = g_out
+        has_g_out, need_h0 = g_out is not None, h0.requires_grad
+        if w_ptr is None:
+            w[...] = w_hh.data
+
+        def backward_loop():
+            hs, dz, dh = A["hs"], A["dz"], A["dh"]
+            go = A.get("g_out")
+            for t in (range(T) if reverse else range(T - 1, -1, -1)):
+                n = B if active is None else active[t]
+                if n == B:
+                    if has_g_out:
+                        xp.add(dh, go[t], out=dh)
+                    call("rnn_cell_bwd", backend, hs[t + a], dh, dz[t], relu)
+                    if t != t_first or need_h0:
+                        _gemm(dz[t], w, dh, trans_b=False, accumulate=False)
+                    continue
+                dz[t, n:] = 0
+                if n:
+                    dhn = dh[:n]
+                    if has_g_out:
+                        xp.add(dhn, go[t, :n], out=dhn)
+                    call("rnn_cell_bwd", backend, hs[t + a, :n], dhn, dz[t, :n], relu)
+                    if t != t_first or need_h0:
+                        _gemm(dz[t, :n], w, dhn, trans_b=False, accumulate=False)
+
+        slot.run(("backward", has_g_out, need_h0), backward_loop)
+        return _weight_grads(A["dz"], xa, A["hs"][1 - a:1 - a + T], w_ih.data, batches, A["dh"].copy(), None,
+                             (x, h0, None, w_ih, w_hh, b_ih, b_hh))
+
+    weakref.finalize(backward, slot.release)
+    h_n_t = make_result(h_n, parents, backward, "rnn_sequence")
+    out_t = _side_output(out, h_n_t, stash, "out", "rnn_sequence.output")
+    return out_t, h_n_t
