@@ -89,6 +89,14 @@ def _host_per_call(f, sync, calls: int = 300, rounds: int = 5) -> float:
 class Report:
     def __init__(self) -> None:
         self.cases: list[dict] = []
+        self.json_path: Path | None = None
+        self.header: dict = {}
+
+    def save(self) -> None:
+        """Write what has been measured so far (a run cut short by a time limit keeps it)."""
+        if self.json_path is not None:
+            self.json_path.write_text(json.dumps({"header": self.header, "summary": summary(self),
+                                                  "cases": self.cases}, indent=1))
 
     def add(self, name: str, rows: dict, ours: str, notes: str = "", **params) -> None:
         case = {"name": name, "params": params, "rows": rows, "ours": ours, "notes": notes}
@@ -102,10 +110,12 @@ class Report:
             ratio = r["median_s"] / base
             parts.append(f"{label} {r['median_s'] * 1e3:.3f} ms" + ("" if label == ours else f" ({ratio:.2f}x)"))
         print(f"{name}: " + "; ".join(parts), flush=True)
+        self.save()
 
     def error(self, name: str, e: BaseException) -> None:
         self.cases.append({"name": name, "error": f"{type(e).__name__}: {e}"})
         print(f"{name}: ERROR {type(e).__name__}: {str(e)[:400]}", flush=True)
+        self.save()
 
 
 def _load_graph(name: str, data_dir: Path | None):
@@ -395,6 +405,8 @@ def main(argv=None) -> int:
     except Exception:
         pass
     print(json.dumps(header), flush=True)
+    rep.header = header
+    rep.json_path = Path(args.json) if args.json else None
     only = set(args.only.split(","))
     t0 = time.time()
     if "launch" in only:
@@ -411,8 +423,7 @@ def main(argv=None) -> int:
     for k, v in s.items():
         print(f"  {k}: {v:.3f}")
     print(f"total {time.time() - t0:.0f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"header": header, "summary": s, "cases": rep.cases}, indent=1))
+    rep.save()
     return 0
 
 
