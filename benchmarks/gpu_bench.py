@@ -340,6 +340,7 @@ def launch_cases(rep: Report, cupy, torch) -> None:
         rows["torch.relu (peer)"] = _host_per_call(lambda: torch.relu(tx), torch.cuda.synchronize)
     rep.cases.append({"name": "launch/host_us_per_call", "rows": {k: (v * 1e6 if isinstance(v, float) else v)
                                                                     for k, v in rows.items()}})
+    rep.save()
     print("launch/host_us_per_call: " + "; ".join(
         f"{k} {v * 1e6:.1f} us" if isinstance(v, float) else f"{k}: {v}" for k, v in rows.items()), flush=True)
 
