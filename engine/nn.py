@@ -127,8 +127,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     if p == 1.0:
         mask = xp.zeros(x.shape, dtype=x.dtype)
     else:
-        keep = _random.uniform(x.shape, x.device) >= p
-        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
+        mask = _random.dropout_mask(x.shape, p, x.device, x.dtype)
 
     def backward(g):
         return (g * mask,)

@@ -84,10 +84,15 @@ class _Slot:
     def release(self) -> None:
         self.busy = False
 
+    @property
+    def records(self) -> bool:
+        """Whether loops run on this slot are recorded as graphs (and so must avoid cuBLAS)."""
+        return _enabled and self.pooled
+
     def run(self, name: Any, record: Callable[[], None]) -> None:
         """Run ``record`` (which touches only this slot's arrays and the weights): eagerly the first
         time, then as the graph recorded from it."""
-        graph = self.graphs.get(name) if (_enabled and self.pooled) else _FAILED
+        graph = self.graphs.get(name) if self.records else _FAILED
         if graph is None:
             record()
             self.graphs[name] = _capture(record) or _FAILED
@@ -143,8 +148,13 @@ def _capture(record: Callable[[], None]):
         return None
 
 
-def _gemm(a: Any, b: Any, out: Any, trans_b: bool, accumulate: bool) -> None:
-    """out = a @ op(b) (+ out when accumulating): one cuBLAS call, no temporary."""
+def _gemm(a: Any, b: Any, out: Any, trans_b: bool, accumulate: bool, recorded: bool) -> None:
+    """out = a @ op(b) (+ out when accumulating), no temporary: cuBLAS, or in a loop recorded as a graph
+    tapegrad's own step GEMM, since CuPy refuses cuBLAS calls during stream capture."""
+    if recorded:
+        from ..kernels.cupy.recurrent import step_gemm
+        step_gemm(a, b, out, trans_b, accumulate)
+        return
     from cupy import cublas
     cublas.gemm("N", "T" if trans_b else "N", a, b, out=out, alpha=1.0, beta=1.0 if accumulate else 0.0)
 
@@ -191,6 +201,7 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
             arrays["w"] = xp.empty((4 * H, H), dtype)
         return arrays
     slot = _acquire(key, make)
+    rec = slot.records  # fixed for this call: the eager first run and its recording use the same GEMM
     A = slot.arrays
     w = w_in_place if w_ptr is not None else A["w"]
     if w_ptr is None:
@@ -220,11 +231,11 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
             z = gates[t]
             n = B if active is None else active[t]
             if n == B:
-                _gemm(h_prev, w, z, trans_b=True, accumulate=True)
+                _gemm(h_prev, w, z, trans_b=True, accumulate=True, recorded=rec)
                 call("lstm_cell_fwd", backend, z, c_prev, z, c_out, h_out)
                 continue
             if n:
-                _gemm(h_prev[:n], w, z[:n], trans_b=True, accumulate=True)
+                _gemm(h_prev[:n], w, z[:n], trans_b=True, accumulate=True, recorded=rec)
                 call("lstm_cell_fwd", backend, z[:n], c_prev[:n], z[:n], c_out[:n], h_out[:n])
             h_out[n:] = h_prev[n:]  # finished rows keep their state
             c_out[n:] = c_prev[n:]
@@ -280,7 +291,7 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                         xp.add(dh, go[t], out=dh)
                     call("lstm_cell_bwd", backend, gates[t], cs[t + 1 - a], cs[t + a], dh, dc, dz[t], dc)
                     if t != t_first or need_h0:
-                        _gemm(dz[t], w, dh, trans_b=False, accumulate=False)
+                        _gemm(dz[t], w, dh, trans_b=False, accumulate=False, recorded=rec)
                     continue
                 dz[t, n:] = 0  # padding: no gradient to x or the weights; dh, dc pass through unchanged
                 if n:
@@ -290,7 +301,7 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                     call("lstm_cell_bwd", backend, gates[t, :n], cs[t + 1 - a, :n], cs[t + a, :n], dhn, dcn,
                          dz[t, :n], dcn)
                     if t != t_first or need_h0:
-                        _gemm(dz[t, :n], w, dhn, trans_b=False, accumulate=False)
+                        _gemm(dz[t, :n], w, dhn, trans_b=False, accumulate=False, recorded=rec)
 
         slot.run(("backward", has_g_out, need_h0), backward_loop)
         return _weight_grads(A["dz"], xa, A["hs"][1 - a:1 - a + T], w_ih.data, batches, A["dh"].copy(),
@@ -326,6 +337,7 @@ def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
             arrays["w"] = xp.empty((H, H), dtype)
         return arrays
     slot = _acquire(key, make)
+    rec = slot.records  # fixed for this call: the eager first run and its recording use the same GEMM
     A = slot.arrays
     w = w_in_place if w_ptr is not None else A["w"]
     if w_ptr is None:
@@ -349,11 +361,11 @@ def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
             h_prev, h_out = hs[t + 1 - a], hs[t + a]
             n = B if active is None else active[t]
             if n == B:
-                _gemm(h_prev, w, p[t], trans_b=True, accumulate=True)
+                _gemm(h_prev, w, p[t], trans_b=True, accumulate=True, recorded=rec)
                 call("rnn_cell_fwd", backend, p[t], h_out, relu)
                 continue
             if n:
-                _gemm(h_prev[:n], w, p[t, :n], trans_b=True, accumulate=True)
+                _gemm(h_prev[:n], w, p[t, :n], trans_b=True, accumulate=True, recorded=rec)
                 call("rnn_cell_fwd", backend, p[t, :n], h_out[:n], relu)
             h_out[n:] = h_prev[n:]
 
@@ -401,7 +413,7 @@ def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
                         xp.add(dh, go[t], out=dh)
                     call("rnn_cell_bwd", backend, hs[t + a], dh, dz[t], relu)
                     if t != t_first or need_h0:
-                        _gemm(dz[t], w, dh, trans_b=False, accumulate=False)
+                        _gemm(dz[t], w, dh, trans_b=False, accumulate=False, recorded=rec)
                     continue
                 dz[t, n:] = 0
                 if n:
@@ -410,7 +422,7 @@ def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
                         xp.add(dhn, go[t, :n], out=dhn)
                     call("rnn_cell_bwd", backend, hs[t + a, :n], dhn, dz[t, :n], relu)
                     if t != t_first or need_h0:
-                        _gemm(dz[t, :n], w, dhn, trans_b=False, accumulate=False)
+                        _gemm(dz[t, :n], w, dhn, trans_b=False, accumulate=False, recorded=rec)
 
         slot.run(("backward", has_g_out, need_h0), backward_loop)
         return _weight_grads(A["dz"], xa, A["hs"][1 - a:1 - a + T], w_ih.data, batches, A["dh"].copy(), None,

@@ -141,6 +141,12 @@ def test_dropout_and_embedding_on_gpu(cp):
     assert 0.6 < kept < 0.8
     y.sum().backward()
     assert cp.all((x.grad == 0) | cp.isclose(x.grad, 1 / 0.7))
+    masks = []
+    for _ in range(2):  # drawn on the device, from the seeded per-thread generator
+        tg.manual_seed(7)
+        masks.append(tg.dropout(x, 0.5, training=True).data)
+    assert bool(cp.array_equal(masks[0], masks[1]))
+    assert not bool(cp.array_equal(masks[0], tg.dropout(x, 0.5, training=True).data))
     w = np.random.default_rng(0).standard_normal((10, 4))
     idx = np.array([[1, 2, 1], [9, 0, 1]])
     wc, wg = tg.tensor(w, requires_grad=True), tg.tensor(w, requires_grad=True, device="cuda")

@@ -37,7 +37,7 @@ def gpu_standin(monkeypatch):
         setattr(fake, name, getattr(np, name))
     monkeypatch.setitem(sys.modules, "cupy", fake)
 
-    def gemm(a, b, out, trans_b, accumulate):
+    def gemm(a, b, out, trans_b, accumulate, recorded):
         prod = a @ (b.T if trans_b else b)
         if accumulate:
             out += prod

@@ -121,7 +121,42 @@ extern "C" __global__ void tapegrad_rnn_cell_bwd_$SFX(
         tg_store<T, VEC>(grad_z + t * VEC, gv);
     }
 }
+
+// C [M, N] = A [M, K] @ op(B) (+ C when accumulating), op(B) = B^T for B [N, K] (trans_b) or B [K, N].
+// Row-major with contiguous rows. One thread per output element; a TG_TILE x TG_TILE block stages
+// tiles of A and op(B) in shared memory, each loaded along its array's rows (coalesced). Meant for
+// the small per-step GEMMs of a recurrent loop (M = batch), where launch cost dominates.
+#define TG_TILE 16
+extern "C" __global__ void tapegrad_step_gemm_$SFX(
+        const T* __restrict__ A, const T* __restrict__ Bm, T* C, int M, int N, int K, int trans_b,
+        int accumulate) {
+    __shared__ T As[TG_TILE][TG_TILE + 1];
+    __shared__ T Bs[TG_TILE][TG_TILE + 1];  // Bs[k][n] = op(B)[k0 + k, n0 + n]
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int row = blockIdx.y * TG_TILE + ty, col = blockIdx.x * TG_TILE + tx;
+    T acc = T(0);
+    for (int k0 = 0; k0 < K; k0 += TG_TILE) {
+        As[ty][tx] = (row < M && k0 + tx < K) ? A[(long long)row * K + k0 + tx] : T(0);
+        if (trans_b) {  // op(B)[k, n] = B[n, k]: lanes tx walk k along a row of B
+            const int n = blockIdx.x * TG_TILE + ty, k = k0 + tx;
+            Bs[tx][ty] = (n < N && k < K) ? Bm[(long long)n * K + k] : T(0);
+        } else {        // op(B)[k, n] = B[k, n]: lanes tx walk n along a row of B
+            const int k = k0 + ty;
+            Bs[ty][tx] = (k < K && col < N) ? Bm[(long long)k * N + col] : T(0);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TG_TILE; ++kk) acc += As[ty][kk] * Bs[kk][tx];
+        __syncthreads();
+    }
+    if (row < M && col < N) {
+        const long long i = (long long)row * N + col;
+        C[i] = accumulate ? C[i] + acc : acc;
+    }
+}
 """
+
+STEP_GEMM_TILE = 16  # TG_TILE above
 
 
 @functools.cache
@@ -216,3 +251,28 @@ def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
         _launch("rnn_cell_bwd", h.dtype, h.shape[-1], h.size, (h, grad_h, zb),
                 (h, grad_h, zb, np.int64(h.size), np.int32(bool(relu))))
     return cc.finish(zb, zu)
+
+
+def step_gemm(a, b, out, trans_b=False, accumulate=False):
+    """out = a @ op(b) (+ out when accumulating), op(b) = b.T when trans_b; all C-contiguous, one dtype.
+
+    a [M, K], b [N, K] (trans_b) or [K, N], out [M, N], written in place and returned. A plain tiled
+    kernel rather than cuBLAS so that a recurrent step loop can be captured into a CUDA graph (CuPy
+    refuses cuBLAS calls during stream capture); at the sizes of one recurrent step it is launch-bound
+    either way.
+    """
+    M, K = a.shape
+    N = b.shape[0] if trans_b else b.shape[1]
+    if (b.shape[1] if trans_b else b.shape[0]) != K or tuple(out.shape) != (M, N):
+        raise ValueError(f"step_gemm: shapes a {a.shape}, b {b.shape} (trans_b={trans_b}), out {out.shape} differ")
+    if not (a.dtype == b.dtype == out.dtype):
+        raise TypeError(f"step_gemm needs one dtype, got {a.dtype}, {b.dtype}, {out.dtype}")
+    for name, x in (("a", a), ("b", b), ("out", out)):
+        if not (isinstance(x, cupy.ndarray) and x.flags.c_contiguous):
+            raise ValueError(f"step_gemm: {name} must be a C-contiguous cupy array")
+    if M and N:
+        t = STEP_GEMM_TILE
+        _kernel("step_gemm", out.dtype, 1)(
+            (-(-N // t), -(-M // t)), (t, t),
+            (a, b, out, np.int32(M), np.int32(N), np.int32(K), np.int32(bool(trans_b)), np.int32(bool(accumulate))))
+    return out
