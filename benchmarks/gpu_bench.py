@@ -383,6 +383,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=os.environ.get("TAPEGRAD_DATA") or str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--quick", action="store_true", help="pubmed and R-MAT 2^16 only, widths 32 and 256")
     ap.add_argument("--only", default="launch,rnn,gcn,spmm", help="comma list of launch, rnn, gcn, spmm")
+    ap.add_argument("--graphs", default=None, help="comma list of SpMM graphs (default: pubmed and R-MAT "
+                    "scales 16 to 22)")
     args = ap.parse_args(argv)
     try:
         import torch
@@ -418,6 +420,8 @@ def main(argv=None) -> int:
         gcn_case(rep, cupy, torch)
     if "spmm" in only:
         graphs = ["pubmed"] + [f"rmat{s}" for s in (RMAT_SCALES if not args.quick else RMAT_SCALES[:1])]
+        if args.graphs:
+            graphs = args.graphs.split(",")
         spmm_cases(rep, graphs, WIDTHS if not args.quick else (32, 256), cupy, torch)
     s = summary(rep)
     print("\nSUMMARY (peer time / tapegrad time; above 1 = tapegrad faster; bwd/fwd = time ratio)")

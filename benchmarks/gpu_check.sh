@@ -3,7 +3,7 @@
 # benchmarks, writing logs and JSON under ${OUT:-gpu_check_out}. Installs nothing; expects numba,
 # numba-cuda, cupy, pytest and (for the peers) torch to be importable already. pubmed.npz is read from
 # $TAPEGRAD_DATA (default ../shared/data). About 3-5 minutes on an H100.
-#   bash benchmarks/gpu_check.sh [--quick]
+#   bash benchmarks/gpu_check.sh [gpu_bench.py options, e.g. --quick or --graphs pubmed,rmat16]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_check_out}"
@@ -32,5 +32,10 @@ timeout 180 python -m pytest -q -m gpu -p no:cacheprovider --tb=short -rs $par \
   tests/test_kernels_gpu.py tests/test_gpu_engine.py > "$out/gpu_tests.txt" 2>&1
 echo "gpu tests exit code: $?" | tee -a "$out/gpu_tests.txt"
 grep -E "^(FAILED|ERROR)|passed|failed" "$out/gpu_tests.txt" | tail -40
-timeout 240 python benchmarks/gpu_bench.py --json "$out/gpu_bench.json" "$@" 2>&1 | tee "$out/gpu_bench.txt"
+# Two processes, so that a fault in one group of cases (a CUDA error is sticky) leaves the other's numbers.
+timeout 100 python benchmarks/gpu_bench.py --only rnn --json "$out/gpu_bench_rnn.json" "$@" 2>&1 | tee "$out/gpu_bench.txt"
+timeout 150 python benchmarks/gpu_bench.py --only launch,gcn,spmm --json "$out/gpu_bench.json" "$@" 2>&1 \
+  | tee -a "$out/gpu_bench.txt"
+timeout 90 python benchmarks/gpu_profile.py > "$out/gpu_profile.txt" 2>&1
+echo "profile exit code: $? (host-time profiles in $out/gpu_profile.txt)"
 echo "results in $out/"
