@@ -6,7 +6,7 @@ kernels, with GCN, RNN and LSTM layers on top.
     (x * x).sum().backward()      # x.grad == 2 x
 """
 from .engine import (Tensor, tensor, from_dlpack, no_grad, enable_grad, is_grad_enabled, detect_anomaly, gradcheck,
-                     manual_seed, cuda_available,
+                     manual_seed, cuda_available, set_cuda_graphs, cuda_graphs_enabled,
                      add, sub, mul, div, neg, pow, exp, log, tanh, sigmoid, relu, matmul, sum, mean, reshape,
                      transpose, concat, stack, split, where, masked_fill, softmax, log_softmax,
                      cross_entropy, mse, dropout, embedding, spmm, gcn_norm)

@@ -5,6 +5,7 @@ from .ops import (add, sub, mul, div, neg, pow, exp, log, tanh, sigmoid, relu, m
 from .nn import cross_entropy, mse, dropout, embedding
 from .sparse import spmm, gcn_norm
 from .recurrent import lstm_sequence, rnn_sequence
+from .recurrent_cuda import set_cuda_graphs, cuda_graphs_enabled
 from .gradcheck import gradcheck
 from .random import manual_seed
 from .backend import cuda_available
