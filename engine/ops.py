@@ -50,7 +50,8 @@ def _pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
         b = as_tensor(b, a)
     else:
         a = as_tensor(a, b)
-    if a.device != b.device:
+    # Same array type means same device; only mixed types (numpy and cupy, or subclasses) need a look.
+    if type(a.data) is not type(b.data) and a.device != b.device:
         raise ValueError(f"operands are on different devices: {a.device} and {b.device}")
     return a, b
 

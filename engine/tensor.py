@@ -363,7 +363,7 @@ def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: 
     broadcastable to it (the walk sums broadcast axes away).
     """
     out = Tensor.__new__(Tensor)
-    out.data = _array(data)
+    out.data = np.asarray(data) if isinstance(data, np.generic) else data
     out.grad = None
     out._node = None
     out.requires_grad = False
@@ -448,13 +448,15 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
         for p, pg in zip(node.parents, parent_grads):
             if pg is None or not p.requires_grad:
                 continue
-            if pg.shape != p.data.shape:
-                pg = unbroadcast(pg, p.data.shape)
-            if pg.dtype != p.data.dtype:
+            pd = p.data
+            if pg.shape != pd.shape:
+                pg = unbroadcast(pg, pd.shape)
+            if pg.dtype != pd.dtype:
                 # a float32 tensor used with a float64 one gets float64 grad_out; every backward (and
                 # every kernel it calls) sees grads of its own output's dtype, as in torch
-                pg = pg.astype(p.data.dtype)
-            pg = _array(pg)
+                pg = pg.astype(pd.dtype)
+            if isinstance(pg, np.generic):
+                pg = np.asarray(pg)
             k = id(p)
             prev = grads.get(k)
             grads[k] = pg if prev is None else _array(prev + pg)
