@@ -373,7 +373,6 @@ def test_registry_serves_these_kernels_on_cpu(name):
 
 def test_keep_freed_heap_leaves_user_malloc_settings_alone(monkeypatch):
     import os
-    import platform
 
     from tapegrad.kernels import cpu
 
@@ -385,5 +384,4 @@ def test_keep_freed_heap_leaves_user_malloc_settings_alone(monkeypatch):
     monkeypatch.delenv("GLIBC_TUNABLES")
     for key in [k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_")]:
         monkeypatch.delenv(key)
-    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert cpu._keep_freed_heap() is glibc
+    assert cpu._keep_freed_heap() is cpu._running_glibc()

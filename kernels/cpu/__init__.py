@@ -24,6 +24,14 @@ _MMAP_THRESHOLD = 32 << 20
 _TRIM_THRESHOLD = 128 << 20
 
 
+def _running_glibc() -> bool:
+    """True when this process runs on glibc (asked of the C library itself, unlike platform.libc_ver)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # no confstr, or a C library that lacks the name
+        return False
+
+
 def _keep_freed_heap() -> bool:
     """Fix glibc's malloc trim / mmap thresholds (see the module docstring). True when set.
 
@@ -31,9 +39,8 @@ def _keep_freed_heap() -> bool:
     environment (``MALLOC_*_`` variables or ``GLIBC_TUNABLES``).
     """
     import ctypes
-    import platform
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _running_glibc():
         return False
     if os.environ.get("GLIBC_TUNABLES") or any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ):
         return False
