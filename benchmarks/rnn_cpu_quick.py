@@ -9,6 +9,11 @@ the input needs no gradient) and inference (forward under no_grad), float32, and
 time of each implementation and the ratio torch / ours (above 1 means tapegrad is faster), then the
 best (minimum) times, which say more when other processes share the machine.
 
+With ``--breakdown`` it then splits tapegrad's time per call into its pieces: the per-step recurrent
+GEMMs, the input-projection GEMMs, the weight-gradient GEMMs, the fused cell kernels, NumPy adds and
+the rest (Python, allocation, copies). It does so by wrapping ``numpy.matmul``, ``numpy.add``, the kernel
+door and the engine's weight-gradient step, so those timings carry a little wrapper overhead.
+
 Both libraries keep worker threads spinning for a while after each call (OpenBLAS's, torch's OpenMP
 pool), which steals a core from whichever runs next. So the two never alternate call by call: they
 run in blocks, with a pause between blocks for the spinning to stop, and blocks alternate so that
@@ -38,6 +43,51 @@ def _median_blocks(fns: dict, rounds: int, reps: int, pause: float) -> dict:
     return {k: (float(np.median(v)), float(np.min(v))) for k, v in times.items()}
 
 
+def _breakdown(train, infer, B: int, reps: int) -> None:
+    """Print where tapegrad's time goes per call of ``train`` and ``infer``: means over ``reps`` calls."""
+    from tapegrad.engine import recurrent as engine_rec
+    from tapegrad.kernels import registry
+
+    acc: dict = {}
+
+    def timed(key, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+
+    def matmul(a, b, out=None):
+        # The engine's per-step GEMMs have at most B rows; the projection's have several steps' rows.
+        # (The weight-gradient GEMMs use the @ operator inside _weight_grads, timed as a whole.)
+        key = "GEMM per step (h W_hh^T, dz W_hh)" if a.shape[0] <= B else "GEMM input projection"
+        return timed(key, mm, a, b, out=out)
+
+    def hook(name, backend, fn, args, kwargs):
+        return timed(f"kernel {name}", fn, *args, **kwargs)
+
+    mm, add, weight_grads = np.matmul, np.add, engine_rec._weight_grads
+    np.matmul, registry._hook = matmul, hook
+    np.add = lambda a, b, out=None: timed("numpy add", add, a, b, out=out)
+    engine_rec._weight_grads = lambda *a: timed("GEMM weight gradients (one per weight)", weight_grads, *a)
+    try:
+        for mode, f in (("train", train), ("inference", infer)):
+            f()
+            acc.clear()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                f()
+            total = (time.perf_counter() - t0) / reps
+            rows = sorted(((v / reps, k) for k, v in acc.items()), reverse=True)
+            rows.append((total - sum(v for v, _ in rows), "rest (Python, allocation, copies)"))
+            print(f"  tapegrad {mode}: {total * 1e3:.2f} ms per call")
+            for v, k in rows:
+                print(f"    {v * 1e3:7.2f} ms {100 * v / total:5.1f}%  {k}")
+    finally:
+        np.matmul, np.add, registry._hook = mm, add, None
+        engine_rec._weight_grads = weight_grads
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--T", type=int, default=50)
@@ -48,6 +98,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--pause", type=float, default=0.3)
     ap.add_argument("--models", default="lstm,rnn")
+    ap.add_argument("--breakdown", action="store_true", help="also split tapegrad's time into its pieces")
     args = ap.parse_args()
 
     import tapegrad as tg
@@ -96,6 +147,8 @@ def main() -> None:
             (tm, tb), (om, ob) = med["torch"], med["ours"]
             print(f"{model:6s} {mode:9s} {tm * 1e3:9.2f} {om * 1e3:9.2f} {tm / om:10.2f}x   "
                   f"(      {tb * 1e3:6.2f} {ob * 1e3:6.2f} {tb / ob:5.2f}x)")
+        if args.breakdown:
+            _breakdown(ours_train, ours_infer, B, args.rounds * args.reps)
 
 
 if __name__ == "__main__":

@@ -365,3 +365,23 @@ def test_wrong_output_shape_raises():
 @pytest.mark.parametrize("name", ["lstm_cell_fwd", "lstm_cell_bwd", "rnn_cell_fwd", "rnn_cell_bwd"])
 def test_registry_serves_these_kernels_on_cpu(name):
     assert registry.get(name, "cpu") is getattr(K, name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# process defaults set by tapegrad.kernels.cpu
+
+
+def test_keep_freed_heap_leaves_user_malloc_settings_alone(monkeypatch):
+    import os
+
+    from tapegrad.kernels import cpu
+
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
+    assert cpu._keep_freed_heap() is False
+    monkeypatch.delenv("MALLOC_TOP_PAD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    assert cpu._keep_freed_heap() is False
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    for key in [k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_")]:
+        monkeypatch.delenv(key)
+    assert cpu._keep_freed_heap() is cpu._running_glibc()
