@@ -405,32 +405,34 @@ def unbroadcast(grad: Any, shape: tuple) -> Any:
 
 def _topological_order(root: Tensor) -> list:
     """Tensors that need a gradient, children after parents, found with an explicit stack."""
+    # Tensors hash by identity (Tensor defines no __eq__), so they key the set and dicts directly.
     order: list = []
     seen: set = set()
     stack = [(root, False)]
+    push, pop, mark = stack.append, stack.pop, seen.add
     while stack:
-        t, expanded = stack.pop()
+        t, expanded = pop()
         if expanded:
             order.append(t)
             continue
-        if id(t) in seen:
+        if t in seen:
             continue
-        seen.add(id(t))
-        stack.append((t, True))
+        mark(t)
+        push((t, True))
         node = t._node
         if node is not None:
             for p in node.parents:
-                if p.requires_grad and id(p) not in seen:
-                    stack.append((p, False))
+                if p.requires_grad and p not in seen:
+                    push((p, False))
     return order
 
 
 def backprop(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
     order = _topological_order(root)
-    grads = {id(root): grad}
+    grads = {root: grad}
     anomaly = _mode.anomaly
     for t in reversed(order):
-        g = grads.pop(id(t), None)
+        g = grads.pop(t, None)
         node = t._node
         if g is None:
             if node is not None and not retain_graph:
@@ -457,9 +459,8 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
                 pg = pg.astype(pd.dtype)
             if isinstance(pg, np.generic):
                 pg = np.asarray(pg)
-            k = id(p)
-            prev = grads.get(k)
-            grads[k] = pg if prev is None else _array(prev + pg)
+            prev = grads.get(p)
+            grads[p] = pg if prev is None else _array(prev + pg)
         if not retain_graph:
             t._node = _RELEASED
 

@@ -421,3 +421,10 @@ def test_make_result_grad_broadcastable_up_to_the_parent_is_expanded():
     out.backward()
     np.testing.assert_array_equal(b.grad, np.ones((2, 3)))
     assert b.grad.flags.writeable
+
+
+def test_tensors_hash_by_identity_as_the_backward_walk_relies_on():
+    # backprop keys its gradient dict by Tensor objects; an elementwise __eq__ would break that
+    a, b = tg.tensor([1.0]), tg.tensor([1.0])
+    assert tg.Tensor.__hash__ is object.__hash__
+    assert len({a: 1, b: 2}) == 2
