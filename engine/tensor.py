@@ -367,13 +367,14 @@ def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: 
     out.grad = None
     out._node = None
     out.requires_grad = False
-    if _mode.enabled:
+    mode = _mode
+    if mode.enabled:
         for p in parents:
             if p.requires_grad:
                 out.requires_grad = True
-                out._node = Node(tuple(parents), backward, name)
+                out._node = Node(parents if type(parents) is tuple else tuple(parents), backward, name)
                 break
-    if _mode.anomaly:
+    if mode.anomaly:
         _check_finite(data, f"the forward of {name}")
     return out
 
