@@ -177,56 +177,122 @@ def _device_id() -> int:
     return cupy.cuda.runtime.getDevice()
 
 
+# ---- what the LSTM and the RNN share ----------------------------------------------------------------------
+
+class _Run:
+    """One call of a GPU sequence op: its slot, the W_hh its loops read, the input projection written
+    into the slot, and the step order.
+
+    ``buffers(T, B, H, dtype, need_grad)`` makes the slot's arrays; ``proj`` names the one that receives
+    the projection [T, B, G] (the LSTM's gates, the RNN's pre-activations).
+    """
+
+    def __init__(self, kind: str, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                 b_hh: Tensor | None, parents: tuple, lens: Any, reverse: bool, key: tuple,
+                 buffers: Callable[..., dict], proj: str) -> None:
+        import cupy as xp
+        self.xp = xp
+        self.T, self.B, _ = x.shape
+        self.H = h0.shape[1]
+        self.dtype = x.dtype
+        self.backend = registry.backend_of(x.data)
+        self.need_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
+        self.batches = None if lens is None else _Batches(lens, self.T, xp, self.dtype)
+        self.active = None if self.batches is None else tuple(self.batches.active)
+        self.w_hh = w_hh
+        w_in_place, w_ptr = _weights(w_hh)
+        T, B, H, dtype, need_grad = self.T, self.B, self.H, self.dtype, self.need_grad
+
+        def make():
+            arrays = buffers(T, B, H, dtype, need_grad)
+            if w_ptr is None:
+                arrays["w"] = xp.empty(w_hh.shape, dtype)
+            return arrays
+        self.slot = _acquire((kind, T, B, H, dtype.str, reverse, self.active, need_grad, self.backend,
+                              _device_id(), w_ptr) + key, make)
+        self.rec = self.slot.records  # fixed for the call: its eager run and its recording use one GEMM
+        self.A = self.slot.arrays
+        self.copy_w = w_ptr is None
+        self.w = w_in_place if not self.copy_w else self.A["w"]
+        self.refresh_weights()
+        self.order = None if self.batches is None else self.batches.order
+        projection = _Projection(x.data, w_ih.data, _data(b_ih), _data(b_hh), True, reverse, self.order, xp,
+                                 out=self.A[proj])
+        projection.fill(T - 1 if reverse else 0)
+        self.xa = projection.xa if need_grad else None  # the backward's dW_ih and bias GEMM read it
+        # hs[t + a] = h_t and hs[t + 1 - a] = h_{t-1}, as in engine/recurrent.py
+        self.a = 0 if reverse else 1
+        self.first, self.last = (T, 0) if reverse else (0, T)
+        self.steps = tuple(range(T - 1, -1, -1) if reverse else range(T))
+        self.back_steps = self.steps[::-1]
+        self.t_first = self.steps[0] if T else 0  # the step that read h0: its GEMM only serves h0's gradient
+
+    def rows_of(self, a: Any) -> Any:
+        """``a`` [B, ...] in run order (sorted by length)."""
+        return a if self.order is None else a[self.order]
+
+    def refresh_weights(self) -> None:
+        if self.copy_w:
+            self.w[...] = self.w_hh.data
+
+    def forward(self, loop: Callable[[], None]) -> None:
+        try:
+            self.slot.run("forward", loop)
+        except BaseException:
+            self.slot.release()
+            raise
+
+    def output(self, hs: Any) -> Any:
+        """The output [T, B, H] (h_t, zero on padding) as a fresh array in the caller's row order."""
+        out = hs[self.a:self.a + self.T]
+        return out.copy() if self.batches is None else self.batches.unsort(out, 1) * self.batches.mask
+
+    def final(self, state: Any) -> Any:
+        """A final state [B, H] as a fresh array in the caller's row order."""
+        return (state if self.batches is None else self.batches.unsort(state, 0)).copy()
+
+    def backward_buffers(self, G: int, has_g_out: bool, cell: bool) -> dict:
+        """The slot's arrays with the backward's buffers added (once per slot)."""
+        A, xp, T, B, H, dtype = self.A, self.xp, self.T, self.B, self.H, self.dtype
+        if "dz" not in A:
+            A.update(dz=xp.empty((T, B, G), dtype), dh=xp.empty((B, H), dtype))
+            if cell:
+                A["dc"] = xp.empty((B, H), dtype)
+        if has_g_out and "g_out" not in A:
+            A["g_out"] = xp.empty((T, B, H), dtype)
+        return A
+
+    def hand_out(self, make_nodes: Callable[[], Any], backward: Callable) -> Any:
+        """Record the node (the slot stays with it until it is released) and return the results."""
+        weakref.finalize(backward, self.slot.release)
+        return make_nodes()
+
+
 # ---- LSTM ------------------------------------------------------------------------------------------------
+
+def _lstm_buffers(T: int, B: int, H: int, dtype: Any, need_grad: bool) -> dict:
+    import cupy as xp
+    return {"gates": xp.empty((T, B, 4 * H), dtype), "hs": xp.empty((T + 1, B, H), dtype),
+            "cs": xp.empty((T + 1 if need_grad else 2, B, H), dtype)}
+
 
 def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                   b_hh: Tensor | None, lens: Any, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`tapegrad.engine.recurrent.lstm_sequence` for cupy inputs (arguments already checked)."""
-    import cupy as xp
-    T, B, _ = x.shape
-    H = h0.shape[1]
-    dtype = x.dtype
-    backend = registry.backend_of(x.data)
     parents = _parents(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    need_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
-    batches = None if lens is None else _Batches(lens, T, xp, dtype)
-    active = None if batches is None else tuple(batches.active)
-    w_in_place, w_ptr = _weights(w_hh)
-    key = ("lstm", T, B, H, dtype.str, reverse, active, need_grad, backend, _device_id(), w_ptr)
-
-    def make():
-        arrays = {"gates": xp.empty((T, B, 4 * H), dtype), "hs": xp.empty((T + 1, B, H), dtype),
-                  "cs": xp.empty((T + 1 if need_grad else 2, B, H), dtype)}
-        if w_ptr is None:
-            arrays["w"] = xp.empty((4 * H, H), dtype)
-        return arrays
-    slot = _acquire(key, make)
-    rec = slot.records  # fixed for this call: the eager first run and its recording use the same GEMM
-    A = slot.arrays
-    w = w_in_place if w_ptr is not None else A["w"]
-    if w_ptr is None:
-        w[...] = w_hh.data
-
-    order = None if batches is None else batches.order
-    h0d, c0d = (h0.data, c0.data) if order is None else (h0.data[order], c0.data[order])
-    proj = _Projection(x.data, w_ih.data, _data(b_ih), _data(b_hh), True, reverse, order, xp, out=A["gates"])
-    proj.fill(T - 1 if reverse else 0)
-    xa = proj.xa if need_grad else None
-    del proj
-    a = 0 if reverse else 1
-    first, last = (T, 0) if reverse else (0, T)
-    A["hs"][first] = h0d
-    A["cs"][first if need_grad else 0] = c0d
-    steps = tuple(range(T - 1, -1, -1) if reverse else range(T))
-    call = registry.call
+    r = _Run("lstm", x, h0, w_ih, w_hh, b_ih, b_hh, parents, lens, reverse, (), _lstm_buffers, "gates")
+    A, B, a, w, rec, active, call = r.A, r.B, r.a, r.w, r.rec, r.active, registry.call
+    need_grad, backend, xp = r.need_grad, r.backend, r.xp
+    A["hs"][r.first] = r.rows_of(h0.data)
+    A["cs"][r.first if need_grad else 0] = r.rows_of(c0.data)
 
     def forward_loop():
         gates, hs, cs = A["gates"], A["hs"], A["cs"]
-        for s, t in enumerate(steps):
+        for s, t in enumerate(r.steps):
             h_prev, h_out = hs[t + 1 - a], hs[t + a]
             if need_grad:
                 c_prev, c_out = cs[t + 1 - a], cs[t + a]
-            else:
+            else:  # ping-pong: nothing is kept for a backward
                 c_prev, c_out = cs[s & 1], cs[(s + 1) & 1]
             z = gates[t]
             n = B if active is None else active[t]
@@ -240,57 +306,41 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
             h_out[n:] = h_prev[n:]  # finished rows keep their state
             c_out[n:] = c_prev[n:]
 
-    try:
-        slot.run("forward", forward_loop)
-    except BaseException:
-        slot.release()
-        raise
-    hs, cs = A["hs"], A["cs"]
-    c_last = cs[last] if need_grad else cs[T & 1]
-    if batches is None:
-        out, h_n, c_n = hs[a:a + T].copy(), hs[last].copy(), c_last.copy()
-    else:
-        out = batches.unsort(hs[a:a + T], 1) * batches.mask
-        h_n, c_n = batches.unsort(hs[last], 0).copy(), batches.unsort(c_last, 0).copy()
+    r.forward(forward_loop)
+    out, h_n = r.output(A["hs"]), r.final(A["hs"][r.last])
+    c_n = r.final(A["cs"][r.last] if need_grad else A["cs"][r.T & 1])  # ping-pong ends in row T & 1
     if not need_grad:
-        slot.release()
+        r.slot.release()
         return Tensor(out), Tensor(h_n), Tensor(c_n)
 
     stash: dict = {}
-    t_first = T - 1 if reverse else 0  # the step that read h0: its GEMM only serves h0's gradient
 
     def backward(g_hn):
-        g_out = stash.pop("out", None)
-        g_cn = stash.pop("c_n", None)
-        if batches is not None:
-            g_hn = batches.sort(g_hn, 0)
-            g_cn = None if g_cn is None else batches.sort(g_cn, 0)
-            g_out = None if g_out is None else batches.sort(g_out, 1)
-        if "dz" not in A:
-            A.update(dz=xp.empty((T, B, 4 * H), dtype), dh=xp.empty((B, H), dtype), dc=xp.empty((B, H), dtype))
-        if g_out is not None and "g_out" not in A:
-            A["g_out"] = xp.empty((T, B, H), dtype)
+        g_out, g_cn = stash.pop("out", None), stash.pop("c_n", None)
+        if r.batches is not None:
+            g_hn = r.batches.sort(g_hn, 0)
+            g_cn = None if g_cn is None else r.batches.sort(g_cn, 0)
+            g_out = None if g_out is None else r.batches.sort(g_out, 1)
+        has_g_out, need_h0 = g_out is not None, h0.requires_grad
+        r.backward_buffers(4 * r.H, has_g_out, cell=True)
         A["dh"][...] = g_hn
         if g_cn is None:
             A["dc"].fill(0)
         else:
             A["dc"][...] = g_cn
-        if g_out is not None:
+        if has_g_out:
             A["g_out"][...] = g_out
-        has_g_out, need_h0 = g_out is not None, h0.requires_grad
-        if w_ptr is None:
-            w[...] = w_hh.data
+        r.refresh_weights()
 
         def backward_loop():
-            gates, cs, dz, dh, dc = A["gates"], A["cs"], A["dz"], A["dh"], A["dc"]
-            go = A.get("g_out")
-            for t in (range(T) if reverse else range(T - 1, -1, -1)):
+            gates, cs, dz, dh, dc, go = A["gates"], A["cs"], A["dz"], A["dh"], A["dc"], A.get("g_out")
+            for t in r.back_steps:
                 n = B if active is None else active[t]
                 if n == B:
                     if has_g_out:
                         xp.add(dh, go[t], out=dh)
                     call("lstm_cell_bwd", backend, gates[t], cs[t + 1 - a], cs[t + a], dh, dc, dz[t], dc)
-                    if t != t_first or need_h0:
+                    if t != r.t_first or need_h0:
                         _gemm(dz[t], w, dh, trans_b=False, accumulate=False, recorded=rec)
                     continue
                 dz[t, n:] = 0  # padding: no gradient to x or the weights; dh, dc pass through unchanged
@@ -300,64 +350,40 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                         xp.add(dhn, go[t, :n], out=dhn)
                     call("lstm_cell_bwd", backend, gates[t, :n], cs[t + 1 - a, :n], cs[t + a, :n], dhn, dcn,
                          dz[t, :n], dcn)
-                    if t != t_first or need_h0:
+                    if t != r.t_first or need_h0:
                         _gemm(dz[t, :n], w, dhn, trans_b=False, accumulate=False, recorded=rec)
 
-        slot.run(("backward", has_g_out, need_h0), backward_loop)
-        return _weight_grads(A["dz"], xa, A["hs"][1 - a:1 - a + T], w_ih.data, batches, A["dh"].copy(),
+        r.slot.run(("backward", has_g_out, need_h0), backward_loop)
+        return _weight_grads(A["dz"], r.xa, A["hs"][1 - a:1 - a + r.T], w_ih.data, r.batches, A["dh"].copy(),
                              A["dc"].copy(), (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
 
-    weakref.finalize(backward, slot.release)
-    h_n_t = make_result(h_n, parents, backward, "lstm_sequence")
-    out_t = _side_output(out, h_n_t, stash, "out", "lstm_sequence.output")
-    c_n_t = _side_output(c_n, h_n_t, stash, "c_n", "lstm_sequence.c_n")
-    return out_t, h_n_t, c_n_t
+    def nodes():
+        h_n_t = make_result(h_n, parents, backward, "lstm_sequence")
+        out_t = _side_output(out, h_n_t, stash, "out", "lstm_sequence.output")
+        c_n_t = _side_output(c_n, h_n_t, stash, "c_n", "lstm_sequence.c_n")
+        return out_t, h_n_t, c_n_t
+    return r.hand_out(nodes, backward)
 
 
 # ---- Elman RNN ---------------------------------------------------------------------------------------------
 
+def _rnn_buffers(T: int, B: int, H: int, dtype: Any, need_grad: bool) -> dict:
+    import cupy as xp
+    return {"p": xp.empty((T, B, H), dtype), "hs": xp.empty((T + 1, B, H), dtype)}
+
+
 def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
                  relu: bool, lens: Any, reverse: bool) -> tuple[Tensor, Tensor]:
     """:func:`tapegrad.engine.recurrent.rnn_sequence` for cupy inputs (arguments already checked)."""
-    import cupy as xp
-    T, B, _ = x.shape
-    H = h0.shape[1]
-    dtype = x.dtype
-    backend = registry.backend_of(x.data)
     parents = _parents(x, h0, w_ih, w_hh, b_ih, b_hh)
-    need_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
-    batches = None if lens is None else _Batches(lens, T, xp, dtype)
-    active = None if batches is None else tuple(batches.active)
-    w_in_place, w_ptr = _weights(w_hh)
-    key = ("rnn", T, B, H, dtype.str, reverse, active, need_grad, relu, backend, _device_id(), w_ptr)
-
-    def make():
-        arrays = {"p": xp.empty((T, B, H), dtype), "hs": xp.empty((T + 1, B, H), dtype)}
-        if w_ptr is None:
-            arrays["w"] = xp.empty((H, H), dtype)
-        return arrays
-    slot = _acquire(key, make)
-    rec = slot.records  # fixed for this call: the eager first run and its recording use the same GEMM
-    A = slot.arrays
-    w = w_in_place if w_ptr is not None else A["w"]
-    if w_ptr is None:
-        w[...] = w_hh.data
-
-    order = None if batches is None else batches.order
-    h0d = h0.data if order is None else h0.data[order]
-    proj = _Projection(x.data, w_ih.data, _data(b_ih), _data(b_hh), True, reverse, order, xp, out=A["p"])
-    proj.fill(T - 1 if reverse else 0)
-    xa = proj.xa if need_grad else None
-    del proj
-    a = 0 if reverse else 1
-    first, last = (T, 0) if reverse else (0, T)
-    A["hs"][first] = h0d
-    steps = tuple(range(T - 1, -1, -1) if reverse else range(T))
-    call = registry.call
+    r = _Run("rnn", x, h0, w_ih, w_hh, b_ih, b_hh, parents, lens, reverse, (relu,), _rnn_buffers, "p")
+    A, B, a, w, rec, active, call = r.A, r.B, r.a, r.w, r.rec, r.active, registry.call
+    backend, xp = r.backend, r.xp
+    A["hs"][r.first] = r.rows_of(h0.data)
 
     def forward_loop():
         p, hs = A["p"], A["hs"]
-        for t in steps:
+        for t in r.steps:
             h_prev, h_out = hs[t + 1 - a], hs[t + a]
             n = B if active is None else active[t]
             if n == B:
@@ -369,50 +395,35 @@ def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
                 call("rnn_cell_fwd", backend, p[t, :n], h_out[:n], relu)
             h_out[n:] = h_prev[n:]
 
-    try:
-        slot.run("forward", forward_loop)
-    except BaseException:
-        slot.release()
-        raise
-    hs = A["hs"]
-    if batches is None:
-        out, h_n = hs[a:a + T].copy(), hs[last].copy()
-    else:
-        out = batches.unsort(hs[a:a + T], 1) * batches.mask
-        h_n = batches.unsort(hs[last], 0).copy()
-    if not need_grad:
-        slot.release()
+    r.forward(forward_loop)
+    out, h_n = r.output(A["hs"]), r.final(A["hs"][r.last])
+    if not r.need_grad:
+        r.slot.release()
         return Tensor(out), Tensor(h_n)
 
     stash: dict = {}
-    t_first = T - 1 if reverse else 0
 
     def backward(g_hn):
         g_out = stash.pop("out", None)
-        if batches is not None:
-            g_hn = batches.sort(g_hn, 0)
-            g_out = None if g_out is None else batches.sort(g_out, 1)
-        if "dz" not in A:
-            A.update(dz=xp.empty((T, B, H), dtype), dh=xp.empty((B, H), dtype))
-        if g_out is not None and "g_out" not in A:
-            A["g_out"] = xp.empty((T, B, H), dtype)
-        A["dh"][...] = g_hn
-        if g_out is not None:
-            A["g_out"][...] = g_out
+        if r.batches is not None:
+            g_hn = r.batches.sort(g_hn, 0)
+            g_out = None if g_out is None else r.batches.sort(g_out, 1)
         has_g_out, need_h0 = g_out is not None, h0.requires_grad
-        if w_ptr is None:
-            w[...] = w_hh.data
+        r.backward_buffers(r.H, has_g_out, cell=False)
+        A["dh"][...] = g_hn
+        if has_g_out:
+            A["g_out"][...] = g_out
+        r.refresh_weights()
 
         def backward_loop():
-            hs, dz, dh = A["hs"], A["dz"], A["dh"]
-            go = A.get("g_out")
-            for t in (range(T) if reverse else range(T - 1, -1, -1)):
+            hs, dz, dh, go = A["hs"], A["dz"], A["dh"], A.get("g_out")
+            for t in r.back_steps:
                 n = B if active is None else active[t]
                 if n == B:
                     if has_g_out:
                         xp.add(dh, go[t], out=dh)
                     call("rnn_cell_bwd", backend, hs[t + a], dh, dz[t], relu)
-                    if t != t_first or need_h0:
+                    if t != r.t_first or need_h0:
                         _gemm(dz[t], w, dh, trans_b=False, accumulate=False, recorded=rec)
                     continue
                 dz[t, n:] = 0
@@ -421,14 +432,14 @@ def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
                     if has_g_out:
                         xp.add(dhn, go[t, :n], out=dhn)
                     call("rnn_cell_bwd", backend, hs[t + a, :n], dhn, dz[t, :n], relu)
-                    if t != t_first or need_h0:
+                    if t != r.t_first or need_h0:
                         _gemm(dz[t, :n], w, dhn, trans_b=False, accumulate=False, recorded=rec)
 
-        slot.run(("backward", has_g_out, need_h0), backward_loop)
-        return _weight_grads(A["dz"], xa, A["hs"][1 - a:1 - a + T], w_ih.data, batches, A["dh"].copy(), None,
-                             (x, h0, None, w_ih, w_hh, b_ih, b_hh))
+        r.slot.run(("backward", has_g_out, need_h0), backward_loop)
+        return _weight_grads(A["dz"], r.xa, A["hs"][1 - a:1 - a + r.T], w_ih.data, r.batches, A["dh"].copy(),
+                             None, (x, h0, None, w_ih, w_hh, b_ih, b_hh))
 
-    weakref.finalize(backward, slot.release)
-    h_n_t = make_result(h_n, parents, backward, "rnn_sequence")
-    out_t = _side_output(out, h_n_t, stash, "out", "rnn_sequence.output")
-    return out_t, h_n_t
+    def nodes():
+        h_n_t = make_result(h_n, parents, backward, "rnn_sequence")
+        return _side_output(out, h_n_t, stash, "out", "rnn_sequence.output"), h_n_t
+    return r.hand_out(nodes, backward)

@@ -183,3 +183,19 @@ def test_slots_are_capped_and_fall_back_to_private_buffers(gpu_standin, monkeypa
     for out, h_n in keep:  # every call still gets right answers
         out_c, h_c = recurrent.rnn_sequence(*[inp[k] for k in ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")])
         np.testing.assert_allclose(out.data, out_c.data, rtol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("T", [1, 4, 5])
+def test_inference_results_including_the_lstm_cell_state_equal_the_cpu_op(gpu_standin, reverse, with_lengths, T):
+    B, I, H = 3, 2, 4
+    inp = _inputs("lstm", T, B, I, H, seed=T)
+    lens = np.array([T, 1, max(1, T - 2)]) if with_lengths else None
+    args = [inp[k] for k in ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")]
+    with tg.no_grad():
+        for _ in range(2):  # recorded, then replayed
+            got = _gpu_fn("lstm")(*args, lens, reverse)
+            want = recurrent.lstm_sequence(*args, lengths=lens, reverse=reverse)
+            for g, w_ in zip(got, want):
+                np.testing.assert_allclose(g.data, w_.data, rtol=1e-12, atol=1e-12)
