@@ -1,4 +1,4 @@
-"""``python -m tapegrad {demo,gcn,charrnn,bench,profile} [options]``: the command-line entry point.
+"""``python -m tapegrad {demo,gcn,charrnn,bench,gpubench,profile} [options]``: the command-line entry point.
 
 Each subcommand is the ``main(argv)`` of a module in :mod:`tapegrad.apps`, which parses its own options
 (``python -m tapegrad charrnn --help``). Exit codes: 0 success, 1 a run-time error such as a missing
@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gcn": ("tapegrad.apps.gcn", "train the two-layer GCN of Kipf & Welling on a Planetoid graph"),
     "charrnn": ("tapegrad.apps.charrnn", "train a character-level LSTM language model on a text file"),
     "bench": ("tapegrad.apps.bench", "time the kernels and layers"),
+    "gpubench": ("tapegrad.apps.gpu_bench", "time the GPU kernels and layers against cuSPARSE, torch and cuDNN"),
     "profile": ("tapegrad.apps.profile", "profile a training run, kernel by kernel"),
 }
 

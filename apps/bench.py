@@ -3,7 +3,7 @@
     python -m tapegrad bench [--quick] [--json FILE] [--filter SUBSTR] [--data-dir DIR] [--list]
                              [--reps N] [--gap SECONDS] [--time-limit SECONDS]
 
-Every case runs tapegrad and each peer (scipy, torch, torch_geometric, cupy) in this one process, on
+Every case runs tapegrad and each peer (scipy, torch, torch_geometric) in this one process, on
 the same arrays, interleaved (ours, peer, ours, peer, ...) for several repetitions after a warm-up,
 and prints the median time of each and the ratio peer / ours: above 1 means tapegrad is faster. A
 sample of a fast call loops over it enough times to last a few milliseconds; the garbage collector
@@ -28,8 +28,9 @@ does it; the peers get the same transpose, precomputed) on PubMed and R-MAT grap
 2^20 nodes at widths 16, 64, 256, against scipy.sparse and torch.sparse.mm; gcn_norm against
 torch_geometric's; LSTM and RNN training steps and inference against torch.nn; a GCN training epoch
 on Cora against torch_geometric; the tape's cost per op against torch autograd; ``import`` time; the
-first-call time of a fresh process with a warm JIT cache; and the bandwidth SpMM reaches. GPU cases
-run only when cupy finds a CUDA device. Benchmarks are not tests: nothing here asserts a speed.
+first-call time of a fresh process with a warm JIT cache; and the bandwidth SpMM reaches. The GPU
+benchmarks are ``python -m tapegrad gpubench`` (:mod:`tapegrad.apps.gpu_bench`). Benchmarks are not
+tests: nothing here asserts a speed.
 """
 from __future__ import annotations
 
@@ -316,10 +317,6 @@ class Bench:
                 elif name == "scipy":
                     import scipy.sparse
                     mod = scipy.sparse
-                elif name == "cupy":
-                    import cupy
-                    cupy.cuda.runtime.getDeviceCount()
-                    mod = cupy
                 else:
                     raise ValueError(name)
                 self._peers[name] = mod
@@ -692,41 +689,32 @@ def rnn_cases(b: Bench) -> None:
                            _rnn_case(b, case, kind, mode, size), T=T, B=B, I=I, H=H, mode=mode)
 
 
-def _rnn_case(b: Bench, case: Case, kind: str, mode: str, size: tuple, device: str = "cpu") -> None:
+def _rnn_case(b: Bench, case: Case, kind: str, mode: str, size: tuple) -> None:
     import tapegrad as tg
     rnn = _import_piece("tapegrad.layers.rnn", "layers/rnn.py")
-    if device == "cpu":
-        _need_kernels(*(("lstm_cell_fwd", "lstm_cell_bwd") if kind == "lstm" else ("rnn_cell_fwd", "rnn_cell_bwd")))
+    _need_kernels(*(("lstm_cell_fwd", "lstm_cell_bwd") if kind == "lstm" else ("rnn_cell_fwd", "rnn_cell_bwd")))
     T, B, I, H = size
     cls = rnn.LSTM if kind == "lstm" else rnn.RNN
-    model = cls(I, H) if device == "cpu" else cls(I, H, device=device)
+    model = cls(I, H)
     x_np = np.random.default_rng(0).standard_normal((T, B, I), dtype=np.float32)
-    x = tg.tensor(x_np, device=device) if device != "cpu" else tg.tensor(x_np)
-    sync = _cuda_sync_cupy if device != "cpu" else (lambda: None)
+    x = tg.tensor(x_np)
 
     def ours_train():
         model.zero_grad()
         out, _ = model(x)
         out.sum().backward()
-        sync()
 
     def ours_infer():
         with tg.no_grad():
             model(x)
-        sync()
 
-    label = f"tapegrad {cls.__name__}" + (" (cuda)" if device != "cpu" else "")
-    ours = {label: _whole(ours_train if mode == "train" else ours_infer)}
+    ours = {f"tapegrad {cls.__name__}": _whole(ours_train if mode == "train" else ours_infer)}
     peers, skipped = {}, {}
     torch, why = b.peer_or_none("torch")
-    peer_label = f"torch.nn.{cls.__name__}" + (" (cuDNN)" if device != "cpu" else "")
-    if torch is not None and device != "cpu" and not torch.cuda.is_available():
-        torch, why = None, "torch has no CUDA device"
+    peer_label = f"torch.nn.{cls.__name__}"
     if torch is not None:
-        tdev = "cpu" if device == "cpu" else "cuda"
-        tmodel = (torch.nn.LSTM(I, H) if kind == "lstm" else torch.nn.RNN(I, H)).to(tdev)
-        tx = torch.from_numpy(x_np).to(tdev)
-        tsync = (lambda: torch.cuda.synchronize()) if tdev == "cuda" else (lambda: None)
+        tmodel = torch.nn.LSTM(I, H) if kind == "lstm" else torch.nn.RNN(I, H)
+        tx = torch.from_numpy(x_np)
         # Same weights on both sides, so the outputs can be compared before timing.
         try:
             model.load_state_dict({k: v.detach().cpu().numpy() for k, v in tmodel.state_dict().items()})
@@ -742,12 +730,10 @@ def _rnn_case(b: Bench, case: Case, kind: str, mode: str, size: tuple, device: s
             tmodel.zero_grad(set_to_none=True)
             out, _ = tmodel(tx)
             out.sum().backward()
-            tsync()
 
         def torch_infer():
             with torch.no_grad():
                 tmodel(tx)
-            tsync()
         peers[peer_label] = _whole(torch_train if mode == "train" else torch_infer)
     else:
         skipped[peer_label] = why
@@ -1076,97 +1062,10 @@ def first_call_case(b: Bench) -> None:
     b.run_case("first_call/gcn_epoch/cora", run)
 
 
-# ---- GPU ------------------------------------------------------------------------------------------------------------
-def _cuda_sync_cupy() -> None:
-    import cupy
-    cupy.cuda.Device().synchronize()
-
-
-def gpu_cases(b: Bench) -> None:
-    if not any(b.selected(n) for n in case_names(b.s.quick) if n.startswith("gpu/")):
-        return
-    try:
-        cupy = b.peer("cupy")
-        from ..engine.backend import require_cuda
-        require_cuda()
-    except (Skip, RuntimeError) as e:
-        b.add(Case("gpu/*", skipped=f"no GPU: {e}"))
-        return
-    graphs = ["pubmed", f"rmat{(RMAT_SCALES_QUICK if b.s.quick else RMAT_SCALES)[-1]}"]
-    for g in graphs:
-        for w in (SPMM_WIDTHS_QUICK if b.s.quick else SPMM_WIDTHS):
-            b.run_case(f"gpu/spmm/fwd/{g}/F{w}", lambda case, g=g, w=w: _gpu_spmm(b, case, cupy, g, w),
-                       graph=g, width=w)
-    for (T, B, I, H) in (RNN_SIZES_QUICK if b.s.quick else RNN_SIZES):
-        for mode in ("train", "infer"):
-            b.run_case(f"gpu/lstm/{mode}/T{T}_B{B}_I{I}_H{H}",
-                       lambda case, mode=mode, size=(T, B, I, H): _rnn_case(b, case, "lstm", mode, size, "cuda"),
-                       T=T, B=B, I=I, H=H, mode=mode)
-
-
-def _gpu_spmm(b: Bench, case: Case, cupy: Any, g: str, width: int) -> None:
-    from .. import kernels
-    A = b.graph(g)
-    rng = np.random.default_rng(0)
-    data_h = rng.random(A.nnz, dtype=np.float32)
-    x_h = rng.standard_normal((A.shape[1], width), dtype=np.float32)
-    indptr, indices = cupy.asarray(A.indptr), cupy.asarray(A.indices)
-    data, x = cupy.asarray(data_h), cupy.asarray(x_h)
-    sync = _cuda_sync_cupy
-    ours = {}
-    for backend in ("cupy", "numba-cuda"):
-        def call(backend=backend):
-            kernels.spmm(indptr, indices, data, x, backend=backend)
-            sync()
-        ours[f"tapegrad kernels.spmm ({backend})"] = _whole(call)
-    peers, skipped = {}, {}
-    try:
-        import cupyx.scipy.sparse as csp
-        m = csp.csr_matrix((data, indices, indptr), shape=A.shape)
-
-        def cupyx_mm():
-            m @ x
-            sync()
-        peers["cupyx.scipy.sparse csr @ dense"] = _whole(cupyx_mm)
-        ref = cupy.asnumpy(m @ x)
-    except Exception as e:
-        skipped["cupyx.scipy.sparse"] = f"unavailable ({type(e).__name__}: {e})"
-        ref = None
-    torch, why = b.peer_or_none("torch")
-    if torch is not None and not torch.cuda.is_available():
-        torch, why = None, "torch has no CUDA device (a CPU-only build?)"
-    if torch is not None:
-        tm = _torch_csr(torch, A.indptr, A.indices, data_h, A.shape).to("cuda")
-        tx = torch.from_numpy(x_h).to("cuda")
-
-        def torch_mm():
-            torch.sparse.mm(tm, tx)
-            torch.cuda.synchronize()
-        peers["torch.sparse.mm (CSR, cuda)"] = _whole(torch_mm)
-    else:
-        skipped["torch.sparse.mm (cuda)"] = why
-    for label, backend in (("cupy", "cupy"), ("numba-cuda", "numba-cuda")):
-        got = cupy.asnumpy(kernels.spmm(indptr, indices, data, x, backend=backend))
-        if ref is not None:
-            _check_close(case, f"tapegrad ({label})", got, ref)
-    t = interleaved({**ours, **peers}, b.s, warmup=2, gap_s=b.s.gap_s or 0.0)
-    first = True
-    for label in ours:
-        case.rows.append(Row(label, t[label].median[""], ours=first, reps=t[label].reps))
-        first = False
-    for label in peers:
-        case.rows.append(Row(label, t[label].median[""], reps=t[label].reps))
-    for label, why2 in skipped.items():
-        case.rows.append(Row(label, skipped=why2))
-    case.notes.append("ratios are against the first tapegrad row (cupy backend); each call is followed by a "
-                      "device synchronise")
-
-
 # ---- main ---------------------------------------------------------------------------------------------------------
 CASE_GROUPS = (
     ("spmm", spmm_cases), ("bandwidth", bandwidth_case), ("gcn_norm", gcn_norm_cases), ("rnn", rnn_cases),
     ("gcn", gcn_case), ("tape", tape_case), ("import", import_case), ("first_call", first_call_case),
-    ("gpu", gpu_cases),
 )
 
 
@@ -1183,9 +1082,6 @@ def case_names(quick: bool) -> list[str]:
         for (T, B, I, H) in (RNN_SIZES_QUICK if quick else RNN_SIZES):
             names += [f"{kind}/{m}/T{T}_B{B}_I{I}_H{H}" for m in ("train", "infer")]
     names += ["gcn/epoch/cora", "tape/fwd_per_op", "tape/bwd_per_op", "import", "first_call/gcn_epoch/cora"]
-    names += [f"gpu/spmm/fwd/{g}/F{w}" for g in ("pubmed", f"rmat{scales[-1]}") for w in widths]
-    names += [f"gpu/lstm/{m}/T{T}_B{B}_I{I}_H{H}" for (T, B, I, H) in (RNN_SIZES_QUICK if quick else RNN_SIZES)
-              for m in ("train", "infer")]
     return names
 
 
@@ -1208,7 +1104,7 @@ def _header(b: Bench) -> dict:
           f"with {info.get('numba_threads')} threads (its default: all cores)")
     import importlib.metadata
     import importlib.util
-    for name in ("scipy", "torch", "torch_geometric", "cupy"):
+    for name in ("scipy", "torch", "torch_geometric"):
         if name == "torch_geometric" and importlib.util.find_spec(name) is not None:
             # slow to import: imported by the first case that needs it (a failure is reported there)
             ver = importlib.metadata.version(name)
