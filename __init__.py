@@ -19,7 +19,7 @@ from . import layers, optim
 from .layers import (Module, ModuleList, Parameter, Sequential, Linear, Embedding, Dropout, ReLU, GCN, GCNConv,
                      RNN, LSTM, RNNCell, LSTMCell, TBPTT, detach_state)
 from .layers.graph import (normalized_laplacian, laplacian_eigh, graph_fourier, inverse_graph_fourier,
-                           grid_graph)
+                           grid_graph, reorder_nodes)
 from . import datasets
 from .layers.checkpoint import save, load
 

@@ -338,11 +338,18 @@ class Bench:
 
     # ---- data ----------------------------------------------------------------------------------------------------
     def graph(self, name: str):
-        """A tapegrad.CSR by name: 'pubmed' (from --data-dir) or 'rmatS' (R-MAT with 2^S nodes)."""
+        """A tapegrad.CSR by name: 'pubmed' (from --data-dir), 'rmatS' (R-MAT with 2^S nodes) or 'rmatSrcm'
+        (that graph relabelled by reverse Cuthill-McKee, tapegrad.reorder_nodes)."""
         if name not in self._graphs:
             try:
                 if name == "pubmed":
                     self._graphs[name] = self._load_structure("pubmed.npz")
+                elif name.startswith("rmat") and name.endswith("rcm"):
+                    from ..layers.graph import reorder_nodes
+                    t0 = time.perf_counter()
+                    self._graphs[name] = reorder_nodes(self.graph(name[:-3]), "rcm")[0]
+                    print(f"{'':<{W_CASE}} (reordered {name[:-3]} by reverse Cuthill-McKee in "
+                          f"{time.perf_counter() - t0:.1f} s)", flush=True)
                 elif name.startswith("rmat"):
                     from .rmat import rmat
                     t0 = time.perf_counter()
@@ -457,11 +464,21 @@ def _torch_csr(torch, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
 
 
 # ---- SpMM -------------------------------------------------------------------------------------------------------------
+def _spmm_case_grid(quick: bool) -> list[tuple[str, list[tuple[str, int, str]]]]:
+    """(graph, [(direction, width, case name)]): every graph at every width both ways, and the largest
+    R-MAT graph relabelled for locality (reported, forward at one width: reordering is an option the
+    user takes, the other cases time graphs as given)."""
+    scales = RMAT_SCALES_QUICK if quick else RMAT_SCALES
+    widths = SPMM_WIDTHS_QUICK if quick else SPMM_WIDTHS
+    grid = [(g, [(d, w, f"spmm/{d}/{g}/F{w}") for w in widths for d in ("fwd", "bwd")])
+            for g in ["pubmed"] + [f"rmat{k}" for k in scales]]
+    g = f"rmat{scales[-1]}rcm"
+    grid.append((g, [("fwd", BANDWIDTH_WIDTH, f"spmm/fwd/{g}/F{BANDWIDTH_WIDTH}")]))
+    return grid
+
+
 def spmm_cases(b: Bench) -> None:
-    graphs = ["pubmed"] + [f"rmat{k}" for k in (RMAT_SCALES_QUICK if b.s.quick else RMAT_SCALES)]
-    widths = SPMM_WIDTHS_QUICK if b.s.quick else SPMM_WIDTHS
-    for g in graphs:
-        names = [(d, w, f"spmm/{d}/{g}/F{w}") for w in widths for d in ("fwd", "bwd")]
+    for g, names in _spmm_case_grid(b.s.quick):
         if not any(b.selected(n) for _, _, n in names):
             continue
         try:
@@ -1072,10 +1089,8 @@ CASE_GROUPS = (
 def case_names(quick: bool) -> list[str]:
     """Every case name (what ``--filter`` matches against)."""
     names = []
-    widths = SPMM_WIDTHS_QUICK if quick else SPMM_WIDTHS
     scales = RMAT_SCALES_QUICK if quick else RMAT_SCALES
-    for g in ["pubmed"] + [f"rmat{k}" for k in scales]:
-        names += [f"spmm/{d}/{g}/F{w}" for w in widths for d in ("fwd", "bwd")]
+    names += [n for _, cases in _spmm_case_grid(quick) for _, _, n in cases]
     names.append(f"bandwidth/spmm/rmat{scales[-1]}/F{BANDWIDTH_WIDTH}")
     names += [f"gcn_norm/{g}" for g in ["pubmed"] + [f"rmat{k}" for k in (scales if quick else scales[1:])]]
     for kind in ("lstm", "rnn"):

@@ -185,3 +185,47 @@ def test_multichannel_3x3_convolution_equals_message_passing_with_gradients():
     conv(x, *ws).backward(g)
     yt.backward(torch.tensor(g.reshape(h, w, c_out).transpose(2, 0, 1)[None]))
     np.testing.assert_allclose(x.grad.reshape(h, w, c_in), xt.grad[0].numpy().transpose(1, 2, 0), atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["rcm", "degree"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_reorder_nodes_relabels_the_graph_consistently(method, weighted):
+    from tapegrad.apps.rmat import rmat
+    A = rmat(9, edge_factor=4, seed=3)
+    if weighted:
+        A = tg.CSR(A.indptr, A.indices, np.random.default_rng(0).random(A.nnz), A.shape)
+    B, perm = tg.reorder_nodes(A, method)
+    n = A.shape[0]
+    assert sorted(perm.tolist()) == list(range(n)) and B.shape == A.shape and B.nnz == A.nnz
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(n)
+    x = np.random.default_rng(1).standard_normal((n, 5))
+    np.testing.assert_allclose(tg.kernels.spmm(B.indptr, B.indices, B.data, x[perm])[inverse],
+                               tg.kernels.spmm(A.indptr, A.indices, A.data, x), rtol=1e-12, atol=1e-12)
+    assert all(np.all(np.diff(B.indices[B.indptr[i]:B.indptr[i + 1]]) > 0) for i in range(n))  # sorted rows
+    if method == "degree":
+        deg = np.diff(A.indptr) + np.bincount(A.indices, minlength=n)
+        assert np.all(np.diff(deg[perm]) <= 0)
+
+
+def test_reorder_nodes_rcm_narrows_the_band_of_a_scrambled_grid():
+    A = tg.grid_graph(12, 12)
+    scramble = np.random.default_rng(2).permutation(A.shape[0])
+    S, _ = tg.reorder_nodes(A, "degree")  # any relabelling, then scramble it
+    m = S.to_scipy()[scramble][:, scramble].tocsr()
+    S = tg.CSR(m.indptr, m.indices, None, m.shape)
+    R, _ = tg.reorder_nodes(S, "rcm")
+
+    def bandwidth(M):
+        rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+        return int(np.abs(rows - M.indices).max())
+    assert bandwidth(R) <= 2 * 12 < bandwidth(S)
+
+
+def test_reorder_nodes_rejects_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        tg.reorder_nodes(tg.CSR([0, 1, 2], [0, 2], None, (2, 3)))
+    with pytest.raises(ValueError, match="method"):
+        tg.reorder_nodes(tg.grid_graph(2, 2), "metis")
+    with pytest.raises(TypeError):
+        tg.reorder_nodes(np.eye(3))
