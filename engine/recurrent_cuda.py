@@ -3,12 +3,15 @@
 Same math, arguments and results as :func:`tapegrad.engine.recurrent.lstm_sequence` and
 :func:`~tapegrad.engine.recurrent.rnn_sequence`, which hand cupy inputs to this module.
 
-Why graphs: on the GPU a step is two tiny launches (a cuBLAS GEMM that adds ``h_{t-1} W_hh^T`` into the
+Why graphs: on the GPU a step is two tiny launches (a GEMM that adds ``h_{t-1} W_hh^T`` into the
 step's slice of the input projection, then the fused cell kernel). Each costs the host 10-25 us and the
 GPU 2-5 us, so a step loop driven from Python waits on the host. Here the loop runs over the *static*
-device arrays of a slot: the first call with a slot runs it eagerly (which compiles the kernels and
-creates the cuBLAS handle) and then records it into a CUDA graph; later calls copy their inputs into
-the slot and replay the graph, one host call for all T steps. Forward and backward each get a graph.
+device arrays of a slot: the first call with a slot runs it eagerly (which compiles the kernels) and
+then records it into a CUDA graph; later calls copy their inputs into the slot and replay the graph,
+one host call for all T steps. Forward and backward each get a graph. CuPy refuses cuBLAS calls during
+stream capture, so a loop that is recorded uses tapegrad's own step GEMM (``kernels/cupy/recurrent.py``)
+and an eager loop cuBLAS. On an H100 (T=50, H=256) this took an LSTM training step from 0.24x to 0.96x
+cuDNN's speed at B=64.
 
 A slot is keyed by everything that shapes the loop: sizes, dtype, direction, the per-step batch sizes of
 a padded batch, whether a backward will follow, the kernel backend, the device, and the address of
