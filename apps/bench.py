@@ -878,30 +878,11 @@ def tape_case(b: Bench) -> None:
         import tapegrad as tg
         half = TAPE_OPS // 2
 
-        def ours(number: int) -> dict:
-            x = tg.tensor([1.0], requires_grad=True)
-            c, d = tg.tensor([1.0001]), tg.tensor([0.0001])
-            fwd = bwd = 0.0
-            for _ in range(number):
-                t0 = time.perf_counter()
-                y = x
-                for _ in range(half):
-                    y = y * c
-                    y = y + d
-                t1 = time.perf_counter()
-                y.backward()
-                t2 = time.perf_counter()
-                fwd += t1 - t0
-                bwd += t2 - t1
-                x.grad = None
-            return {"fwd": fwd, "bwd": bwd}
-
-        bodies = {"tapegrad": ours}
-        torch, why = b.peer_or_none("torch")
-        if torch is not None:
-            def peer(number: int) -> dict:
-                x = torch.tensor([1.0], requires_grad=True)
-                c, d = torch.tensor([1.0001]), torch.tensor([0.0001])
+        def chain(tensor: Callable) -> Callable[[int], dict]:
+            """A body timing ``number`` chains of mul/add on 1-element tensors made by ``tensor``."""
+            def body(number: int) -> dict:
+                x = tensor([1.0], requires_grad=True)
+                c, d = tensor([1.0001]), tensor([0.0001])
                 fwd = bwd = 0.0
                 for _ in range(number):
                     t0 = time.perf_counter()
@@ -916,7 +897,12 @@ def tape_case(b: Bench) -> None:
                     bwd += t2 - t1
                     x.grad = None
                 return {"fwd": fwd, "bwd": bwd}
-            bodies["torch autograd"] = peer
+            return body
+
+        bodies = {"tapegrad": chain(tg.tensor)}
+        torch, why = b.peer_or_none("torch")
+        if torch is not None:
+            bodies["torch autograd"] = chain(torch.tensor)
         t = interleaved(bodies, b.s, warmup=3, gap_s=b.s.gap_s or 0.0)
         for phase in ("fwd", "bwd"):
             sub = Case(f"tape/{phase}_per_op", params={"ops": TAPE_OPS, "phase": phase})

@@ -265,10 +265,9 @@ class _Run:
             A["g_out"] = xp.empty((T, B, H), dtype)
         return A
 
-    def hand_out(self, make_nodes: Callable[[], Any], backward: Callable) -> Any:
-        """Record the node (the slot stays with it until it is released) and return the results."""
+    def keep_until_released(self, backward: Callable) -> None:
+        """The slot stays with the node whose backward reads it, until that closure is released."""
         weakref.finalize(backward, self.slot.release)
-        return make_nodes()
 
 
 # ---- LSTM ------------------------------------------------------------------------------------------------
@@ -360,12 +359,11 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
         return _weight_grads(A["dz"], r.xa, A["hs"][1 - a:1 - a + r.T], w_ih.data, r.batches, A["dh"].copy(),
                              A["dc"].copy(), (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
 
-    def nodes():
-        h_n_t = make_result(h_n, parents, backward, "lstm_sequence")
-        out_t = _side_output(out, h_n_t, stash, "out", "lstm_sequence.output")
-        c_n_t = _side_output(c_n, h_n_t, stash, "c_n", "lstm_sequence.c_n")
-        return out_t, h_n_t, c_n_t
-    return r.hand_out(nodes, backward)
+    r.keep_until_released(backward)
+    h_n_t = make_result(h_n, parents, backward, "lstm_sequence")
+    out_t = _side_output(out, h_n_t, stash, "out", "lstm_sequence.output")
+    c_n_t = _side_output(c_n, h_n_t, stash, "c_n", "lstm_sequence.c_n")
+    return out_t, h_n_t, c_n_t
 
 
 # ---- Elman RNN ---------------------------------------------------------------------------------------------
@@ -442,7 +440,6 @@ def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
         return _weight_grads(A["dz"], r.xa, A["hs"][1 - a:1 - a + r.T], w_ih.data, r.batches, A["dh"].copy(),
                              None, (x, h0, None, w_ih, w_hh, b_ih, b_hh))
 
-    def nodes():
-        h_n_t = make_result(h_n, parents, backward, "rnn_sequence")
-        return _side_output(out, h_n_t, stash, "out", "rnn_sequence.output"), h_n_t
-    return r.hand_out(nodes, backward)
+    r.keep_until_released(backward)
+    h_n_t = make_result(h_n, parents, backward, "rnn_sequence")
+    return _side_output(out, h_n_t, stash, "out", "rnn_sequence.output"), h_n_t

@@ -55,3 +55,27 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=f"needs a GPU: {reason}")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+# ---- fixtures of the GPU tests (tests/test_kernels_gpu.py, tests/test_gpu_engine.py) -------------------------
+@pytest.fixture(scope="module")
+def cp():
+    """cupy, or a skip when it or a usable CUDA device is missing."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, no device, driver too old, ...
+        pytest.skip(f"no usable CUDA device: {e}")
+    if n == 0:
+        pytest.skip("no CUDA device")
+    return cupy
+
+
+@pytest.fixture(params=["cupy", "numba-cuda"])
+def gpu_kernel_backend(request, cp):
+    """Each GPU kernel backend in turn, skipping numba-cuda where it cannot reach the GPU."""
+    if request.param == "numba-cuda":
+        cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+        if not cuda.is_available():
+            pytest.skip("numba-cuda cannot reach the GPU")
+    return request.param

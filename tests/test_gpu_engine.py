@@ -15,29 +15,13 @@ from tapegrad.kernels import registry
 
 pytestmark = pytest.mark.gpu
 
-GPU_BACKENDS = ["cupy", "numba-cuda"]
 
-
-@pytest.fixture(scope="module")
-def cp():
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() == 0:
-            pytest.skip("no CUDA device")
-    except Exception as e:
-        pytest.skip(f"no usable CUDA device: {e}")
-    return cupy
-
-
-@pytest.fixture(params=GPU_BACKENDS)
-def gpu_backend(request, cp):
-    if request.param == "numba-cuda":
-        cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-        if not cuda.is_available():
-            pytest.skip("numba-cuda cannot reach the GPU")
+@pytest.fixture
+def gpu_backend(gpu_kernel_backend):  # `cp` and `gpu_kernel_backend` live in tests/conftest.py
+    """Each GPU kernel backend in turn, set as the one the engine uses."""
     before = registry.gpu_backend()
-    registry.set_gpu_backend(request.param)
-    yield request.param
+    registry.set_gpu_backend(gpu_kernel_backend)
+    yield gpu_kernel_backend
     registry.set_gpu_backend(before)
 
 

@@ -16,32 +16,10 @@ from tapegrad.kernels import registry
 
 pytestmark = pytest.mark.gpu
 
-GPU_BACKENDS = ["cupy", "numba-cuda"]
 
-
-def _cupy_or_skip():
-    cupy = pytest.importorskip("cupy")
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:  # no driver, no device, driver too old, ...
-        pytest.skip(f"no usable CUDA device: {e}")
-    if n == 0:
-        pytest.skip("no CUDA device")
-    return cupy
-
-
-@pytest.fixture(scope="module")
-def cp():
-    return _cupy_or_skip()
-
-
-@pytest.fixture(params=GPU_BACKENDS)
-def backend(request, cp):
-    if request.param == "numba-cuda":
-        cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-        if not cuda.is_available():
-            pytest.skip("numba-cuda cannot reach the GPU")
-    return request.param
+@pytest.fixture
+def backend(gpu_kernel_backend):  # `cp` and `gpu_kernel_backend` live in tests/conftest.py
+    return gpu_kernel_backend
 
 
 def _kernel(name, backend):
