@@ -88,6 +88,41 @@ def test_spmm_kernels_compiled_for_a_width_match_reference(width):
                                **tol(np.float32))
 
 
+@pytest.mark.parametrize("width", [16, 64, 128])
+def test_spmm_prefetching_gives_bitwise_the_same_result(width, monkeypatch):
+    """Prefetching is only a hint: forced on for small inputs (at several distances, across row ends,
+    chunk ends and empty rows), the result is bitwise the one without it."""
+    rng = np.random.default_rng(40 + width)
+    indptr, indices = power_law_graph(300, rng, np.int32)
+    keep = (np.repeat(np.arange(300), np.diff(indptr)) // 50) != 3  # rows 150..199 left empty
+    a = sp.csr_matrix((np.ones(keep.sum()), indices[keep], np.concatenate([[0], np.cumsum(
+        np.bincount(np.repeat(np.arange(300), np.diff(indptr))[keep], minlength=300))])), shape=(300, 300))
+    indptr, indices = a.indptr.astype(np.int64), a.indices.astype(np.int32)
+    assert (np.diff(indptr)[150:200] == 0).all()
+    data = rng.standard_normal(len(indices)).astype(np.float32)
+    x = rng.standard_normal((300, width)).astype(np.float32)
+    monkeypatch.setattr(cpu, "_PREFETCH_MIN_X_BYTES", -1)
+    assert cpu._prefetch_ahead(x) == 4096 // (width * 4)
+    for d in (data, None):
+        with_default = cpu.spmm(indptr, indices, d, x)
+        np.testing.assert_allclose(with_default, dense(indptr, indices, d, 300) @ x, rtol=1e-4, atol=1e-4)
+        for ahead in (0, 1, 3, 1000):
+            monkeypatch.setattr(cpu, "_prefetch_ahead", lambda x, ahead=ahead: ahead)
+            np.testing.assert_array_equal(cpu.spmm(indptr, indices, d, x), with_default)
+
+
+def test_spmm_prefetches_only_large_inputs_of_a_compiled_width():
+    def x_of(n, width, dtype):  # a large X without the memory: every row is the same one
+        return np.lib.stride_tricks.as_strided(np.zeros(width, dtype), (n, width), (0, np.dtype(dtype).itemsize))
+
+    assert x_of(1 << 20, 64, np.float32).nbytes > cpu._PREFETCH_MIN_X_BYTES
+    assert cpu._prefetch_ahead(x_of(1 << 20, 64, np.float32)) == 16  # 4 KB of X ahead
+    assert cpu._prefetch_ahead(x_of(1 << 20, 64, np.float64)) == 8
+    assert cpu._prefetch_ahead(x_of(1 << 20, 128, np.float32)) == 8
+    assert cpu._prefetch_ahead(x_of(1000, 64, np.float32)) == 0  # 256 KB: in cache
+    assert cpu._prefetch_ahead(x_of(1 << 20, 256, np.float32)) == 0  # the generic kernel
+
+
 def test_spmm_without_data_adds_rows_exactly_as_the_reference():
     rng = np.random.default_rng(18)
     indptr, indices, _ = random_csr(200, 150, 0.1, rng, np.int32)
