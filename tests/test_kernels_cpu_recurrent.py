@@ -385,3 +385,21 @@ def test_keep_freed_heap_leaves_user_malloc_settings_alone(monkeypatch):
     for key in [k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_")]:
         monkeypatch.delenv(key)
     assert cpu._keep_freed_heap() is cpu._running_glibc()
+
+
+def test_openmp_spin_is_bounded_unless_the_user_chose_a_wait_setting(monkeypatch):
+    import os
+
+    from tapegrad.kernels import cpu
+
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        monkeypatch.delenv(key, raising=False)
+    assert cpu._bound_openmp_spin() is True
+    assert os.environ["GOMP_SPINCOUNT"] == "10000" and os.environ["KMP_BLOCKTIME"] == "0"
+    for key, value in (("OMP_WAIT_POLICY", "active"), ("GOMP_SPINCOUNT", "300000"), ("KMP_BLOCKTIME", "200")):
+        for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(key, value)
+        assert cpu._bound_openmp_spin() is False
+        assert os.environ[key] == value  # the user's choice stands, and nothing else was added
+        assert [k for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME") if k in os.environ] == [key]
