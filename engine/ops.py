@@ -47,7 +47,8 @@ def _scalar_dtype(x: Any, like: np.dtype) -> np.dtype:
 
 def _pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
     if isinstance(a, Tensor):
-        b = as_tensor(b, a)
+        if not isinstance(b, Tensor):  # two tensors, the common case, skip the call
+            b = as_tensor(b, a)
     else:
         a = as_tensor(a, b)
     # Same array type means same device; only mixed types (numpy and cupy, or subclasses) need a look.
