@@ -470,3 +470,17 @@ def test_kernels_agree_with_reference_on_small_random_matrices(n_rows, n_cols, w
     if n_rows == n_cols:
         assert_same_gcn_norm(cpu.gcn_norm(indptr, indices, data, n_rows, dtype=np.float64),
                              ref.gcn_norm(indptr, indices, data, n_rows, dtype=np.float64), np.float64)
+
+
+def test_cached_kernels_close_over_plain_values_only():
+    """Numba's disk cache keys a closure by its pickled cell contents; a captured jitted function
+    pickles differently in every process, so such a kernel would be recompiled by every new process."""
+    from tapegrad.kernels.cpu import recurrent
+
+    plain = (int, float, bool, str, type(None))
+    kernels = list(cpu._SPMM_KERNELS.values())
+    kernels += [v for m in (cpu, recurrent) for v in vars(m).values() if isinstance(v, numba.core.dispatcher.Dispatcher)]
+    assert len(kernels) > len(cpu._SPMM_KERNELS)
+    for k in kernels:
+        for cell in k.py_func.__closure__ or ():
+            assert isinstance(cell.cell_contents, plain), (k.py_func.__qualname__, cell.cell_contents)

@@ -88,6 +88,18 @@ def _prefetch(typingctx, arr, idx):
     return types.void(arr, idx), codegen
 
 
+@numba.njit(inline="always")
+def _prefetch_rows(indices, x1, p, stop, uF, line):
+    """Prefetch the X rows (``uF`` elements, ``line`` per cache line) of entries p .. stop-1; returns
+    the next entry to prefetch."""
+    while p < stop:
+        base = uint64(indices[p]) * uF
+        for f in range(uint64(0), uF, line):
+            _prefetch(x1, base + f)
+        p += uint64(1)
+    return p
+
+
 @numba.njit(cache=True)
 def _row_chunks(indptr, n_chunks):
     """Row boundaries [n_chunks + 1] splitting the rows into chunks of about equal ``nnz + rows``."""
@@ -146,19 +158,11 @@ def _run_on_row_chunks(kernel, work, indptr, *args):
 def _make_spmm_kernel(width):
     """The spmm kernel for X of ``width`` columns (0: any width, read from ``F`` at run time).
 
-    A width known at compile time turns each pass over a row into straight-line vector code, with no
+    The kernel may close over plain numbers only: Numba's on-disk cache keys a closure by its pickled
+    cell contents, and a captured jitted function pickles differently in every process (a cache miss
+    and a recompile per process). A width known at compile time turns each pass over a row into straight-line vector code, with no
     loop control or remainder handling; that pays off on graphs whose rows hold few entries.
     """
-    @numba.njit(inline="always")
-    def prefetch_rows(indices, x1, p, stop, uF, line):
-        """Prefetch the X rows of entries p .. stop-1; returns the next entry to prefetch."""
-        while p < stop:
-            base = uint64(indices[p]) * uF
-            for f in range(uint64(0), uF, line):
-                _prefetch(x1, base + f)
-            p += uint64(1)
-        return p
-
     @numba.njit(cache=True, parallel=True)
     def spmm_kernel(indptr, indices, data, x1, y1, F, ahead, bounds):
         """y1[i*F:(i+1)*F] = sum_k data[k] * x1[indices[k]*F:(indices[k]+1)*F] over row i.
@@ -193,7 +197,7 @@ def _make_spmm_kernel(width):
                         y1[yb + f] = 0
                     continue
                 if p < kend:
-                    p = prefetch_rows(indices, x1, p, min(k + u4 + uA, kend), uF, line)
+                    p = _prefetch_rows(indices, x1, p, min(k + u4 + uA, kend), uF, line)
                 v0 = _weight(data, k)
                 a0 = uint64(indices[k]) * uF
                 if m == u1:
@@ -220,7 +224,7 @@ def _make_spmm_kernel(width):
                 k += u4
                 while k + u4 <= hi:
                     if p < kend:
-                        p = prefetch_rows(indices, x1, p, min(k + u4 + uA, kend), uF, line)
+                        p = _prefetch_rows(indices, x1, p, min(k + u4 + uA, kend), uF, line)
                     v0, v1 = _weight(data, k), _weight(data, k + u1)
                     v2, v3 = _weight(data, k + u2), _weight(data, k + u3)
                     a0, a1 = uint64(indices[k]) * uF, uint64(indices[k + u1]) * uF
