@@ -20,8 +20,8 @@ Threads: both sides use every core. numba's default is all cores; torch's is set
 torch and numba's OpenMP layer load libgomp under one soname (torch ships its own copy), so the copy
 loaded first serves both: torch is imported before numba starts its threads, because with the
 system's copy first torch.nn.RNN ran 100x slower on a 2-core machine. Loaded that way, libgomp keeps
-its default (spinning) wait policy, where a process that only uses tapegrad gets the passive policy
-``tapegrad.kernels.cpu`` sets.
+its default (spinning) wait policy, where a process that only uses tapegrad gets the bounded spin
+``tapegrad.kernels.cpu`` sets (``GOMP_SPINCOUNT=10000``).
 
 Cases (CPU): SpMM forward (A X) and backward (A^T dY through the CSR's cached transpose, as the engine
 does it; the peers get the same transpose, precomputed) on PubMed and R-MAT graphs of 2^16, 2^18 and
