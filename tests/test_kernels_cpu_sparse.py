@@ -113,7 +113,8 @@ def test_spmm_prefetching_gives_bitwise_the_same_result(width, monkeypatch):
 
 def test_spmm_prefetches_only_large_inputs_of_a_compiled_width():
     def x_of(n, width, dtype):  # a large X without the memory: every row is the same one
-        return np.lib.stride_tricks.as_strided(np.zeros(width, dtype), (n, width), (0, np.dtype(dtype).itemsize))
+        row = np.zeros(width, dtype)
+        return np.lib.stride_tricks.as_strided(row, (n, width), (0, row.itemsize))
 
     assert x_of(1 << 20, 64, np.float32).nbytes > cpu._PREFETCH_MIN_X_BYTES
     assert cpu._prefetch_ahead(x_of(1 << 20, 64, np.float32)) == 16  # 4 KB of X ahead
@@ -479,7 +480,8 @@ def test_cached_kernels_close_over_plain_values_only():
 
     plain = (int, float, bool, str, type(None))
     kernels = list(cpu._SPMM_KERNELS.values())
-    kernels += [v for m in (cpu, recurrent) for v in vars(m).values() if isinstance(v, numba.core.dispatcher.Dispatcher)]
+    kernels += [v for m in (cpu, recurrent) for v in vars(m).values()
+                if isinstance(v, numba.core.dispatcher.Dispatcher)]
     assert len(kernels) > len(cpu._SPMM_KERNELS)
     for k in kernels:
         for cell in k.py_func.__closure__ or ():

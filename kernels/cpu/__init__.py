@@ -10,8 +10,8 @@ Two process-wide defaults are set here, each only where the user has not chosen 
   SpMM back to back took 0.37 ms instead of 0.30, and a torch RNN run in the same process after
   tapegrad's kernels took 11 ms instead of 3.9 (torch's OpenMP pool inherits the setting). So the spin
   is bounded: ``GOMP_SPINCOUNT=10000`` (about 0.15 ms) for libgomp. Intel's runtime, which some Numba
-  builds use, gets ``KMP_BLOCKTIME=0`` (no spin, as before; not measured here). Neither is set where the user chose a wait
-  policy or either variable. They must be set before the OpenMP runtime starts its thread pool, i.e.
+  builds use, gets ``KMP_BLOCKTIME=0`` (no spin, as before; not measured here). Neither is set where
+  the user chose a wait policy or either variable. They must be set before the OpenMP runtime starts its thread pool, i.e.
   before the first parallel kernel runs; where torch was imported first, its runtime (which Numba
   then shares) has already read them.
 - glibc's malloc hands freed memory back to the OS once more than ``trim_threshold`` is free at the

@@ -158,10 +158,12 @@ def _run_on_row_chunks(kernel, work, indptr, *args):
 def _make_spmm_kernel(width):
     """The spmm kernel for X of ``width`` columns (0: any width, read from ``F`` at run time).
 
+    A width known at compile time turns each pass over a row into straight-line vector code, with no
+    loop control or remainder handling; that pays off on graphs whose rows hold few entries.
+
     The kernel may close over plain numbers only: Numba's on-disk cache keys a closure by its pickled
     cell contents, and a captured jitted function pickles differently in every process (a cache miss
-    and a recompile per process). A width known at compile time turns each pass over a row into straight-line vector code, with no
-    loop control or remainder handling; that pays off on graphs whose rows hold few entries.
+    and a recompile in each new process).
     """
     @numba.njit(cache=True, parallel=True)
     def spmm_kernel(indptr, indices, data, x1, y1, F, ahead, bounds):
@@ -249,7 +251,7 @@ _SPMM_KERNELS = {width: _make_spmm_kernel(width) for width in (0, 16, 32, 64, 12
 
 def _prefetch_ahead(x):
     """Entries spmm prefetches ahead for X (0: none). Only the fixed-width kernels prefetch: the
-    generic one, used for wide rows (256 floats and up), got slower with it at every distance tried."""
+    generic one (every other width) got slower with it at width 256 at every distance tried."""
     F = x.shape[1]
     if F not in _SPMM_KERNELS or F == 0 or x.nbytes <= _PREFETCH_MIN_X_BYTES:
         return 0
