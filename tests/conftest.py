@@ -79,3 +79,12 @@ def gpu_kernel_backend(request, cp):
         if not cuda.is_available():
             pytest.skip("numba-cuda cannot reach the GPU")
     return request.param
+
+
+@pytest.fixture
+def keep_callers_generator():
+    """For tests that reseed freely: give the thread's generator back as it was, for the tests after them."""
+    from tapegrad.engine import random as _random
+    rng = _random._state.rng
+    yield
+    _random._state.rng = rng

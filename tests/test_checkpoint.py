@@ -20,13 +20,8 @@ from tapegrad.layers import checkpoint
 SUBPROCESS_ENV = {**os.environ, "OMP_WAIT_POLICY": "passive"}
 
 
-@pytest.fixture(autouse=True)
-def _keep_the_callers_generator():
-    """These tests reseed freely; give the thread's generator back as it was, for the tests after them."""
-    from tapegrad.engine import random as _random
-    rng = _random._state.rng
-    yield
-    _random._state.rng = rng
+# These tests reseed freely; the thread's generator is given back as it was, for the tests after them.
+pytestmark = pytest.mark.usefixtures("keep_callers_generator")
 
 
 # ---- models -------------------------------------------------------------------------------------------------

@@ -28,13 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SUBPROCESS_ENV = {**os.environ, "OMP_WAIT_POLICY": "passive"}
 
 
-@pytest.fixture(autouse=True)
-def _keep_the_callers_generator():
-    """These tests reseed freely; give the thread's generator back as it was, for the tests after them."""
-    from tapegrad.engine import random as _random
-    rng = _random._state.rng
-    yield
-    _random._state.rng = rng
+# These tests reseed freely; the thread's generator is given back as it was, for the tests after them.
+pytestmark = pytest.mark.usefixtures("keep_callers_generator")
 
 
 # ---- workloads (also run by the subprocesses) ---------------------------------------------------------------
