@@ -22,8 +22,9 @@ Cases:
   once). Each result is checked against cuSPARSE before timing.
 * ``lstm|rnn/{train,infer}/T_B_I_H``: a training step (forward, sum of the output, backward; no
   optimiser) and inference (forward under no_grad) of tapegrad's layers on 'cuda' against torch.nn.LSTM
-  / RNN with cuDNN, same weights, outputs compared first; ours with CUDA graphs (the default), without,
-  and with the numba-cuda kernels.
+  / RNN with cuDNN, same weights, outputs compared first; ours as configured by default, without CUDA
+  graphs, with the numba-cuda kernels, and with fused steps forced on (one persistent launch per loop,
+  or a launch per step) and off at every batch size.
 * ``gcn/epoch/cora``: a GCN training epoch (the model of apps/gcn.py, dense row-normalised features)
   against PyG's GCNConv on the GPU.
 * ``launch/...``: host time per call (no synchronisation inside the timed loop) on a tiny input, for
@@ -187,19 +188,27 @@ def spmm_cases(rep: Report, graphs, widths, cupy, torch) -> None:
         cupy.get_default_memory_pool().free_all_blocks()
 
 
-def _setting(f, graphs: bool = True, backend: str = "cupy"):
-    """f run with CUDA graphs on or off and the given GPU kernel backend (restored afterwards)."""
+def _setting(f, graphs: bool = True, backend: str = "cupy", fused: int | None = None, persistent: bool = True):
+    """f run with CUDA graphs on or off, the given GPU kernel backend, when given the fused-step batch limit,
+    and fused loops in one persistent launch or a launch per step (all restored afterwards)."""
     from tapegrad.engine import recurrent_cuda
     from tapegrad.kernels import registry
+    from tapegrad.kernels.cupy import recurrent_step
 
     def run():
+        limit = recurrent_cuda.fused_steps_max_batch()
         recurrent_cuda.set_cuda_graphs(graphs)
         registry.set_gpu_backend(backend)
+        recurrent_step.PERSISTENT = persistent
+        if fused is not None:
+            recurrent_cuda.set_fused_steps(fused)
         try:
             f()
         finally:
             recurrent_cuda.set_cuda_graphs(True)
             registry.set_gpu_backend("cupy")
+            recurrent_step.PERSISTENT = True
+            recurrent_cuda.set_fused_steps(limit)
     return run
 
 
@@ -270,7 +279,11 @@ def rnn_cases(rep: Report, sizes, cupy, torch) -> None:
                     ours = ours_train if mode == "train" else ours_infer
                     fns = {f"tapegrad {cls.__name__}": ours,
                            f"tapegrad {cls.__name__} (no CUDA graphs)": _setting(ours, graphs=False),
-                           f"tapegrad {cls.__name__} (numba-cuda kernels)": _setting(ours, backend="numba-cuda")}
+                           f"tapegrad {cls.__name__} (numba-cuda kernels)": _setting(ours, backend="numba-cuda"),
+                           f"tapegrad {cls.__name__} (fused, persistent)": _setting(ours, fused=1 << 30),
+                           f"tapegrad {cls.__name__} (fused, launch per step)": _setting(ours, fused=1 << 30,
+                                                                                      persistent=False),
+                           f"tapegrad {cls.__name__} (GEMM + cell steps)": _setting(ours, fused=0)}
                     if torch is not None:
                         tmodel = (torch.nn.LSTM(I, H) if kind == "lstm" else torch.nn.RNN(I, H)).cuda()
                         model.load_state_dict({k: v.detach().cpu().numpy() for k, v in tmodel.state_dict().items()})

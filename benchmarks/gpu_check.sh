@@ -33,7 +33,7 @@ timeout 150 python -m pytest -q -m gpu -p no:cacheprovider --tb=short -rs $par \
 echo "gpu tests exit code: $?" | tee -a "$out/gpu_tests.txt"
 grep -E "^(FAILED|ERROR)|passed|failed" "$out/gpu_tests.txt" | tail -40
 # Two processes, so that a fault in one group of cases (a CUDA error is sticky) leaves the other's numbers.
-timeout 60 python benchmarks/gpu_bench.py --only rnn --json "$out/gpu_bench_rnn.json" "$@" 2>&1 | tee "$out/gpu_bench.txt"
+timeout 120 python benchmarks/gpu_bench.py --only rnn --json "$out/gpu_bench_rnn.json" "$@" 2>&1 | tee "$out/gpu_bench.txt"
 timeout 200 python benchmarks/gpu_bench.py --only launch,gcn,spmm --json "$out/gpu_bench.json" "$@" 2>&1 \
   | tee -a "$out/gpu_bench.txt"
 timeout 60 python benchmarks/gpu_profile.py > "$out/gpu_profile.txt" 2>&1

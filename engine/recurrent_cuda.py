@@ -25,6 +25,16 @@ slot, as the layers of a stacked LSTM do. What the caller gets back is always a 
 memory. At most ``MAX_SLOTS`` slots are kept, least recently used dropped first; past that a call
 runs eagerly from buffers of its own.
 
+Fused steps: up to a batch of ``fused_steps_max_batch()`` rows (and without padding), the loop is one
+``lstm_seq_fwd`` / ``rnn_seq_fwd`` kernel call and the backward one ``*_seq_bwd``. Their steps fuse the
+recurrent GEMM with the cell (backward: the GEMM of the step after it, the output's gradient and the
+cell's backward), and the CuPy backend runs all steps in one persistent launch with a grid barrier
+between them (one launch per step where H is too large for one wave of blocks), instead of two
+launches per step forward and three backward. A replayed graph pays the GPU a few microseconds
+per node whatever its work, so at small batches the node count is the cost; at large batches cuBLAS-like
+tiling wins. ``set_fused_steps(max_batch)`` (or ``TAPEGRAD_FUSED_STEPS_MAX_BATCH``) moves the crossover; 0
+switches fused steps off.
+
 ``set_cuda_graphs(False)`` (or ``TAPEGRAD_CUDA_GRAPHS=0`` in the environment) runs the same loops
 eagerly. A capture that fails (something in the loop that cannot be captured, or an allocation during
 capture, which is refused because the graph would keep writing memory the pool hands out again) makes
@@ -43,11 +53,13 @@ from ..kernels import registry
 from .recurrent import _Batches, _data, _parents, _Projection, _side_output, _weight_grads
 from .tensor import Tensor, is_grad_enabled, make_result
 
-__all__ = ["set_cuda_graphs", "cuda_graphs_enabled", "clear_cuda_graphs"]
+__all__ = ["set_cuda_graphs", "cuda_graphs_enabled", "clear_cuda_graphs", "set_fused_steps",
+           "fused_steps_max_batch"]
 
 MAX_SLOTS = 16
 
 _enabled = os.environ.get("TAPEGRAD_CUDA_GRAPHS", "1") != "0"
+_fused_max_batch = int(os.environ.get("TAPEGRAD_FUSED_STEPS_MAX_BATCH", "16"))
 _slots: "OrderedDict[tuple, list[_Slot]]" = OrderedDict()
 _lock = threading.Lock()
 _warned = False
@@ -62,6 +74,18 @@ def set_cuda_graphs(enabled: bool) -> None:
 
 def cuda_graphs_enabled() -> bool:
     return _enabled
+
+
+def set_fused_steps(max_batch: int) -> None:
+    """Run each recurrent step as one fused launch for batches of at most ``max_batch`` rows (0: never)."""
+    global _fused_max_batch
+    if int(max_batch) < 0:
+        raise ValueError(f"max_batch must be >= 0, got {max_batch}")
+    _fused_max_batch = int(max_batch)
+
+
+def fused_steps_max_batch() -> int:
+    return _fused_max_batch
 
 
 def clear_cuda_graphs() -> None:
@@ -175,6 +199,15 @@ def _address(a: Any) -> int:
     return a.data.ptr
 
 
+def _fused_variant(backend: str) -> Any:
+    """What else shapes a fused loop's launches: for CuPy, one persistent launch or a launch per step (a
+    graph recorded one way must not be replayed after a switch)."""
+    if backend != "cupy":
+        return None
+    from ..kernels.cupy import recurrent_step
+    return recurrent_step.PERSISTENT
+
+
 def _device_id() -> int:
     import cupy
     return cupy.cuda.runtime.getDevice()
@@ -202,6 +235,8 @@ class _Run:
         self.need_grad = is_grad_enabled() and any(p.requires_grad for p in parents)
         self.batches = None if lens is None else _Batches(lens, self.T, xp, self.dtype)
         self.active = None if self.batches is None else tuple(self.batches.active)
+        # padded batches keep the GEMM + cell steps: their finished rows carry dh through unchanged
+        self.fused = self.batches is None and 0 < self.B <= _fused_max_batch
         self.w_hh = w_hh
         w_in_place, w_ptr = _weights(w_hh)
         T, B, H, dtype, need_grad = self.T, self.B, self.H, self.dtype, self.need_grad
@@ -211,8 +246,9 @@ class _Run:
             if w_ptr is None:
                 arrays["w"] = xp.empty(w_hh.shape, dtype)
             return arrays
+        variant = _fused_variant(self.backend) if self.fused else None
         self.slot = _acquire((kind, T, B, H, dtype.str, reverse, self.active, need_grad, self.backend,
-                              _device_id(), w_ptr) + key, make)
+                              _device_id(), w_ptr, self.fused, variant) + key, make)
         self.rec = self.slot.records  # fixed for the call: its eager run and its recording use one GEMM
         self.A = self.slot.arrays
         self.copy_w = w_ptr is None
@@ -261,9 +297,20 @@ class _Run:
             A.update(dz=xp.empty((T, B, G), dtype), dh=xp.empty((B, H), dtype))
             if cell:
                 A["dc"] = xp.empty((B, H), dtype)
+            if self.fused:  # W_hh^T: the fused backward step reads a column of W_hh as a contiguous row
+                A["w_t"] = xp.empty((H, G), dtype)
         if has_g_out and "g_out" not in A:
             A["g_out"] = xp.empty((T, B, H), dtype)
         return A
+
+    def fused_backward(self, loop: Callable[[], None], need_h0: bool) -> None:
+        """The backward of fused steps: W_hh^T refreshed (inside the recorded loop, so that a replayed graph
+        reads the current W_hh), ``loop()`` (the ``*_seq_bwd`` kernel), then dL/dh0 = dz[t_first] W_hh."""
+        A = self.A
+        A["w_t"][...] = self.w.T
+        loop()
+        if need_h0 and self.T:
+            _gemm(A["dz"][self.t_first], self.w, A["dh"], trans_b=False, accumulate=False, recorded=self.rec)
 
     def keep_until_released(self, backward: Callable) -> None:
         """The slot stays with the node whose backward reads it, until that closure is released."""
@@ -274,8 +321,9 @@ class _Run:
 
 def _lstm_buffers(T: int, B: int, H: int, dtype: Any, need_grad: bool) -> dict:
     import cupy as xp
+    # cs has a row per step even without a backward: the fused loop (one kernel) writes c_t at cs[t + a]
     return {"gates": xp.empty((T, B, 4 * H), dtype), "hs": xp.empty((T + 1, B, H), dtype),
-            "cs": xp.empty((T + 1 if need_grad else 2, B, H), dtype)}
+            "cs": xp.empty((T + 1, B, H), dtype)}
 
 
 def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
@@ -284,12 +332,15 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     parents = _parents(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     r = _Run("lstm", x, h0, w_ih, w_hh, b_ih, b_hh, parents, lens, reverse, (), _lstm_buffers, "gates")
     A, B, a, w, rec, active, call = r.A, r.B, r.a, r.w, r.rec, r.active, registry.call
-    need_grad, backend, xp = r.need_grad, r.backend, r.xp
+    need_grad, backend, xp, fused = r.need_grad, r.backend, r.xp, r.fused
     A["hs"][r.first] = r.rows_of(h0.data)
-    A["cs"][r.first if need_grad else 0] = r.rows_of(c0.data)
+    A["cs"][r.first if need_grad or fused else 0] = r.rows_of(c0.data)
 
     def forward_loop():
         gates, hs, cs = A["gates"], A["hs"], A["cs"]
+        if fused:
+            call("lstm_seq_fwd", backend, hs, w, gates, cs, reverse)
+            return
         for s, t in enumerate(r.steps):
             h_prev, h_out = hs[t + 1 - a], hs[t + a]
             if need_grad:
@@ -310,7 +361,7 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
 
     r.forward(forward_loop)
     out, h_n = r.output(A["hs"]), r.final(A["hs"][r.last])
-    c_n = r.final(A["cs"][r.last] if need_grad else A["cs"][r.T & 1])  # ping-pong ends in row T & 1
+    c_n = r.final(A["cs"][r.last] if need_grad or fused else A["cs"][r.T & 1])  # ping-pong ends in row T & 1
     if not need_grad:
         r.slot.release()
         return Tensor(out), Tensor(h_n), Tensor(c_n)
@@ -336,6 +387,10 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
 
         def backward_loop():
             gates, cs, dz, dh, dc, go = A["gates"], A["cs"], A["dz"], A["dh"], A["dc"], A.get("g_out")
+            if fused:
+                r.fused_backward(lambda: call("lstm_seq_bwd", backend, dz, A["w_t"], dh, go if has_g_out else None,
+                                              gates, cs, dc, reverse), need_h0)
+                return
             for t in r.back_steps:
                 n = B if active is None else active[t]
                 if n == B:
@@ -379,11 +434,14 @@ def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     parents = _parents(x, h0, w_ih, w_hh, b_ih, b_hh)
     r = _Run("rnn", x, h0, w_ih, w_hh, b_ih, b_hh, parents, lens, reverse, (relu,), _rnn_buffers, "p")
     A, B, a, w, rec, active, call = r.A, r.B, r.a, r.w, r.rec, r.active, registry.call
-    backend, xp = r.backend, r.xp
+    backend, xp, fused = r.backend, r.xp, r.fused
     A["hs"][r.first] = r.rows_of(h0.data)
 
     def forward_loop():
         p, hs = A["p"], A["hs"]
+        if fused:
+            call("rnn_seq_fwd", backend, hs, w, p, reverse, relu)
+            return
         for t in r.steps:
             h_prev, h_out = hs[t + 1 - a], hs[t + a]
             n = B if active is None else active[t]
@@ -418,6 +476,10 @@ def rnn_sequence(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
 
         def backward_loop():
             hs, dz, dh, go = A["hs"], A["dz"], A["dh"], A.get("g_out")
+            if fused:
+                r.fused_backward(lambda: call("rnn_seq_bwd", backend, dz, A["w_t"], dh, go if has_g_out else None,
+                                              hs, reverse, relu), need_h0)
+                return
             for t in r.back_steps:
                 n = B if active is None else active[t]
                 if n == B:

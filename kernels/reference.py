@@ -157,3 +157,72 @@ def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
 def _fill(out, value):
     out[...] = value
     return out
+
+
+# ---- whole recurrent steps: the recurrent GEMM and the cell in one kernel (the GPU loops use them) ----
+
+def lstm_step_fwd(h_prev, w_hh, z, c_prev, c, h):
+    """One LSTM step with its recurrent GEMM: z += h_prev W_hh^T, then :func:`lstm_cell_fwd` with the
+    activated gates written over z.
+
+    h_prev [B, H], w_hh [4H, H], z [B, 4H] (in: the step's input projection; out: the gates),
+    c_prev [B, H]; c and h [B, H] are written. Returns (z, c, h).
+    """
+    z += h_prev @ w_hh.T
+    return lstm_cell_fwd(z, c_prev, z, c, h)
+
+
+def lstm_step_bwd(dz_next, w_t, grad_h, grad_out, gates, c_prev, c, grad_c, grad_z):
+    """One LSTM backward step with the recurrent GEMM of the step after it.
+
+    dL/dh_t = dz_next W_hh (= dz_next @ w_t.T, w_t = W_hh^T [H, 4H]) when ``dz_next`` [B, 4H] (the
+    pre-activation gradient of step t + 1) is given, else ``grad_h`` [B, H]; plus ``grad_out`` [B, H]
+    when given (the loss's gradient at output t). Then :func:`lstm_cell_bwd` writes grad_z [B, 4H] and
+    replaces grad_c [B, H] (dL/dc_t in, dL/dc_{t-1} out). Returns (grad_z, grad_c).
+    """
+    gh = (dz_next @ w_t.T) if dz_next is not None else grad_h.copy()
+    if grad_out is not None:
+        gh = gh + grad_out
+    return lstm_cell_bwd(gates, c_prev, c, gh, grad_c, grad_z, grad_c)
+
+
+def rnn_step_fwd(h_prev, w_hh, p, h, relu=False):
+    """One Elman step with its recurrent GEMM: h = act(p + h_prev W_hh^T); p [B, H] (the input
+    projection, not written), w_hh [H, H], h [B, H] written and returned."""
+    return rnn_cell_fwd(p + h_prev @ w_hh.T, h, relu)
+
+
+def rnn_step_bwd(dz_next, w_t, grad_h, grad_out, h, grad_z, relu=False):
+    """One Elman backward step: dL/dh_t as in :func:`lstm_step_bwd` (w_t = W_hh^T [H, H]), then
+    grad_z = dL/dh_t * act'(z_t) from the output h [B, H]. Returns grad_z [B, H]."""
+    gh = (dz_next @ w_t.T) if dz_next is not None else grad_h
+    if grad_out is not None:
+        gh = gh + grad_out
+    return rnn_cell_bwd(h, gh, grad_z, relu)
+
+
+def lstm_seq_fwd(hs, w_hh, gates, cs, reverse=False):
+    """Every step of an LSTM over the engine's buffers (see :mod:`tapegrad.kernels.sequence`): hs, cs
+    [T + 1, B, H] (row 0, or row T when reverse, holds the initial state), gates [T, B, 4H] (in: the
+    input projections; out: the gates). Written in place."""
+    from .sequence import lstm_seq_fwd as loop
+    loop(lstm_step_fwd, hs, w_hh, gates, cs, reverse)
+
+
+def lstm_seq_bwd(dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse=False):
+    """The LSTM's backward over all steps: dz [T, B, 4H] written; grad_h [B, H] = dL/dh of the last state;
+    grad_out [T, B, H] or None; grad_c [B, H] in: dL/dc of the last state, out: of the initial state."""
+    from .sequence import lstm_seq_bwd as loop
+    loop(lstm_step_bwd, dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse)
+
+
+def rnn_seq_fwd(hs, w_hh, p, reverse=False, relu=False):
+    """Every step of an Elman RNN: hs [T + 1, B, H] written but for the initial row; p [T, B, H] read."""
+    from .sequence import rnn_seq_fwd as loop
+    loop(rnn_step_fwd, hs, w_hh, p, reverse, relu)
+
+
+def rnn_seq_bwd(dz, w_t, grad_h, grad_out, hs, reverse=False, relu=False):
+    """The Elman RNN's backward over all steps: dz [T, B, H] written (see :func:`lstm_seq_bwd`)."""
+    from .sequence import rnn_seq_bwd as loop
+    loop(rnn_step_bwd, dz, w_t, grad_h, grad_out, hs, reverse, relu)

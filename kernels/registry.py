@@ -16,11 +16,17 @@ BACKENDS = ("cpu", "numba-cuda", "cupy")
 KERNEL_NAMES = (
     "spmm", "sddmm", "csr_transpose", "gcn_norm",
     "lstm_cell_fwd", "lstm_cell_bwd", "rnn_cell_fwd", "rnn_cell_bwd",
+    "lstm_step_fwd", "lstm_step_bwd", "rnn_step_fwd", "rnn_step_bwd",
+    "lstm_seq_fwd", "lstm_seq_bwd", "rnn_seq_fwd", "rnn_seq_bwd",
 )
 _MODULE_OF_KERNEL = {
     "spmm": "sparse", "sddmm": "sparse", "csr_transpose": "sparse", "gcn_norm": "sparse",
     "lstm_cell_fwd": "recurrent", "lstm_cell_bwd": "recurrent",
     "rnn_cell_fwd": "recurrent", "rnn_cell_bwd": "recurrent",
+    "lstm_step_fwd": "recurrent_step", "lstm_step_bwd": "recurrent_step",
+    "rnn_step_fwd": "recurrent_step", "rnn_step_bwd": "recurrent_step",
+    "lstm_seq_fwd": "recurrent_step", "lstm_seq_bwd": "recurrent_step",
+    "rnn_seq_fwd": "recurrent_step", "rnn_seq_bwd": "recurrent_step",
 }
 _PACKAGE_OF_BACKEND = {"cpu": "cpu", "numba-cuda": "cuda", "cupy": "cupy"}
 

@@ -411,3 +411,45 @@ def test_training_steps_replay_recorded_loops_and_follow_cpu(cp, gpu_backend, ki
             assert not recorded
     finally:
         recurrent_cuda.set_cuda_graphs(before)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+@pytest.mark.parametrize("mode", ["persistent", "per-step", "gemm+cell"])
+def test_recurrent_loops_of_each_mode_match_cpu_call_after_call(cp, gpu_backend, monkeypatch, kind, mode):
+    """Fused loops in one persistent launch, fused loops launched step by step, and GEMM + cell steps, each
+    recorded at the first call and replayed at the next, with the weights updated in place in between."""
+    from tapegrad.engine import recurrent_cuda
+    from tapegrad.kernels.cupy import recurrent_step
+    monkeypatch.setattr(recurrent_cuda, "_fused_max_batch", 0 if mode == "gemm+cell" else 64)
+    monkeypatch.setattr(recurrent_step, "PERSISTENT", mode == "persistent")
+    recurrent_cuda.clear_cuda_graphs()
+    T, B, I, H = 9, 11, 6, 40
+    rng = np.random.default_rng(8)
+    tg.manual_seed(5)
+    cls = getattr(tg, kind)
+    cpu = cls(I, H, num_layers=2, bidirectional=True, dtype=np.float64)
+    gpu = cls(I, H, num_layers=2, bidirectional=True, dtype=np.float64)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    for call in range(3):
+        x, g = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, 2 * H))
+        res = {}
+        for name, model, dev in (("cpu", cpu, "cpu"), ("gpu", gpu, "cuda")):
+            model.zero_grad()
+            xt = tg.tensor(x, requires_grad=True, device=dev)
+            out, state = model(xt)
+            h_n = state[0] if kind == "LSTM" else state
+            loss = (out * tg.tensor(g, device=dev)).sum() + (h_n * h_n).sum()
+            if kind == "LSTM":
+                loss = loss + (state[1] * 0.5).sum()
+            loss.backward()
+            res[name] = (out.numpy(), h_n.numpy(), xt.grad, {k: p.grad for k, p in model.named_parameters()})
+        c, gg = res["cpu"], res["gpu"]
+        for i in range(3):
+            _close(gg[i], c[i])
+        for k in c[3]:
+            _close(gg[3][k], c[3][k])
+        for model in (cpu, gpu):  # an optimiser's in-place update: replayed graphs must read the new weights
+            for p in model.parameters():
+                p.data -= 0.05 * p.grad
+    recurrent_cuda.clear_cuda_graphs()

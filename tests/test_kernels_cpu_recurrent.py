@@ -403,3 +403,40 @@ def test_openmp_spin_is_bounded_unless_the_user_chose_a_wait_setting(monkeypatch
         assert cpu._bound_openmp_spin() is False
         assert os.environ[key] == value  # the user's choice stands, and nothing else was added
         assert [k for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME") if k in os.environ] == [key]
+
+
+# ---- whole steps (recurrent GEMM + cell), the CPU entries the GPU loops' logic tests run on ------------------
+
+def test_step_kernels_match_the_references():
+    from tapegrad.kernels import reference as ref
+    from tapegrad.kernels.cpu import recurrent_step as S
+    rng = np.random.default_rng(5)
+    B, H = 5, 7
+    r = lambda *s: rng.standard_normal(s)  # noqa: E731
+    h_prev, w, z, c_prev = r(B, H), r(4 * H, H), r(B, 4 * H), r(B, H)
+    got = S.lstm_step_fwd(h_prev, w, z.copy(), c_prev, np.empty((B, H)), np.empty((B, H)))
+    want = ref.lstm_step_fwd(h_prev, w, z.copy(), c_prev, np.empty((B, H)), np.empty((B, H)))
+    for g, w_ in zip(got, want):
+        np.testing.assert_allclose(g, w_, rtol=1e-12, atol=1e-12)
+    w_t = np.ascontiguousarray(w.T)
+    for dz_next in (None, r(B, 4 * H)):
+        for grad_out in (None, r(B, H)):
+            grad_h, grad_c = r(B, H), r(B, H)
+            args = (dz_next, w_t, grad_h, grad_out, want[0], c_prev, want[1])
+            gz, gc = S.lstm_step_bwd(*args, grad_c.copy(), np.empty((B, 4 * H)))
+            wz, wc = ref.lstm_step_bwd(*args, grad_c.copy(), np.empty((B, 4 * H)))
+            np.testing.assert_allclose(gz, wz, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(gc, wc, rtol=1e-12, atol=1e-12)
+            # the pre-activation gradient is the cell's backward of dL/dh_t, written out by hand
+            gh = dz_next @ w if dz_next is not None else grad_h  # dz_{t+1} W_hh
+            gh = gh + (0 if grad_out is None else grad_out)
+            np.testing.assert_allclose(gz, ref.lstm_cell_bwd(want[0], c_prev, want[1], gh, grad_c)[0], rtol=1e-12)
+    wr, p = r(H, H), r(B, H)
+    for relu in (False, True):
+        h = S.rnn_step_fwd(h_prev, wr, p, np.empty((B, H)), relu)
+        np.testing.assert_allclose(h, np.maximum(p + h_prev @ wr.T, 0) if relu else np.tanh(p + h_prev @ wr.T),
+                                   rtol=1e-12)
+        dz_next, grad_out = r(B, H), r(B, H)
+        gz = S.rnn_step_bwd(dz_next, np.ascontiguousarray(wr.T), None, grad_out, h, np.empty((B, H)), relu)
+        gh = dz_next @ wr + grad_out
+        np.testing.assert_allclose(gz, gh * (h > 0) if relu else gh * (1 - h * h), rtol=1e-12, atol=1e-12)

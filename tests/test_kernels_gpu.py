@@ -230,3 +230,105 @@ def test_small_launch_constants_on_real_hardware(cp, backend, name, monkeypatch)
         c_prev = rng.standard_normal((9, 50))
         for g, w in zip(_kernel("lstm_cell_fwd", backend)(*_to(cp, z, c_prev)), ref.lstm_cell_fwd(z, c_prev)):
             np.testing.assert_allclose(cp.asnumpy(g), w, rtol=1e-12, atol=1e-13)
+
+
+# ---- fused recurrent steps (GEMM + cell in one launch) ---------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,H", [(8, 256), (13, 37), (64, 128), (1, 2)])
+def test_lstm_step_matches_reference(cp, backend, B, H, dtype):
+    rng = np.random.default_rng(B * 1000 + H)
+    r = lambda *s: (rng.standard_normal(s) * 0.5).astype(dtype)  # noqa: E731
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    h_prev, w, z, c_prev = r(B, H), r(4 * H, H), r(B, 4 * H), r(B, H)
+    want = ref.lstm_step_fwd(h_prev.astype(np.float64), w.astype(np.float64), z.astype(np.float64),
+                             c_prev.astype(np.float64), np.empty((B, H)), np.empty((B, H)))
+    gz_dev, c_dev, h_dev = cp.asarray(z), cp.full((B, H), cp.nan, dtype), cp.full((B, H), cp.nan, dtype)
+    _kernel("lstm_step_fwd", backend)(cp.asarray(h_prev), cp.asarray(w), gz_dev, cp.asarray(c_prev), c_dev, h_dev)
+    for g, w_ in zip((gz_dev, c_dev, h_dev), want):
+        np.testing.assert_allclose(cp.asnumpy(g), w_, **tol)
+    gates, c_now = (a.astype(dtype) for a in want[:2])
+    w_t = np.ascontiguousarray(w.T)
+    for has_next in (False, True):
+        for has_out in (False, True):
+            dz_next = r(B, 4 * H) if has_next else None
+            grad_h, grad_out, grad_c = r(B, H), (r(B, H) if has_out else None), r(B, H)
+            wz, wc = ref.lstm_step_bwd(dz_next, w_t, grad_h, grad_out, gates, c_prev, c_now, grad_c.copy(),
+                                       np.empty((B, 4 * H), dtype))
+            gz, gc = cp.full((B, 4 * H), cp.nan, dtype), cp.asarray(grad_c)
+            _kernel("lstm_step_bwd", backend)(*_to(cp, dz_next, w_t, grad_h, grad_out, gates, c_prev, c_now), gc, gz)
+            np.testing.assert_allclose(cp.asnumpy(gz), wz, **tol)
+            np.testing.assert_allclose(cp.asnumpy(gc), wc, **tol)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,H", [(8, 256), (40, 37), (1, 1)])
+def test_rnn_step_matches_reference(cp, backend, B, H, relu, dtype):
+    rng = np.random.default_rng(B + H)
+    r = lambda *s: (rng.standard_normal(s) * 0.5).astype(dtype)  # noqa: E731
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    h_prev, w, p = r(B, H), r(H, H), r(B, H)
+    h = cp.full((B, H), cp.nan, dtype)
+    _kernel("rnn_step_fwd", backend)(cp.asarray(h_prev), cp.asarray(w), cp.asarray(p), h, relu)
+    want_h = ref.rnn_step_fwd(h_prev, w, p, np.empty((B, H), dtype), relu)
+    np.testing.assert_allclose(cp.asnumpy(h), want_h, **tol)
+    w_t = np.ascontiguousarray(w.T)
+    for has_next in (False, True):
+        for has_out in (False, True):
+            dz_next = r(B, H) if has_next else None
+            grad_h, grad_out = r(B, H), (r(B, H) if has_out else None)
+            gz = cp.full((B, H), cp.nan, dtype)
+            _kernel("rnn_step_bwd", backend)(*_to(cp, dz_next, w_t, grad_h, grad_out, want_h), gz, relu)
+            np.testing.assert_allclose(cp.asnumpy(gz), ref.rnn_step_bwd(dz_next, w_t, grad_h, grad_out, want_h,
+                                                                        None, relu), **tol)
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per-step"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,H", [(8, 256), (19, 33), (3, 600)])
+def test_seq_kernels_match_reference(cp, backend, monkeypatch, persistent, reverse, dtype, B, H):
+    """Whole loops: one persistent launch (CuPy) or a launch per step, against the reference loop."""
+    from tapegrad.kernels.cupy import recurrent_step
+    monkeypatch.setattr(recurrent_step, "PERSISTENT", persistent)
+    T = 12
+    rng = np.random.default_rng(B + H + reverse)
+    r = lambda *s: (rng.standard_normal(s) * 0.4).astype(dtype)  # noqa: E731
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+    hs, cs, gates, w = r(T + 1, B, H), r(T + 1, B, H), r(T, B, 4 * H), r(4 * H, H) / np.sqrt(H)
+    want = [hs.copy(), cs.copy(), gates.copy()]
+    ref.lstm_seq_fwd(want[0], w, want[2], want[1], reverse)
+    got = [cp.asarray(a) for a in (hs, cs, gates)]
+    _kernel("lstm_seq_fwd", backend)(got[0], cp.asarray(w), got[2], got[1], reverse)
+    for g, w_ in zip(got, want):
+        np.testing.assert_allclose(cp.asnumpy(g), w_, **tol)
+    w_t = np.ascontiguousarray(w.T)
+    for grad_out in (None, r(T, B, H)):
+        grad_h, grad_c = r(B, H), r(B, H)
+        dz_want, gc_want = np.empty((T, B, 4 * H), dtype), grad_c.copy()
+        ref.lstm_seq_bwd(dz_want, w_t, grad_h, grad_out, want[2], want[1], gc_want, reverse)
+        dz, gc = cp.full((T, B, 4 * H), cp.nan, dtype), cp.asarray(grad_c)
+        _kernel("lstm_seq_bwd", backend)(dz, *_to(cp, w_t, grad_h, grad_out, want[2], want[1]), gc, reverse)
+        np.testing.assert_allclose(cp.asnumpy(dz), dz_want, **tol)
+        np.testing.assert_allclose(cp.asnumpy(gc), gc_want, **tol)
+    # the Elman RNN
+    wr, p = r(H, H) / np.sqrt(H), r(T, B, H)
+    for relu in (False, True):
+        hs_want = hs.copy()
+        ref.rnn_seq_fwd(hs_want, wr, p, reverse, relu)
+        hs_got = cp.asarray(hs)
+        _kernel("rnn_seq_fwd", backend)(hs_got, cp.asarray(wr), cp.asarray(p), reverse, relu)
+        np.testing.assert_allclose(cp.asnumpy(hs_got), hs_want, **tol)
+        grad_out, grad_h = r(T, B, H), r(B, H)
+        dz_want = np.empty((T, B, H), dtype)
+        ref.rnn_seq_bwd(dz_want, np.ascontiguousarray(wr.T), grad_h, grad_out, hs_want, reverse, relu)
+        dz = cp.full((T, B, H), cp.nan, dtype)
+        _kernel("rnn_seq_bwd", backend)(dz, *_to(cp, np.ascontiguousarray(wr.T), grad_h, grad_out, hs_want), reverse,
+                                        relu)
+        np.testing.assert_allclose(cp.asnumpy(dz), dz_want, **tol)
+    # repeated persistent launches reuse the barrier's counter, which each launch leaves at zero
+    if backend == "cupy" and persistent:
+        for _ in range(3):
+            _kernel("rnn_seq_fwd", backend)(cp.asarray(hs), cp.asarray(wr), cp.asarray(p), reverse, False)
+        assert int(recurrent_step._counter()[0]) == 0

@@ -101,7 +101,10 @@ def _gpu_fn(kind):
 @pytest.mark.parametrize("kind", ["lstm", "rnn"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_replayed_loops_equal_the_cpu_ops_call_after_call(gpu_standin, kind, reverse, with_lengths):
+@pytest.mark.parametrize("fused", [False, True], ids=["gemm+cell", "fused"])
+def test_replayed_loops_equal_the_cpu_ops_call_after_call(gpu_standin, monkeypatch, kind, reverse, with_lengths,
+                                                          fused):
+    monkeypatch.setattr(recurrent_cuda, "_fused_max_batch", 16 if fused else 0)
     T, B, I, H = 6, 4, 3, 5
     lens = np.array([6, 2, 5, 3]) if with_lengths else None
     cpu_fn = recurrent.lstm_sequence if kind == "lstm" else recurrent.rnn_sequence
@@ -188,7 +191,10 @@ def test_slots_are_capped_and_fall_back_to_private_buffers(gpu_standin, monkeypa
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("T", [1, 4, 5])
-def test_inference_results_including_the_lstm_cell_state_equal_the_cpu_op(gpu_standin, reverse, with_lengths, T):
+@pytest.mark.parametrize("fused", [False, True], ids=["gemm+cell", "fused"])
+def test_inference_results_including_the_lstm_cell_state_equal_the_cpu_op(gpu_standin, monkeypatch, reverse,
+                                                                         with_lengths, T, fused):
+    monkeypatch.setattr(recurrent_cuda, "_fused_max_batch", 16 if fused else 0)
     B, I, H = 3, 2, 4
     inp = _inputs("lstm", T, B, I, H, seed=T)
     lens = np.array([T, 1, max(1, T - 2)]) if with_lengths else None
@@ -199,3 +205,34 @@ def test_inference_results_including_the_lstm_cell_state_equal_the_cpu_op(gpu_st
             want = recurrent.lstm_sequence(*args, lengths=lens, reverse=reverse)
             for g, w_ in zip(got, want):
                 np.testing.assert_allclose(g.data, w_.data, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_fused_steps_are_chosen_by_batch_size_and_never_with_padding(gpu_standin, monkeypatch, kind):
+    """Which loop ran is visible in the kernels called: one fused launch per step, or GEMM + cell."""
+    from tapegrad.kernels import registry
+    names = []
+    real = registry.call
+
+    def spy(name, backend, *args, **kwargs):
+        names.append(name)
+        return real(name, backend, *args, **kwargs)
+    monkeypatch.setattr(registry, "call", spy)
+    monkeypatch.setattr(recurrent_cuda, "_fused_max_batch", recurrent_cuda._fused_max_batch)  # restored after
+    T, I, H = 3, 2, 3
+    for B, lens, limit, fused in ((4, None, 4, True), (5, None, 4, False), (4, [3, 1, 2, 3], 16, False),
+                                  (4, None, 0, False)):
+        recurrent_cuda.set_fused_steps(limit)
+        names.clear()
+        inp = _inputs(kind, T, B, I, H, seed=B)
+        _, _, loss = _run(_gpu_fn(kind), kind, inp, None if lens is None else np.array(lens), False,
+                          np.ones((T, B, H)), np.ones((B, H)))
+        loss.backward()
+        loops = {n for n in names if "_seq_" in n}
+        cells = {n for n in names if "_cell_" in n}
+        assert (loops == {f"{kind}_seq_fwd", f"{kind}_seq_bwd"} and not cells) if fused else \
+            (cells == {f"{kind}_cell_fwd", f"{kind}_cell_bwd"} and not loops), (B, lens, limit, names)
+        if fused:  # one call for the loop each way
+            assert names.count(f"{kind}_seq_fwd") == 1 and names.count(f"{kind}_seq_bwd") == 1
+    with pytest.raises(ValueError):
+        recurrent_cuda.set_fused_steps(-1)

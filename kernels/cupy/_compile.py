@@ -92,11 +92,55 @@ def kernel(source: str, name: str):
     return fn
 
 
+if hasattr(cupy.ndarray, "_c_contiguous"):  # a plain attribute read: ``flags`` builds an object per call
+    def _c_contiguous(a) -> bool:
+        return a._c_contiguous
+else:  # pragma: no cover - older CuPy
+    def _c_contiguous(a) -> bool:
+        return a.flags.c_contiguous
+
+
 def contiguous(a):
     """``a`` as a C-contiguous cupy array: itself when it already is one (the common, fast case)."""
-    if type(a) is cupy.ndarray and a.flags.c_contiguous:
+    if type(a) is cupy.ndarray and _c_contiguous(a):
         return a
     return cupy.ascontiguousarray(cupy.asarray(a))
+
+
+def plain(arrays, dtype) -> bool:
+    """Whether every array is a C-contiguous cupy ndarray of ``dtype``: the case the engine's calls are in,
+    which a kernel wrapper can launch without converting or copying anything."""
+    for a in arrays:
+        if type(a) is not cupy.ndarray or not _c_contiguous(a) or a.dtype != dtype:
+            return False
+    return True
+
+
+_PLANS: dict = {}
+
+
+def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, max_blocks: int, arrays, args):
+    """Launch the grid-stride kernel ``name`` over ``n`` elements of rows of width F, vectorised as widely
+    as F and the arrays' alignment allow (:func:`vec_width`); ``source_of(dtype, vec)`` gives (source,
+    suffix). Everything but the arrays' alignment is looked up once per (name, dtype, F, n, device), since
+    this runs once per recurrent step when a loop is not replayed as a graph."""
+    ptrs = 0
+    for a in arrays:
+        ptrs |= a.data.ptr
+    key = (name, dtype, F, n, ptrs & 15, block, max_blocks, cupy.cuda.runtime.getDevice())
+    plan = _PLANS.get(key)
+    if plan is None:
+        itemsize = np.dtype(dtype).itemsize
+        vec = 1
+        for width in (16 // itemsize, 8 // itemsize):
+            if width > 1 and F % width == 0 and ptrs % (itemsize * width) == 0:
+                vec = width
+                break
+        source, sfx = source_of(np.dtype(dtype), vec)
+        blocks, threads = launch_shape(-(-n // vec), block, max_blocks)
+        plan = _PLANS[key] = (kernel(source, f"tapegrad_{name}_{sfx}"), (blocks,), (threads,))
+    fn, grid, blk = plan
+    fn(grid, blk, args)
 
 
 def data_ptr(a) -> int:

@@ -196,8 +196,21 @@ def _launch(name, dtype, H, n, arrays, args):
     _kernel(name, dtype, vec)((blocks,), (threads,), args)
 
 
+def _fast(name, dtype, H, n, arrays, args):
+    """The launch of an engine call (every array given, C-contiguous, one dtype): no conversions."""
+    if n > 0:
+        cc.launch_elementwise(_source, name, dtype, H, n, BLOCK, MAX_BLOCKS, arrays, args)
+
+
 def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
     """z [B, 4H] (gate order i, f, g, o), c_prev [B, H] -> (gates [B, 4H], c [B, H], h [B, H])."""
+    if h is not None and gates is not None and c is not None:
+        arrays = (z, c_prev, gates, c, h)
+        if cc.plain(arrays, z.dtype):
+            B, H = shape = c_prev.shape
+            if z.shape == gates.shape == (B, 4 * H) and c.shape == h.shape == shape:
+                _fast("lstm_cell_fwd", z.dtype, H, B * H, arrays, arrays + (np.int64(B * H), np.int64(H)))
+                return gates, c, h
     z, c_prev = _contig(z), _contig(c_prev)
     B, H = c_prev.shape
     _check("z", z, (B, 4 * H))
@@ -215,6 +228,14 @@ def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
 
 def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=None):
     """Backward of one LSTM step -> (grad_z [B, 4H], grad_c_prev [B, H])."""
+    if grad_z is not None and grad_c_prev is not None:
+        arrays = (gates, c_prev, c, grad_h, grad_c, grad_z, grad_c_prev)
+        if cc.plain(arrays, gates.dtype):
+            B, H = shape = c.shape
+            if gates.shape == grad_z.shape == (B, 4 * H) and \
+                    c_prev.shape == grad_h.shape == grad_c.shape == grad_c_prev.shape == shape:
+                _fast("lstm_cell_bwd", gates.dtype, H, B * H, arrays, arrays + (np.int64(B * H), np.int64(H)))
+                return grad_z, grad_c_prev
     gates = _contig(gates)
     dtype = gates.dtype
     c_prev, c, grad_h, grad_c = (_contig(a).astype(dtype, copy=False) for a in (c_prev, c, grad_h, grad_c))
@@ -233,6 +254,9 @@ def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=Non
 
 def rnn_cell_fwd(z, h=None, relu=False):
     """h = tanh(z) (or relu(z)); z [B, H]."""
+    if h is not None and cc.plain((z, h), z.dtype) and z.shape == h.shape and z.ndim:
+        _fast("rnn_cell_fwd", z.dtype, z.shape[-1], z.size, (z, h), (z, h, np.int64(z.size), np.int32(bool(relu))))
+        return h
     z = _contig(z)
     hb, hu = _result(h, z.shape, z.dtype)
     if z.size > 0:
@@ -243,6 +267,11 @@ def rnn_cell_fwd(z, h=None, relu=False):
 
 def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
     """grad_z = grad_h * act'(z) from the output h: 1 - h^2 for tanh, [h > 0] for relu."""
+    if grad_z is not None and cc.plain((h, grad_h, grad_z), h.dtype) and h.shape == grad_h.shape == grad_z.shape \
+            and h.ndim:
+        _fast("rnn_cell_bwd", h.dtype, h.shape[-1], h.size, (h, grad_h, grad_z),
+              (h, grad_h, grad_z, np.int64(h.size), np.int32(bool(relu))))
+        return grad_z
     h = _contig(h)
     grad_h = _contig(grad_h).astype(h.dtype, copy=False)
     _check("grad_h", grad_h, h.shape)
