@@ -24,6 +24,7 @@ overlap the inputs other warps read (h_prev vs h, dz_{t+1} vs dz_t).
 from __future__ import annotations
 
 import functools
+import os
 
 import cupy
 import numpy as np
@@ -365,7 +366,7 @@ def rnn_step_bwd(dz_next, w_t, grad_h, grad_out, h, grad_z, relu=False):
 # One persistent launch when a wave of blocks covers H (``PERSISTENT``), the steps separated by a grid
 # barrier; otherwise one launch per step (kernels/sequence.py).
 
-PERSISTENT = True
+PERSISTENT = os.environ.get("TAPEGRAD_PERSISTENT_LOOPS", "1") != "0"
 
 
 def _persistent_warps(H):
