@@ -188,7 +188,8 @@ def spmm_cases(rep: Report, graphs, widths, cupy, torch) -> None:
         cupy.get_default_memory_pool().free_all_blocks()
 
 
-def _setting(f, graphs: bool = True, backend: str = "cupy", fused: int | None = None, persistent: bool = True):
+def _setting(f, graphs: bool = True, backend: str = "cupy", fused: int | None = None, persistent: bool = True,
+             stage: bool = True):
     """f run with CUDA graphs on or off, the given GPU kernel backend, when given the fused-step batch limit,
     and fused loops in one persistent launch or a launch per step (all restored afterwards)."""
     from tapegrad.engine import recurrent_cuda
@@ -200,6 +201,7 @@ def _setting(f, graphs: bool = True, backend: str = "cupy", fused: int | None = 
         recurrent_cuda.set_cuda_graphs(graphs)
         registry.set_gpu_backend(backend)
         recurrent_step.PERSISTENT = persistent
+        recurrent_step.STAGE = stage
         if fused is not None:
             recurrent_cuda.set_fused_steps(fused)
         try:
@@ -208,6 +210,7 @@ def _setting(f, graphs: bool = True, backend: str = "cupy", fused: int | None = 
             recurrent_cuda.set_cuda_graphs(True)
             registry.set_gpu_backend("cupy")
             recurrent_step.PERSISTENT = True
+            recurrent_step.STAGE = True
             recurrent_cuda.set_fused_steps(limit)
     return run
 
@@ -283,6 +286,8 @@ def rnn_cases(rep: Report, sizes, cupy, torch) -> None:
                            f"tapegrad {cls.__name__} (fused, persistent)": _setting(ours, fused=1 << 30),
                            f"tapegrad {cls.__name__} (fused, launch per step)": _setting(ours, fused=1 << 30,
                                                                                       persistent=False),
+                           f"tapegrad {cls.__name__} (fused, persistent, rows not staged)": _setting(
+                               ours, fused=1 << 30, stage=False),
                            f"tapegrad {cls.__name__} (GEMM + cell steps)": _setting(ours, fused=0)}
                     if torch is not None:
                         tmodel = (torch.nn.LSTM(I, H) if kind == "lstm" else torch.nn.RNN(I, H)).cuda()

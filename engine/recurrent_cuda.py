@@ -200,12 +200,12 @@ def _address(a: Any) -> int:
 
 
 def _fused_variant(backend: str) -> Any:
-    """What else shapes a fused loop's launches: for CuPy, one persistent launch or a launch per step (a
-    graph recorded one way must not be replayed after a switch)."""
+    """What else shapes a fused loop's launches: for CuPy, one persistent launch or a launch per step, and
+    rows staged in shared memory or not (a graph recorded one way must not be replayed after a switch)."""
     if backend != "cupy":
         return None
     from ..kernels.cupy import recurrent_step
-    return recurrent_step.PERSISTENT
+    return recurrent_step.PERSISTENT, recurrent_step.STAGE
 
 
 def _device_id() -> int:

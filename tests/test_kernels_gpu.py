@@ -284,19 +284,23 @@ def test_rnn_step_matches_reference(cp, backend, B, H, relu, dtype):
                                                                         None, relu), **tol)
 
 
-@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per-step"])
+@pytest.mark.parametrize("persistent,stage", [(True, True), (True, False), (False, True)],
+                         ids=["persistent-staged", "persistent-unstaged", "per-step-staged"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B,H", [(8, 256), (19, 33), (3, 600)])
-def test_seq_kernels_match_reference(cp, backend, monkeypatch, persistent, reverse, dtype, B, H):
-    """Whole loops: one persistent launch (CuPy) or a launch per step, against the reference loop."""
+@pytest.mark.parametrize("B,H", [(8, 256), (19, 33), (3, 600), (40, 64)])
+def test_seq_kernels_match_reference(cp, backend, monkeypatch, persistent, stage, reverse, dtype, B, H):
+    """Whole loops: one persistent launch (CuPy) or a launch per step, rows staged in shared memory or
+    not (and not when they exceed it: H = 600 in float64), against the reference loop."""
     from tapegrad.kernels.cupy import recurrent_step
     monkeypatch.setattr(recurrent_step, "PERSISTENT", persistent)
+    monkeypatch.setattr(recurrent_step, "STAGE", stage)
     T = 12
     rng = np.random.default_rng(B + H + reverse)
     r = lambda *s: (rng.standard_normal(s) * 0.4).astype(dtype)  # noqa: E731
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
-    hs, cs, gates, w = r(T + 1, B, H), r(T + 1, B, H), r(T, B, 4 * H), r(4 * H, H) / np.sqrt(H)
+    hs, cs, gates = r(T + 1, B, H), r(T + 1, B, H), r(T, B, 4 * H)
+    w = (r(4 * H, H) / np.sqrt(H)).astype(dtype)
     want = [hs.copy(), cs.copy(), gates.copy()]
     ref.lstm_seq_fwd(want[0], w, want[2], want[1], reverse)
     got = [cp.asarray(a) for a in (hs, cs, gates)]
@@ -313,7 +317,7 @@ def test_seq_kernels_match_reference(cp, backend, monkeypatch, persistent, rever
         np.testing.assert_allclose(cp.asnumpy(dz), dz_want, **tol)
         np.testing.assert_allclose(cp.asnumpy(gc), gc_want, **tol)
     # the Elman RNN
-    wr, p = r(H, H) / np.sqrt(H), r(T, B, H)
+    wr, p = (r(H, H) / np.sqrt(H)).astype(dtype), r(T, B, H)
     for relu in (False, True):
         hs_want = hs.copy()
         ref.rnn_seq_fwd(hs_want, wr, p, reverse, relu)

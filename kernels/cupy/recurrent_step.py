@@ -38,6 +38,7 @@ _STEP = r"""
 typedef $T T;
 #define VEC $VEC
 #define TG_WARPS $WARPS
+#define TG_STAGE $STAGE
 
 __device__ __forceinline__ T tg_sigmoid(T v) { return T(1) / (T(1) + exp(-v)); }
 
@@ -52,8 +53,27 @@ __device__ __forceinline__ void tg_load_cg(const double* p, double (&a)[1]) { a[
 __device__ __forceinline__ void tg_load_cg(const double* p, double (&a)[2]) {
     const double2 t = __ldcg(reinterpret_cast<const double2*>(p)); a[0] = t.x; a[1] = t.y; }
 
-// <x[0:K], w[0:K]>, VEC elements per load (K % VEC == 0, both pointers aligned to VEC elements); x is
-// read through L2 (written by other blocks in a persistent loop), w through the read-only path.
+#if TG_STAGE
+// The rows a pass of the block reads (n elements of the state or gradient the previous step wrote), copied
+// once into shared memory through L2, instead of every warp fetching them from L2 in its dot products:
+// an L2 round trip per load was the latency each step paid. Every thread of the block calls it.
+__device__ __forceinline__ const T* tg_stage(const T* src, long long n, T* buf) {
+    __syncthreads();  // the block's previous readers of buf are done
+    for (long long e = (long long)threadIdx.x * VEC; e < n; e += (long long)blockDim.x * VEC) {
+        T v[VEC];
+        tg_load_cg(src + e, v);
+        tg_store<T, VEC>(buf + e, v);
+    }
+    __syncthreads();
+    return buf;
+}
+#else
+__device__ __forceinline__ const T* tg_stage(const T* src, long long, T*) { return src; }
+#endif
+
+// <x[0:K], w[0:K]>, VEC elements per load (K % VEC == 0, both pointers aligned to VEC elements); x comes
+// from shared memory when staged, else through L2 (other blocks write it in a persistent loop); w comes
+// through the read-only path.
 __device__ __forceinline__ T tg_dot(const T* x, const T* __restrict__ w, int K) {
     T acc[VEC];
 #pragma unroll
@@ -61,7 +81,11 @@ __device__ __forceinline__ T tg_dot(const T* x, const T* __restrict__ w, int K) 
 #pragma unroll 4
     for (int k = 0; k < K; k += VEC) {
         T xv[VEC], wv[VEC];
+#if TG_STAGE
+        tg_load<T, VEC>(x + k, xv);
+#else
         tg_load_cg(x + k, xv);
+#endif
         tg_load<T, VEC>(w + k, wv);
 #pragma unroll
         for (int q = 0; q < VEC; ++q) acc[q] += xv[q] * wv[q];
@@ -97,6 +121,8 @@ extern "C" __global__ void tapegrad_lstm_seq_fwd_$SFX(
         const T* h_prev, const T* __restrict__ w, T* z, const T* c_prev, T* c, T* h,
         int B, int H, int n_steps, long long hstep, long long zstep, unsigned int* count) {
     __shared__ T pre[TG_WARPS][32];
+    extern __shared__ __align__(16) unsigned char tg_smem[];  // [8, H] when staged
+    T* xs = reinterpret_cast<T*>(tg_smem);
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const int j = blockIdx.x * TG_WARPS + wid;
     const int g = lane >> 3, r = lane & 7;
@@ -108,11 +134,12 @@ extern "C" __global__ void tapegrad_lstm_seq_fwd_$SFX(
         T* zs = z + s * zstep;
         T* cs = c + s * hstep;
         T* hs = h + s * hstep;
-        if (j < H) {  // j is uniform across a warp; the warp still joins the grid barrier
-            for (int b0 = 0; b0 < B; b0 += 8) {
+        for (int b0 = 0; b0 < B; b0 += 8) {  // the same passes in every thread: tg_stage syncs the block
+            const T* xb = tg_stage(hp + (long long)b0 * H, (long long)min(8, B - b0) * H, xs);
+            if (j < H) {  // j is uniform across a warp; the warp still joins the grid barrier
                 const int b = b0 + r;
                 T v = T(0);
-                if (b < B) v = zs[b * G + (long long)g * H + j] + tg_dot(hp + (long long)b * H, wrow, H);
+                if (b < B) v = zs[b * G + (long long)g * H + j] + tg_dot(xb + (long long)r * H, wrow, H);
                 pre[wid][lane] = v;
                 __syncwarp();
                 if (g == 0 && b < B) {
@@ -145,6 +172,8 @@ extern "C" __global__ void tapegrad_lstm_seq_bwd_$SFX(
         int B, int H, int has_next, int has_out, int n_steps, long long hstep, long long zstep,
         unsigned int* count) {
     __shared__ T part[TG_WARPS][32];
+    extern __shared__ __align__(16) unsigned char tg_smem[];  // [8, 4H] when staged
+    T* xs = reinterpret_cast<T*>(tg_smem);
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const int j = blockIdx.x * TG_WARPS + wid;
     const int q = lane >> 3, r = lane & 7;
@@ -158,11 +187,12 @@ extern "C" __global__ void tapegrad_lstm_seq_bwd_$SFX(
         const T* cp = c_prev + s * hstep;
         const T* cv = c + s * hstep;
         T* gz = grad_z + s * zstep;
-        if (j < H) {
-            for (int b0 = 0; b0 < B; b0 += 8) {
+        for (int b0 = 0; b0 < B; b0 += 8) {
+            const T* xb = tg_stage(dzn + b0 * G, min(8, B - b0) * G, xs);
+            if (j < H) {
                 const int b = b0 + r;
                 T v = T(0);
-                if (next && b < B) v = tg_dot(dzn + b * G + (long long)q * H, wrow, H);
+                if (next && b < B) v = tg_dot(xb + r * G + (long long)q * H, wrow, H);
                 part[wid][lane] = v;
                 __syncwarp();
                 if (q == 0 && b < B) {
@@ -192,6 +222,8 @@ extern "C" __global__ void tapegrad_lstm_seq_bwd_$SFX(
 extern "C" __global__ void tapegrad_rnn_seq_fwd_$SFX(
         const T* h_prev, const T* __restrict__ w, const T* p, T* h, int B, int H, int relu,
         int n_steps, long long hstep, unsigned int* count) {
+    extern __shared__ __align__(16) unsigned char tg_smem[];  // [32, H] when staged
+    T* xs = reinterpret_cast<T*>(tg_smem);
     const int lane = threadIdx.x & 31;
     const int j = blockIdx.x * TG_WARPS + (threadIdx.x >> 5);
     const T* wrow = w + (long long)j * H;
@@ -199,10 +231,12 @@ extern "C" __global__ void tapegrad_rnn_seq_fwd_$SFX(
         const T* hp = h_prev + s * hstep;
         const T* ps = p + s * hstep;
         T* hs = h + s * hstep;
-        if (j < H) {
-            for (int b = lane; b < B; b += 32) {
+        for (int b0 = 0; b0 < B; b0 += 32) {
+            const T* xb = tg_stage(hp + (long long)b0 * H, (long long)min(32, B - b0) * H, xs);
+            const int b = b0 + lane;
+            if (j < H && b < B) {
                 const long long e = (long long)b * H + j;
-                const T v = ps[e] + tg_dot(hp + (long long)b * H, wrow, H);
+                const T v = ps[e] + tg_dot(xb + (long long)lane * H, wrow, H);
                 hs[e] = relu ? (v < T(0) ? T(0) : v) : tanh(v);
             }
         }
@@ -215,6 +249,8 @@ extern "C" __global__ void tapegrad_rnn_seq_bwd_$SFX(
         const T* dz_next, const T* __restrict__ w_t, const T* grad_h, const T* grad_out,
         const T* h, T* grad_z, int B, int H, int has_next, int has_out, int relu,
         int n_steps, long long hstep, unsigned int* count) {
+    extern __shared__ __align__(16) unsigned char tg_smem[];  // [32, H] when staged
+    T* xs = reinterpret_cast<T*>(tg_smem);
     const int lane = threadIdx.x & 31;
     const int j = blockIdx.x * TG_WARPS + (threadIdx.x >> 5);
     const T* wrow = w_t + (long long)j * H;
@@ -224,10 +260,12 @@ extern "C" __global__ void tapegrad_rnn_seq_bwd_$SFX(
         const T* go = grad_out + s * hstep;
         const T* hv_s = h + s * hstep;
         T* gz = grad_z + s * hstep;
-        if (j < H) {
-            for (int b = lane; b < B; b += 32) {
+        for (int b0 = 0; b0 < B; b0 += 32) {
+            const T* xb = tg_stage(dzn + (long long)b0 * H, (long long)min(32, B - b0) * H, xs);
+            const int b = b0 + lane;
+            if (j < H && b < B) {
                 const long long e = (long long)b * H + j;
-                T gh = next ? tg_dot(dzn + (long long)b * H, wrow, H) : grad_h[e];
+                T gh = next ? tg_dot(xb + (long long)lane * H, wrow, H) : grad_h[e];
                 if (has_out) gh += go[e];
                 const T hv = hv_s[e];
                 gz[e] = relu ? (hv > T(0) ? gh : T(0) * gh) : gh * (T(1) - hv * hv);
@@ -241,9 +279,15 @@ extern "C" __global__ void tapegrad_rnn_seq_bwd_$SFX(
 
 
 @functools.cache
-def _source(dtype, vec, warps):
-    sfx = f"{cc.suffix(dtype)}_v{vec}_w{warps}"
-    return cc.render(_STEP, T=cc.ctype(dtype), VEC=vec, WARPS=warps, SFX=sfx), sfx
+def _source(dtype, vec, warps, stage):
+    sfx = f"{cc.suffix(dtype)}_v{vec}_w{warps}_s{int(stage)}"
+    return cc.render(_STEP, T=cc.ctype(dtype), VEC=vec, WARPS=warps, STAGE=int(stage), SFX=sfx), sfx
+
+
+# Stage each pass's rows of the state (or gradient) in shared memory; off, or past this many bytes (the
+# default dynamic shared memory a block may have without opting in), warps read them through L2.
+STAGE = os.environ.get("TAPEGRAD_STAGE_ROWS", "1") != "0"
+STAGE_MAX_BYTES = 48 * 1024
 
 
 _counters: dict = {}
@@ -273,12 +317,17 @@ def _warps_for_one_wave(H: int):
     return warps if warps <= 32 else None
 
 
-def _launch(name, dtype, H, vectorised, args, warps=None):
-    """Launch ``name`` with one warp per hidden unit; ``vectorised`` are the arrays read by vector loads."""
+def _launch(name, dtype, H, vectorised, args, warps=None, staged=0):
+    """Launch ``name`` with one warp per hidden unit; ``vectorised`` are the arrays read by vector loads,
+    ``staged`` the elements of one pass's rows that the block may copy to shared memory."""
+    dtype = np.dtype(dtype)
     vec = cc.vec_width(dtype, H, *vectorised)
     warps = int(WARPS) if warps is None else warps
-    source, sfx = _source(np.dtype(dtype), vec, warps)
-    cc.kernel(source, f"tapegrad_{name}_{sfx}")((-(-H // warps),), (32 * warps,), args)
+    smem = staged * dtype.itemsize
+    stage = bool(STAGE) and 0 < smem <= STAGE_MAX_BYTES
+    source, sfx = _source(dtype, vec, warps, stage)
+    cc.kernel(source, f"tapegrad_{name}_{sfx}")((-(-H // warps),), (32 * warps,), args,
+                                                  shared_mem=smem if stage else 0)
 
 
 def _arrays(names_arrays, dtype, shapes):
@@ -302,7 +351,8 @@ def lstm_step_fwd(h_prev, w_hh, z, c_prev, c, h):
             ((B, H), (4 * H, H), (B, 4 * H), (B, H), (B, H), (B, H)))
     if B and H:
         _launch("lstm_seq_fwd", dtype, H, (h_prev, w_hh),
-                (h_prev, w_hh, z, c_prev, c, h, np.int32(B), np.int32(H), _ONE, _NO_STRIDE, _NO_STRIDE, h))
+                (h_prev, w_hh, z, c_prev, c, h, np.int32(B), np.int32(H), _ONE, _NO_STRIDE, _NO_STRIDE, h),
+                staged=8 * H)
     return z, c, h
 
 
@@ -328,8 +378,8 @@ def lstm_step_bwd(dz_next, w_t, grad_h, grad_out, gates, c_prev, c, grad_c, grad
         first = dz_next if has_next else grad_z  # a placeholder pointer the kernel does not read
         _launch("lstm_seq_bwd", dtype, H, (first, w_t),
                 (first, w_t, grad_z if has_next else grad_h, grad_out if has_out else grad_z, gates, c_prev,
-                 c, grad_c, grad_z, np.int32(B), np.int32(H), np.int32(has_next), np.int32(has_out), _ONE, _NO_STRIDE, _NO_STRIDE,
-                 grad_c))
+                 c, grad_c, grad_z, np.int32(B), np.int32(H), np.int32(has_next), np.int32(has_out), _ONE, _NO_STRIDE,
+                 _NO_STRIDE, grad_c), staged=32 * H)
     return grad_z, grad_c
 
 
@@ -340,7 +390,7 @@ def rnn_step_fwd(h_prev, w_hh, p, h, relu=False):
     _arrays((("h_prev", h_prev), ("w_hh", w_hh), ("p", p), ("h", h)), dtype, ((B, H), (H, H), (B, H), (B, H)))
     if B and H:
         _launch("rnn_seq_fwd", dtype, H, (h_prev, w_hh),
-                (h_prev, w_hh, p, h, np.int32(B), np.int32(H), np.int32(bool(relu)), _ONE, _NO_STRIDE, h))
+                (h_prev, w_hh, p, h, np.int32(B), np.int32(H), np.int32(bool(relu)), _ONE, _NO_STRIDE, h), staged=32 * H)
     return h
 
 
@@ -358,7 +408,7 @@ def rnn_step_bwd(dz_next, w_t, grad_h, grad_out, h, grad_z, relu=False):
         _launch("rnn_seq_bwd", dtype, H, (first, w_t),
                 (first, w_t, grad_z if has_next else grad_h, grad_out if has_out else grad_z, h, grad_z,
                  np.int32(B), np.int32(H), np.int32(has_next), np.int32(has_out), np.int32(bool(relu)), _ONE, _NO_STRIDE,
-                 grad_z))
+                 grad_z), staged=32 * H)
     return grad_z
 
 
@@ -395,7 +445,7 @@ def lstm_seq_fwd(hs, w_hh, gates, cs, reverse=False):
         hstep, zstep = (-B * H, -B * G) if reverse else (B * H, B * G)
         _launch("lstm_seq_fwd", dtype, H, (hs, w_hh),
                 (hs[t0 + 1 - a], w_hh, gates[t0], cs[t0 + 1 - a], cs[t0 + a], hs[t0 + a], np.int32(B), np.int32(H),
-                 np.int32(T), np.int64(hstep), np.int64(zstep), _counter()), warps)
+                 np.int32(T), np.int64(hstep), np.int64(zstep), _counter()), warps, staged=8 * H)
 
 
 def lstm_seq_bwd(dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse=False):
@@ -420,7 +470,7 @@ def lstm_seq_bwd(dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse=False):
         _launch("lstm_seq_bwd", dtype, H, (dz, w_t),
                 (dz[t0], w_t, grad_h, go, gates[t0], cs[t0 + 1 - a], cs[t0 + a], grad_c, dz[t0], np.int32(B),
                  np.int32(H), np.int32(0), np.int32(grad_out is not None), np.int32(T), np.int64(hstep),
-                 np.int64(zstep), _counter()), warps)
+                 np.int64(zstep), _counter()), warps, staged=32 * H)
 
 
 def rnn_seq_fwd(hs, w_hh, p, reverse=False, relu=False):
@@ -437,7 +487,7 @@ def rnn_seq_fwd(hs, w_hh, p, reverse=False, relu=False):
         t0, hstep = _ends(T, reverse, B * H)
         _launch("rnn_seq_fwd", dtype, H, (hs, w_hh),
                 (hs[t0 + 1 - a], w_hh, p[t0], hs[t0 + a], np.int32(B), np.int32(H), np.int32(bool(relu)),
-                 np.int32(T), np.int64(hstep), _counter()), warps)
+                 np.int32(T), np.int64(hstep), _counter()), warps, staged=32 * H)
 
 
 def rnn_seq_bwd(dz, w_t, grad_h, grad_out, hs, reverse=False, relu=False):
@@ -458,4 +508,4 @@ def rnn_seq_bwd(dz, w_t, grad_h, grad_out, hs, reverse=False, relu=False):
         _launch("rnn_seq_bwd", dtype, H, (dz, w_t),
                 (dz[t0], w_t, grad_h, go, hs[t0 + a], dz[t0], np.int32(B), np.int32(H), np.int32(0),
                  np.int32(grad_out is not None), np.int32(bool(relu)), np.int32(T), np.int64(hstep), _counter()),
-                warps)
+                warps, staged=32 * H)
