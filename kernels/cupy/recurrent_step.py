@@ -444,8 +444,8 @@ def lstm_seq_fwd(hs, w_hh, gates, cs, reverse=False):
         return seq.lstm_seq_fwd(lstm_step_fwd, hs, w_hh, gates, cs, reverse)
     if B and H:
         a = 0 if reverse else 1
-        t0, _ = _ends(T, reverse, 1)
-        hstep, zstep = (-B * H, -B * G) if reverse else (B * H, B * G)
+        t0, hstep = _ends(T, reverse, B * H)
+        zstep = 4 * hstep  # a step's gates are 4H wide
         _launch("lstm_seq_fwd", dtype, H, (hs, w_hh),
                 (hs[t0 + 1 - a], w_hh, gates[t0], cs[t0 + 1 - a], cs[t0 + a], hs[t0 + a], np.int32(B), np.int32(H),
                  np.int32(T), np.int64(hstep), np.int64(zstep), _counter()), warps, staged=8 * H)
@@ -467,8 +467,8 @@ def lstm_seq_bwd(dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse=False):
         return seq.lstm_seq_bwd(lstm_step_bwd, dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse)
     if B and H:
         a = 0 if reverse else 1
-        t0, _ = _ends(T, not reverse, 1)  # the backward starts at the forward's last step
-        hstep, zstep = (B * H, B * G) if reverse else (-B * H, -B * G)
+        t0, hstep = _ends(T, not reverse, B * H)  # the backward starts at the forward's last step
+        zstep = 4 * hstep
         go = grad_out[t0] if grad_out is not None else dz[t0]
         _launch("lstm_seq_bwd", dtype, H, (dz, w_t),
                 (dz[t0], w_t, grad_h, go, gates[t0], cs[t0 + 1 - a], cs[t0 + a], grad_c, dz[t0], np.int32(B),
