@@ -24,7 +24,7 @@ Cases:
   optimiser) and inference (forward under no_grad) of tapegrad's layers on 'cuda' against torch.nn.LSTM
   / RNN with cuDNN, same weights, outputs compared first; ours as configured by default, without CUDA
   graphs, with the numba-cuda kernels, and with fused steps forced on (one persistent launch per loop,
-  or a launch per step) and off at every batch size.
+  tiled or warp per unit, or a launch per step) and off at every batch size.
 * ``gcn/epoch/cora``: a GCN training epoch (the model of apps/gcn.py, dense row-normalised features)
   against PyG's GCNConv on the GPU.
 * ``launch/...``: host time per call (no synchronisation inside the timed loop) on a tiny input, for
@@ -189,12 +189,13 @@ def spmm_cases(rep: Report, graphs, widths, cupy, torch) -> None:
 
 
 def _setting(f, graphs: bool = True, backend: str = "cupy", fused: int | None = None, persistent: bool = True,
-             stage: bool = True):
+             stage: bool = True, tiled: bool = True):
     """f run with CUDA graphs on or off, the given GPU kernel backend, when given the fused-step batch limit,
-    and fused loops in one persistent launch or a launch per step (all restored afterwards)."""
+    fused loops in one persistent launch or a launch per step, and the tiled persistent loops on or off
+    (all restored afterwards)."""
     from tapegrad.engine import recurrent_cuda
     from tapegrad.kernels import registry
-    from tapegrad.kernels.cupy import recurrent_step
+    from tapegrad.kernels.cupy import recurrent_step, recurrent_tiled
 
     def run():
         limit = recurrent_cuda.fused_steps_max_batch()
@@ -202,6 +203,7 @@ def _setting(f, graphs: bool = True, backend: str = "cupy", fused: int | None = 
         registry.set_gpu_backend(backend)
         recurrent_step.PERSISTENT = persistent
         recurrent_step.STAGE = stage
+        recurrent_tiled.ENABLED = tiled
         if fused is not None:
             recurrent_cuda.set_fused_steps(fused)
         try:
@@ -211,6 +213,7 @@ def _setting(f, graphs: bool = True, backend: str = "cupy", fused: int | None = 
             registry.set_gpu_backend("cupy")
             recurrent_step.PERSISTENT = True
             recurrent_step.STAGE = True
+            recurrent_tiled.ENABLED = True
             recurrent_cuda.set_fused_steps(limit)
     return run
 
@@ -284,10 +287,10 @@ def rnn_cases(rep: Report, sizes, cupy, torch) -> None:
                            f"tapegrad {cls.__name__} (no CUDA graphs)": _setting(ours, graphs=False),
                            f"tapegrad {cls.__name__} (numba-cuda kernels)": _setting(ours, backend="numba-cuda"),
                            f"tapegrad {cls.__name__} (fused, persistent)": _setting(ours, fused=1 << 30),
+                           f"tapegrad {cls.__name__} (fused, persistent, warp per unit)": _setting(
+                               ours, fused=1 << 30, tiled=False),
                            f"tapegrad {cls.__name__} (fused, launch per step)": _setting(ours, fused=1 << 30,
                                                                                       persistent=False),
-                           f"tapegrad {cls.__name__} (fused, persistent, rows not staged)": _setting(
-                               ours, fused=1 << 30, stage=False),
                            f"tapegrad {cls.__name__} (GEMM + cell steps)": _setting(ours, fused=0)}
                     if torch is not None:
                         tmodel = (torch.nn.LSTM(I, H) if kind == "lstm" else torch.nn.RNN(I, H)).cuda()

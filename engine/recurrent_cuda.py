@@ -25,15 +25,16 @@ slot, as the layers of a stacked LSTM do. What the caller gets back is always a 
 memory. At most ``MAX_SLOTS`` slots are kept, least recently used dropped first; past that a call
 runs eagerly from buffers of its own.
 
-Fused steps: up to a batch of ``fused_steps_max_batch()`` rows (and without padding), the loop is one
-``lstm_seq_fwd`` / ``rnn_seq_fwd`` kernel call and the backward one ``*_seq_bwd``. Their steps fuse the
-recurrent GEMM with the cell (backward: the GEMM of the step after it, the output's gradient and the
-cell's backward), and the CuPy backend runs all steps in one persistent launch with a grid barrier
-between them (one launch per step where H is too large for one wave of blocks), instead of two
-launches per step forward and three backward. A replayed graph pays the GPU a few microseconds
-per node whatever its work, so at small batches the node count is the cost; at large batches cuBLAS-like
-tiling wins. ``set_fused_steps(max_batch)`` (or ``TAPEGRAD_FUSED_STEPS_MAX_BATCH``) moves the crossover; 0
-switches fused steps off.
+Fused steps: without padding, up to a batch of ``fused_steps_max_batch()`` rows, and at any batch the
+CuPy backend's tiled loops cover (kernels/cupy/recurrent_tiled.py), the loop is one ``lstm_seq_fwd`` /
+``rnn_seq_fwd`` kernel call and the backward one ``*_seq_bwd``. Their steps fuse the recurrent GEMM
+with the cell (backward: the GEMM of the step after it, the output's gradient and the cell's backward),
+and the CuPy backend runs all steps in one persistent launch with a grid barrier between them, instead
+of two launches per step forward and three backward. A replayed graph pays the GPU a few microseconds
+per node whatever its work. The tiled loops keep W_hh in registers and split the batch across blocks;
+where no tiling fits (H or B too large for one wave of blocks) the warp-per-unit loops only win at
+small batches, and GEMM + cell steps take larger ones. ``set_fused_steps(max_batch)`` (or
+``TAPEGRAD_FUSED_STEPS_MAX_BATCH``) moves that crossover; 0 switches fused steps off.
 
 ``set_cuda_graphs(False)`` (or ``TAPEGRAD_CUDA_GRAPHS=0`` in the environment) runs the same loops
 eagerly. A capture that fails (something in the loop that cannot be captured, or an allocation during
@@ -200,12 +201,27 @@ def _address(a: Any) -> int:
 
 
 def _fused_variant(backend: str) -> Any:
-    """What else shapes a fused loop's launches: for CuPy, one persistent launch or a launch per step, and
-    rows staged in shared memory or not (a graph recorded one way must not be replayed after a switch)."""
+    """What else shapes a fused loop's launches: for CuPy, one persistent launch or a launch per step, rows
+    staged in shared memory or not, tiled loops on or off (a graph recorded one way must not be replayed
+    after a switch)."""
     if backend != "cupy":
         return None
+    from ..kernels.cupy import recurrent_step, recurrent_tiled
+    return recurrent_step.PERSISTENT, recurrent_step.STAGE, recurrent_tiled.ENABLED
+
+
+def _fused(kind: str, backend: str, B: int, H: int, dtype: Any) -> bool:
+    """Whether an unpadded batch of B rows runs fused loops: up to ``fused_steps_max_batch()`` rows on any
+    backend, and past it where CuPy's tiled persistent loops cover the shape (kernels/cupy/recurrent_tiled.py:
+    a block per (units, rows) tile, W_hh in registers), which beat GEMM + cell steps at larger batches."""
+    if B <= 0 or _fused_max_batch <= 0:
+        return False
+    if B <= _fused_max_batch:
+        return True
+    if backend != "cupy":
+        return False
     from ..kernels.cupy import recurrent_step
-    return recurrent_step.PERSISTENT, recurrent_step.STAGE
+    return recurrent_step.tiled_loops(4 if kind == "lstm" else 1, B, H, dtype)
 
 
 def _device_id() -> int:
@@ -236,7 +252,7 @@ class _Run:
         self.batches = None if lens is None else _Batches(lens, self.T, xp, self.dtype)
         self.active = None if self.batches is None else tuple(self.batches.active)
         # padded batches keep the GEMM + cell steps: their finished rows carry dh through unchanged
-        self.fused = self.batches is None and 0 < self.B <= _fused_max_batch
+        self.fused = self.batches is None and _fused(kind, self.backend, self.B, self.H, self.dtype)
         self.w_hh = w_hh
         w_in_place, w_ptr = _weights(w_hh)
         T, B, H, dtype, need_grad = self.T, self.B, self.H, self.dtype, self.need_grad

@@ -284,17 +284,24 @@ def test_rnn_step_matches_reference(cp, backend, B, H, relu, dtype):
                                                                         None, relu), **tol)
 
 
-@pytest.mark.parametrize("persistent,stage", [(True, True), (True, False), (False, True)],
-                         ids=["persistent-staged", "persistent-unstaged", "per-step-staged"])
+@pytest.mark.parametrize("persistent,stage,tiled", [(True, True, True), (True, True, False), (True, False, False),
+                                                    (False, True, False)],
+                         ids=["tiled", "persistent-staged", "persistent-unstaged", "per-step-staged"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B,H", [(8, 256), (19, 33), (3, 600), (40, 64)])
-def test_seq_kernels_match_reference(cp, backend, monkeypatch, persistent, stage, reverse, dtype, B, H):
-    """Whole loops: one persistent launch (CuPy) or a launch per step, rows staged in shared memory or
-    not (and not when they exceed it: H = 600 in float64), against the reference loop."""
-    from tapegrad.kernels.cupy import recurrent_step
+@pytest.mark.parametrize("B,H", [(8, 256), (19, 33), (3, 600), (40, 64), (64, 256), (5, 12), (9, 40), (13, 100)])
+def test_seq_kernels_match_reference(cp, backend, monkeypatch, persistent, stage, tiled, reverse, dtype, B, H):
+    """Whole loops: tiled persistent loops (CuPy, where a tiling fits), warp-per-unit persistent loops,
+    or a launch per step, rows staged in shared memory or not (and not when they exceed it: H = 600 in
+    float64), against the reference loop."""
+    from tapegrad.kernels.cupy import recurrent_step, recurrent_tiled
     monkeypatch.setattr(recurrent_step, "PERSISTENT", persistent)
     monkeypatch.setattr(recurrent_step, "STAGE", stage)
+    monkeypatch.setattr(recurrent_tiled, "ENABLED", tiled)
+    if backend == "cupy" and tiled and dtype == np.float32 and (B, H) in ((8, 256), (64, 256), (13, 100)):
+        # the shapes of the benchmarks take the tiled kernels (on any GPU of at least 32 SMs)
+        assert recurrent_step.tiled_loops(4, B, H, dtype)
+        assert recurrent_step.tiled_loops(1, B, H, dtype) == (H == 256)
     T = 12
     rng = np.random.default_rng(B + H + reverse)
     r = lambda *s: (rng.standard_normal(s) * 0.4).astype(dtype)  # noqa: E731

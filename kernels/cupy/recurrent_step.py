@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import sequence as seq
 from . import _compile as cc
+from . import recurrent_tiled as tiled
 
 WARPS = 4  # warps (hidden units) per block
 
@@ -426,6 +427,13 @@ def _persistent_warps(H):
     return _warps_for_one_wave(H) if PERSISTENT else None
 
 
+def tiled_loops(ng: int, B: int, H: int, dtype) -> bool:
+    """Whether a loop with ``ng`` gates (4: LSTM, 1: Elman) over B rows of H units runs as the tiled
+    persistent kernel (kernels/cupy/recurrent_tiled.py) rather than the warp-per-unit one."""
+    return PERSISTENT and tiled.fits(ng, B, H, dtype)
+
+
+
 def _ends(T, reverse, rows_per_step):
     """(index of the first step's row, stride between steps in elements)."""
     return (T - 1, -rows_per_step) if reverse else (0, rows_per_step)
@@ -439,6 +447,13 @@ def lstm_seq_fwd(hs, w_hh, gates, cs, reverse=False):
     dtype = gates.dtype
     _arrays((("hs", hs), ("w_hh", w_hh), ("gates", gates), ("cs", cs)), dtype,
             ((T + 1, B, H), (4 * H, H), (T, B, 4 * H), (T + 1, B, H)))
+    if T and tiled_loops(4, B, H, dtype):
+        a = 0 if reverse else 1
+        t0, hstep = _ends(T, reverse, B * H)
+        tiled.launch("fwd", 4, B, H, dtype,
+                     (hs[t0 + 1 - a], w_hh, gates[t0], cs[t0 + 1 - a], cs[t0 + a], hs[t0 + a], np.int32(B),
+                      np.int32(0), np.int32(T), np.int64(hstep), np.int64(4 * hstep), _counter()))
+        return
     warps = _persistent_warps(H)
     if warps is None or T < 2:
         return seq.lstm_seq_fwd(lstm_step_fwd, hs, w_hh, gates, cs, reverse)
@@ -462,6 +477,15 @@ def lstm_seq_bwd(dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse=False):
     if grad_out is not None:
         checks.append(("grad_out", grad_out, (T, B, H)))
     _arrays([(n, a) for n, a, _ in checks], dtype, [s for _, _, s in checks])
+    if T and tiled_loops(4, B, H, dtype):
+        a = 0 if reverse else 1
+        t0, hstep = _ends(T, not reverse, B * H)
+        go = grad_out[t0] if grad_out is not None else dz[t0]
+        tiled.launch("bwd", 4, B, H, dtype,
+                     (dz[t0], w_t, grad_h, go, gates[t0], cs[t0 + 1 - a], cs[t0 + a], grad_c, dz[t0], np.int32(B),
+                      np.int32(0), np.int32(grad_out is not None), np.int32(0), np.int32(T), np.int64(hstep),
+                      np.int64(4 * hstep), _counter()))
+        return
     warps = _persistent_warps(H)
     if warps is None or T < 2:
         return seq.lstm_seq_bwd(lstm_step_bwd, dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse)
@@ -482,6 +506,13 @@ def rnn_seq_fwd(hs, w_hh, p, reverse=False, relu=False):
     T, B, H = p.shape
     dtype = p.dtype
     _arrays((("hs", hs), ("w_hh", w_hh), ("p", p)), dtype, ((T + 1, B, H), (H, H), (T, B, H)))
+    if T and tiled_loops(1, B, H, dtype):
+        a = 0 if reverse else 1
+        t0, hstep = _ends(T, reverse, B * H)
+        tiled.launch("fwd", 1, B, H, dtype,
+                     (hs[t0 + 1 - a], w_hh, p[t0], p[t0], hs[t0 + a], hs[t0 + a], np.int32(B),
+                      np.int32(bool(relu)), np.int32(T), np.int64(hstep), np.int64(hstep), _counter()))
+        return  # (the RNN reads no cell state: c_prev and c are placeholders)
     warps = _persistent_warps(H)
     if warps is None or T < 2:
         return seq.rnn_seq_fwd(rnn_step_fwd, hs, w_hh, p, reverse, relu)
@@ -501,6 +532,15 @@ def rnn_seq_bwd(dz, w_t, grad_h, grad_out, hs, reverse=False, relu=False):
     if grad_out is not None:
         checks.append(("grad_out", grad_out, (T, B, H)))
     _arrays([(n, a) for n, a, _ in checks], dtype, [s for _, _, s in checks])
+    if T and tiled_loops(1, B, H, dtype):
+        a = 0 if reverse else 1
+        t0, hstep = _ends(T, not reverse, B * H)
+        go = grad_out[t0] if grad_out is not None else dz[t0]
+        tiled.launch("bwd", 1, B, H, dtype,
+                     (dz[t0], w_t, grad_h, go, hs[t0 + a], dz[t0], dz[t0], dz[t0], dz[t0], np.int32(B), np.int32(0),
+                      np.int32(grad_out is not None), np.int32(bool(relu)), np.int32(T), np.int64(hstep),
+                      np.int64(hstep), _counter()))
+        return  # (h_t takes the gates' place; c_prev, c and grad_c are placeholders the RNN does not read)
     warps = _persistent_warps(H)
     if warps is None or T < 2:
         return seq.rnn_seq_bwd(rnn_step_bwd, dz, w_t, grad_h, grad_out, hs, reverse, relu)
