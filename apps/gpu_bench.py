@@ -185,6 +185,8 @@ def spmm_cases(rep: Report, graphs, widths, cupy, torch) -> None:
                 except Exception as e:
                     rep.error(name, e)
         del sp_A, sp_At, t_A, t_At, At, ip, ix, dv
+        from tapegrad.kernels.cupy import sparse as cupy_sparse
+        cupy_sparse.release_scratch()  # its carry pieces for the largest graph and width
         cupy.get_default_memory_pool().free_all_blocks()
 
 

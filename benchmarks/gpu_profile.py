@@ -3,8 +3,9 @@
     python benchmarks/gpu_profile.py [--data-dir DIR] > gpu_profile.txt
 
 Profiles (each after a warm-up): GCN training epochs on Cora, LSTM training steps (T=50, B=64, I=128,
-H=256), and single kernel launches of each GPU backend (numba-cuda's launch path is the one to read).
-The GPU work itself is not in these numbers; the host time per call is.
+H=256), LSTM and RNN inference at B=8, and single kernel launches of each GPU backend (numba-cuda's
+launch path is the one to read). Each first prints the host time per call without the profiler (no
+synchronisation inside the timed calls) and with the device's time (synchronised at the end).
 """
 from __future__ import annotations
 
@@ -25,6 +26,14 @@ def _profile(label: str, fn, calls: int, sync) -> None:
     for _ in range(3):
         fn()
     sync()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - t0) / calls  # no synchronisation inside: the host's own time per call
+    sync()
+    device = (time.perf_counter() - t0) / calls
+    print(f"==== {label}: host {host * 1e3:.3f} ms per call, host and device {device * 1e3:.3f} ms per call "
+          "(no profiler)")
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
@@ -79,8 +88,16 @@ def main() -> None:
             out, _ = lstm(xs)
             out.sum().backward()
         _profile("LSTM training step T50 B64 I128 H256, cuda", step, 10, sync)
+        for cls in (tg.LSTM, tg.RNN):
+            m = cls(128, 256, device="cuda")
+            x8 = tg.tensor(np.random.default_rng(0).standard_normal((50, 8, 128), dtype=np.float32), device="cuda")
+
+            def infer(m=m, x8=x8):
+                with tg.no_grad():
+                    m(x8)
+            _profile(f"{cls.__name__} inference T50 B8 I128 H256, cuda", infer, 20, sync)
     except Exception as e:
-        print(f"LSTM step: {type(e).__name__}: {e}")
+        print(f"LSTM / RNN: {type(e).__name__}: {e}")
 
     z = cupy.ones((8, 128), cupy.float32)
     c = cupy.zeros((8, 32), cupy.float32)

@@ -94,6 +94,38 @@ def test_spmm_is_bitwise_deterministic_and_fills_out(cp, backend):
     assert cp.asnumpy(y1).tobytes() == cp.asnumpy(out).tobytes()
 
 
+@pytest.mark.parametrize("segment", [1, 3, 8, 128])
+def test_spmm_zeroes_empty_rows_anywhere_and_joins_rows_cut_by_segments(cp, backend, monkeypatch, segment):
+    """Empty rows first, last, in runs, and where a segment starts; rows cut by many segment edges; no
+    stored entries at all. ``out`` starts as NaN, so a row left unwritten fails. The CuPy kernel's
+    tickets are back at zero after every call."""
+    import scipy.sparse as sp
+    from tapegrad.kernels.cupy import sparse as cupy_sparse
+    pkg = "cupy" if backend == "cupy" else "cuda"
+    import importlib
+    monkeypatch.setattr(importlib.import_module(f"tapegrad.kernels.{pkg}.sparse"), "SPMM_SEGMENT", segment)
+    rng = np.random.default_rng(segment)
+    for trial in range(12):
+        n_rows, n_cols, F = int(rng.integers(1, 60)), int(rng.integers(1, 50)), int(rng.choice([1, 5, 8, 33]))
+        A = sp.random(n_rows, n_cols, density=float(rng.choice([0.0, 0.05, 0.3])), format="lil",
+                      random_state=int(rng.integers(1 << 30)))
+        A[0, :] = 0
+        A[n_rows - 1, :] = 0
+        if n_rows > 4:
+            A[n_rows // 2, :] = rng.random(n_cols) + 0.5  # a row across several segments
+            A[1:3, :] = 0
+        A = A.tocsr()
+        A.eliminate_zeros()
+        A.sort_indices()
+        x = rng.standard_normal((n_cols, F))
+        out = cp.full((n_rows, F), cp.nan)
+        y = _kernel("spmm", backend)(*_to(cp, A.indptr, A.indices, A.data, x), out)
+        assert y is out
+        np.testing.assert_allclose(cp.asnumpy(y), A @ x, rtol=1e-12, atol=1e-12, err_msg=f"trial {trial}")
+        if backend == "cupy":
+            assert all(not bool(t.any()) for _, t in cupy_sparse._SPMM_SCRATCH.values())
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("F", [1, 7, 64, 130])
 def test_sddmm_matches_reference_on_power_law_graph(cp, backend, F, dtype):

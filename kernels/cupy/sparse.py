@@ -6,10 +6,11 @@ inputs are copied to the device) and results are cupy arrays. The algorithms are
 features at a time when the feature width allows it, and reductions use warp shuffles:
 
 * spmm: the stored entries are cut into segments of ``SPMM_SEGMENT``; a group of lanes (a warp, or
-  fewer for narrow X) walks one segment for one tile of features, writing rows that end inside it and
-  leaving the pieces of rows cut by segment edges to a fix-up pass that adds them in segment order.
-  Short rows share a warp, power-law rows are split, and nothing uses atomics: results are bitwise
-  reproducible. The fix-up pass also zeroes empty rows, so a call is two launches.
+  fewer for narrow X) walks one segment for one tile of features, writing rows that lie inside it and
+  leaving a piece of each row cut by segment edges in a scratch buffer; the group that writes a row's
+  last piece (an atomic ticket says which) adds the pieces in segment order. Short rows share a warp,
+  power-law rows are split, no value is accumulated atomically, and results are bitwise reproducible.
+  Empty rows are zeroed by the segment their row pointer falls in, so a call is one launch.
 * sddmm: a group of lanes per segment of ``SDDMM_SEGMENT`` entries, one shuffle reduction per entry.
 * csr_transpose: a stable ``cupy.argsort`` of the column ids, then gather kernels.
 * gcn_norm: per-row degree kernel, ``cupy.cumsum`` for the new row pointer, scatter kernels.
@@ -34,26 +35,52 @@ _SPMM = r"""
 typedef $T T; typedef $I I; typedef $P P;
 #define VEC $VEC
 
-// A group of `group` lanes per (segment of `seg` entries, tile of group * VEC features). A row ending
-// inside the segment goes to y; the piece of the row cut at the segment start goes to carry[s][0],
-// the piece of a row that starts inside and runs past the end to carry[s][1].
+// The lanes of this lane's group (`group` a power of two <= 32, groups aligned within the warp).
+__device__ __forceinline__ unsigned int tg_group_mask(int group) {
+    if (group >= 32) return 0xffffffffu;
+    const unsigned int base = (unsigned int)((threadIdx.x & 31) & ~(group - 1));
+    return ((1u << group) - 1u) << base;
+}
+
+__device__ __forceinline__ void tg_zero_row(T* y, long long r, long long F, long long f, bool on) {
+    if (on) {
+        T z[VEC];
+#pragma unroll
+        for (int q = 0; q < VEC; ++q) z[q] = T(0);
+        tg_store<T, VEC>(y + r * F + f, z);
+    }
+}
+
+// One launch. A group of `group` lanes per (segment of `seg` entries, tile of group * VEC features):
+// * a row ending inside the segment that also starts in it goes straight to y;
+// * a row cut by segment edges leaves one piece per segment it touches in `carry` (the piece of the
+//   segment it starts in at carry[s][1], the others at carry[s][0]); every group that wrote a piece
+//   takes a ticket for the row (tickets[s0 * n_tiles + tile], s0 the segment the row starts in), and
+//   the group that takes the last one adds the pieces in segment order, so the sum (and the result's
+//   bits) never depends on which group finished last; it resets the ticket for the next call;
+// * empty rows get zeros from the segment their row pointer falls in (the last segment for those at
+//   the end), since no segment writes them otherwise.
 extern "C" __global__ void tapegrad_spmm_$SFX(
         const P* __restrict__ indptr, const I* __restrict__ indices, const T* __restrict__ data,
         int has_data, const T* __restrict__ x, T* __restrict__ y, T* __restrict__ carry,
-        long long n_rows, long long n_cols, long long F, long long nnz, long long seg, int group,
-        long long n_tiles) {
+        unsigned int* __restrict__ tickets, long long n_rows, long long n_cols, long long F, long long nnz,
+        long long seg, int group, long long n_tiles) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const int lane = threadIdx.x % group;
+    const unsigned int mask = tg_group_mask(group);
     const long long n_groups = ((long long)gridDim.x * blockDim.x) / group;
     const long long n_seg = (nnz + seg - 1) / seg;
     for (long long g = tid / group; g < n_seg * n_tiles; g += n_groups) {
-        const long long s = g / n_tiles;
-        const long long f = ((g - s * n_tiles) * group + lane) * VEC;
+        const long long s = g / n_tiles, tile = g - s * n_tiles;
+        const long long f = (tile * group + lane) * VEC;
         const bool on = f < F;
         const long long start = s * seg;
         const long long end = min(start + seg, nnz);
         long long r = tg_row_of(indptr, n_rows, start);
         long long r_start = indptr[r], r_end = indptr[r + 1];
+        if (r_start == start) {  // empty rows whose pointer is this segment's start come just before r
+            for (long long e = r - 1; e >= 0 && (long long)indptr[e] == start; --e) tg_zero_row(y, e, F, f, on);
+        }
         T acc[VEC];
 #pragma unroll
         for (int q = 0; q < VEC; ++q) acc[q] = T(0);
@@ -70,48 +97,48 @@ extern "C" __global__ void tapegrad_spmm_$SFX(
                     for (int q = 0; q < VEC; ++q) acc[q] += v * xv[q];
                 }
             }
-            if (r_end <= end) {  // row r ends inside this segment
-                if (on) tg_store<T, VEC>(r_start >= start ? y + r * F + f : carry + (2 * s) * F + f, acc);
+            const bool whole = r_start >= start && r_end <= end;
+            if (whole) {
+                if (on) tg_store<T, VEC>(y + r * F + f, acc);
+            } else {  // a piece of a row cut by segment edges
+                if (on) tg_store<T, VEC>(carry + (2 * s + (r_start >= start ? 1 : 0)) * F + f, acc);
+                const long long s0 = r_start / seg, last = (r_end - 1) / seg;
+                __threadfence();  // the piece, before the ticket that may let another group read it
+                __syncwarp(mask);
+                unsigned int ticket = 0;
+                if (lane == 0) ticket = atomicAdd(tickets + s0 * n_tiles + tile, 1u);
+                ticket = __shfl_sync(mask, ticket, 0, group);
+                if (ticket == (unsigned int)(last - s0)) {  // every other piece is written
+                    __threadfence();
+                    if (on) {  // the pieces come through L2: other SMs wrote them this launch
+                        T sum[VEC];
+                        const T* first = carry + (2 * s0 + 1) * F + f;
 #pragma unroll
-                for (int q = 0; q < VEC; ++q) acc[q] = T(0);
-                if (k < end) {  // next non-empty row
-                    ++r;
-                    while (r + 1 < n_rows && indptr[r + 1] <= k) ++r;
-                    r_start = indptr[r];
-                    r_end = indptr[r + 1];
+                        for (int q = 0; q < VEC; ++q) sum[q] = __ldcg(first + q);
+                        for (long long s2 = s0 + 1; s2 <= last; ++s2) {
+                            const T* piece = carry + (2 * s2) * F + f;
+#pragma unroll
+                            for (int q = 0; q < VEC; ++q) sum[q] += __ldcg(piece + q);
+                        }
+                        tg_store<T, VEC>(y + r * F + f, sum);
+                    }
+                    if (lane == 0) tickets[s0 * n_tiles + tile] = 0u;
                 }
-            } else if (on) {  // row r runs past the segment end
-                tg_store<T, VEC>(carry + (2 * s + (r_start >= start ? 1 : 0)) * F + f, acc);
+            }
+#pragma unroll
+            for (int q = 0; q < VEC; ++q) acc[q] = T(0);
+            if (r_end <= end && k < end) {  // next non-empty row; the empty ones passed on the way get zeros
+                ++r;
+                while (r + 1 < n_rows && indptr[r + 1] <= k) {
+                    tg_zero_row(y, r, F, f, on);
+                    ++r;
+                }
+                r_start = indptr[r];
+                r_end = indptr[r + 1];
             }
         }
-    }
-}
-
-// After the segment pass, one thread per (row, feature) then per (segment, feature): an empty row
-// gets zeros (no segment writes it), and a row that starts in segment s and runs past it gets the sum
-// of carry[s][1] and carry[s2][0] for the later segments it covers, added in segment order. The two
-// sets of rows are disjoint, so one launch does both.
-extern "C" __global__ void tapegrad_spmm_finish_$SFX(
-        const P* __restrict__ indptr, T* __restrict__ y, const T* __restrict__ carry,
-        long long n_rows, long long F, long long nnz, long long seg) {
-    const long long n_seg = (nnz + seg - 1) / seg;
-    const long long n_zero = n_rows * F;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n_zero + n_seg * F; i += stride) {
-        if (i < n_zero) {
-            const long long r = i / F;
-            if (indptr[r + 1] == indptr[r]) y[i] = T(0);
-            continue;
-        }
-        const long long s = (i - n_zero) / F, f = (i - n_zero) - s * F;
-        const long long start = s * seg, end = min(start + seg, nnz);
-        const long long r = tg_row_of(indptr, n_rows, end - 1);
-        const long long r_end = indptr[r + 1];
-        if ((long long)indptr[r] >= start && r_end > end) {
-            T acc = carry[(2 * s + 1) * F + f];
-            const long long last = min((r_end - 1) / seg, n_seg - 1);
-            for (long long s2 = s + 1; s2 <= last; ++s2) acc += carry[(2 * s2) * F + f];
-            y[r * F + f] = acc;
+        if (end == nnz) {  // empty rows after the last stored entry
+            for (long long e = r + 1; e < n_rows; ++e) tg_zero_row(y, e, F, f, on);
         }
     }
 }
@@ -294,45 +321,90 @@ def _result(out, shape, dtype):
     if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
         raise ValueError(f"out must have shape {tuple(shape)} and dtype {np.dtype(dtype)}, "
                          f"got {tuple(out.shape)} {out.dtype}")
-    if isinstance(out, cupy.ndarray) and out.flags.c_contiguous:
+    if type(out) is cupy.ndarray and cc._c_contiguous(out):
         return out, out
     return cupy.empty(shape, dtype), out
 
 
-def spmm(indptr, indices, data, x, out=None):
-    """Y = A @ X for CSR A (``data=None``: all ones) and dense X [n_cols, F]; Y [n_rows, F], X's dtype.
+# Launch plans of spmm, per (dtypes, shapes, pointer alignment, launch constants, device, stream): what a
+# call needs besides its arrays (the kernel, its launch shape and scalar arguments, its scratch), worked
+# out once, since a call's host time is otherwise mostly Python.
+_SPMM_PLANS: dict = {}
+# Per (device, stream, dtype): spmm's scratch, (carry pieces, tickets); a larger call replaces it with a
+# larger one (plans made before keep theirs). The calls of one stream run one after the other, and
+# the tickets are zero between calls: the kernel resets the ones it uses.
+_SPMM_SCRATCH: dict = {}
 
-    The number of stored entries is taken as ``len(indices)`` (no device-to-host read of indptr).
-    """
-    x = _contig(x)
-    dtype = x.dtype
-    n_rows = indptr.shape[0] - 1
-    n_cols, F = x.shape
-    y, user = _result(out, (n_rows, F), dtype)
-    if n_rows <= 0 or F == 0:
-        return cc.finish(y, user)
-    indptr, indices = _contig(indptr), _contig(indices)
-    nnz = indices.shape[0]
+
+def release_scratch() -> None:
+    """Free spmm's launch plans and scratch buffers (the next call makes them again). Not while a CUDA
+    graph that recorded an spmm call is still to be replayed: the graph keeps the buffers' addresses."""
+    _SPMM_PLANS.clear()
+    _SPMM_SCRATCH.clear()
+
+
+def _spmm_scratch(dev, stream, dtype, n_carry, n_tickets):
+    key = (dev, stream, dtype)
+    s = _SPMM_SCRATCH.get(key)
+    if s is None or s[0].size < n_carry or s[1].size < n_tickets:
+        old_c, old_t = (s[0].size, s[1].size) if s is not None else (0, 0)
+        s = _SPMM_SCRATCH[key] = (cupy.empty(max(n_carry, old_c, 1), dtype),
+                                  cupy.zeros(max(n_tickets, old_t, 1), np.uint32))
+    return s
+
+
+def _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, dev, stream):
     seg = max(1, int(SPMM_SEGMENT))
     n_seg = -(-nnz // seg)
     vec = cc.vec_width(dtype, F, x, y)
     group = min(32, cc.next_pow2(-(-F // vec)))
     n_tiles = -(-F // (group * vec))
-    args = (dtype, indices.dtype, indptr.dtype, vec)
-    carry = y  # not read when there are no segments
-    if nnz > 0:
-        has_data = data is not None
-        d = _contig(data).astype(dtype, copy=False) if has_data else x
-        carry = cupy.empty((n_seg, 2, F), dtype)
-        block = max(group, -(-int(BLOCK) // group) * group)
-        blocks, threads = cc.launch_shape(n_seg * n_tiles * group, block, MAX_BLOCKS)
-        _kernel(_SPMM, "spmm", *args)(
-            (blocks,), (threads,),
-            (indptr, indices, d, np.int32(has_data), x, y, carry, _i64(n_rows), _i64(n_cols), _i64(F),
-             _i64(nnz), _i64(seg), np.int32(group), _i64(n_tiles)))
-    blocks, threads = _launch((n_rows + n_seg) * F)
-    _kernel(_SPMM, "spmm_finish", *args)(
-        (blocks,), (threads,), (indptr, y, carry, _i64(n_rows), _i64(F), _i64(nnz), _i64(seg)))
+    block = max(group, -(-int(BLOCK) // group) * group)
+    blocks, threads = cc.launch_shape(n_seg * n_tiles * group, block, MAX_BLOCKS)
+    fn = _kernel(_SPMM, "spmm", dtype, indices.dtype, indptr.dtype, vec)
+    carry, tickets = _spmm_scratch(dev, stream, dtype, n_seg * 2 * F, n_seg * n_tiles)
+    tail = (carry, tickets, _i64(n_rows), _i64(x.shape[0]), _i64(F), _i64(nnz), _i64(seg), np.int32(group),
+            _i64(n_tiles))
+    plan = _SPMM_PLANS[key] = (fn, (blocks,), (threads,), tail)
+    return plan
+
+
+_HAS_DATA = (np.int32(0), np.int32(1))
+
+
+def spmm(indptr, indices, data, x, out=None):
+    """Y = A @ X for CSR A (``data=None``: all ones) and dense X [n_cols, F]; Y [n_rows, F], X's dtype.
+
+    The number of stored entries is taken as ``len(indices)`` (no device-to-host read of indptr). One
+    launch; deterministic (see the kernel: pieces of long rows are added in a fixed order).
+    """
+    x, indptr, indices = _contig(x), _contig(indptr), _contig(indices)
+    dtype = x.dtype
+    n_rows = indptr.shape[0] - 1
+    F = x.shape[1]
+    y, user = _result(out, (n_rows, F), dtype)
+    nnz = indices.shape[0]
+    if n_rows <= 0 or F == 0:
+        return cc.finish(y, user)
+    if nnz == 0:  # every row is empty
+        y.fill(0)
+        return cc.finish(y, user)
+    has_data = data is not None
+    if not has_data:
+        d = x  # not read
+    elif type(data) is cupy.ndarray and data.dtype == dtype and cc._c_contiguous(data):
+        d = data
+    else:
+        d = _contig(data).astype(dtype, copy=False)
+    dev = cupy.cuda.runtime.getDevice()
+    stream = cupy.cuda.get_current_stream().ptr
+    key = (dtype, indices.dtype, indptr.dtype, n_rows, x.shape[0], F, nnz, (x.data.ptr | y.data.ptr) & 15,
+           SPMM_SEGMENT, BLOCK, MAX_BLOCKS, dev, stream)
+    plan = _SPMM_PLANS.get(key)
+    if plan is None:
+        plan = _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, dev, stream)
+    fn, grid, block, tail = plan
+    fn(grid, block, (indptr, indices, d, _HAS_DATA[has_data], x, y) + tail)
     return cc.finish(y, user)
 
 
