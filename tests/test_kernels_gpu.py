@@ -375,3 +375,40 @@ def test_seq_kernels_match_reference(cp, backend, monkeypatch, persistent, stage
         for _ in range(3):
             _kernel("rnn_seq_fwd", backend)(cp.asarray(hs), cp.asarray(wr), cp.asarray(p), reverse, False)
         assert int(recurrent_step._counter()[0]) == 0
+
+
+def test_numba_fast_launch_matches_numba_launch_and_is_used(cp, monkeypatch):
+    """The numba-cuda kernels launched through the driver directly (kernels/cuda/_device.py) give the
+    bits Numba's own launch gives, for arrays (contiguous and strided), ints, floats, bools and dynamic
+    shared memory, and the lean path is the one taken after the first call."""
+    from tapegrad.kernels.cuda import _device as dv
+    from tapegrad.kernels.cuda import recurrent as nrec
+    from tapegrad.kernels.cuda import sparse as nsp
+    rng = np.random.default_rng(3)
+    B, H = 7, 33
+    z, c = cp.asarray(rng.standard_normal((B, 4 * H))), cp.asarray(rng.standard_normal((B, H)))
+    wide = cp.asarray(rng.standard_normal((B, 2 * H)).astype(np.float32))
+    strided = wide[:, ::2]  # not contiguous: Numba's 'A' layout, strides passed through
+    indptr, indices, data = _power_law_csr(500, 400, seed=3)
+    x = cp.asarray(rng.standard_normal((400, 24)))
+    a = cp.asarray(rng.standard_normal((500, 24)))
+    sp_args = _to(cp, indptr, indices, data)
+    calls = {
+        "lstm_cell_fwd": lambda: nrec.lstm_cell_fwd(z, c),
+        "rnn_cell_fwd relu": lambda: nrec.rnn_cell_fwd(strided, None, True),
+        "rnn_cell_fwd tanh": lambda: nrec.rnn_cell_fwd(strided, None, False),
+        "spmm": lambda: nsp.spmm(*sp_args, x),
+        "sddmm": lambda: nsp.sddmm(sp_args[0], sp_args[1], a, x),
+    }
+    monkeypatch.setattr(dv, "FAST_LAUNCH", False)
+    want = {k: f() for k, f in calls.items()}
+    monkeypatch.setattr(dv, "FAST_LAUNCH", True)
+    dv._plans.clear()
+    for _ in range(3):  # the first call plans, the others take the lean path
+        for k, f in calls.items():
+            got = f()
+            for g, w in zip(got if isinstance(got, tuple) else (got,), want[k] if isinstance(got, tuple) else (want[k],)):
+                assert cp.asnumpy(g).tobytes() == cp.asnumpy(w).tobytes(), k
+    planned = {key[0] for key, plan in dv._plans.items() if plan is not None}
+    for kernel in (nrec._lstm_fwd, nrec._rnn_fwd, nsp._spmm_segments, nsp._spmm_fixup, nsp._sddmm_segments):
+        assert kernel in planned, kernel

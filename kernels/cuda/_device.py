@@ -3,10 +3,10 @@ outputs of the same kind, and launch sizes.
 
 Three kinds of array are accepted by every kernel in this package:
 
-* cupy arrays (and anything else with ``__cuda_array_interface__``): viewed without a copy through
-  ``cuda.as_cuda_array``. Results and temporaries are cupy arrays from cupy's pool when the leading
-  input is one, and the kernels run on cupy's current stream, so they are ordered with the cupy work
-  around them without a host sync;
+* cupy arrays: passed to the kernels as they are, through :func:`launch`'s lean path (other arrays with
+  ``__cuda_array_interface__`` are viewed without a copy through ``cuda.as_cuda_array``). Results and
+  temporaries are cupy arrays from cupy's pool when the leading input is one, and the kernels run on
+  cupy's current stream, so they are ordered with the cupy work around them without a host sync;
 * Numba device arrays (``DeviceNDArray``, or the simulator's ``FakeCUDAArray``): used as they are;
 * host NumPy arrays: copied to the device, and results copied back, for convenience in tests.
 
@@ -14,13 +14,20 @@ Nothing here imports cupy unless a cupy array is passed in.
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
+import struct
+import threading
 from typing import Any
 
 import numpy as np
 from numba import cuda
 
 CUPY, DEVICE, HOST = "cupy", "device", "host"
+
+# Launch kernels on cupy arrays through the driver directly (see :func:`launch`); 0 turns it off.
+FAST_LAUNCH = os.environ.get("TAPEGRAD_NUMBA_FAST_LAUNCH", "1") != "0"
 
 
 def kind_of(a: Any) -> str:
@@ -34,11 +41,17 @@ def kind_of(a: Any) -> str:
     return HOST
 
 
+def _is_cupy(a: Any) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
 def as_device(a: Any) -> Any:
-    """A Numba device view of ``a`` (no copy for device arrays); None stays None."""
+    """What a kernel can take for ``a``: a cupy array as it is (:func:`launch` passes it without a
+    conversion), a Numba device array as it is, another device array as a Numba view, a host array
+    copied to the device; None stays None."""
     if a is None:
         return None
-    if getattr(a, "__cuda_ndarray__", False):
+    if getattr(a, "__cuda_ndarray__", False) or _is_cupy(a):
         return a
     if hasattr(a, "__cuda_array_interface__"):
         return cuda.as_cuda_array(a, sync=False)  # ordered by running on the producer's stream
@@ -65,8 +78,7 @@ class Output:
             self.dev = cuda.device_array(shape, dtype) if kind_of(out) == HOST else as_device(out)
         elif kind == CUPY:
             import cupy
-            self.user = cupy.empty(shape, dtype)
-            self.dev = cuda.as_cuda_array(self.user, sync=False)
+            self.user = self.dev = cupy.empty(shape, dtype)
         else:
             self.dev = cuda.device_array(shape, dtype)
 
@@ -91,19 +103,131 @@ def stream(kind: str) -> Any:
 
 
 def scratch(shape: tuple, dtype: Any, kind: str) -> Any:
-    """A temporary device array; from cupy's memory pool when the caller works in cupy."""
+    """A temporary device array; a cupy array from cupy's memory pool when the caller works in cupy."""
     if kind == CUPY:
         import cupy
-        return cuda.as_cuda_array(cupy.empty(shape, dtype), sync=False)
+        return cupy.empty(shape, dtype)
     return cuda.device_array(shape, dtype)
 
 
 def to_host_scalar(dev: Any, index: int, st: Any) -> Any:
     """dev[index] on the host (waits for the stream)."""
+    if _is_cupy(dev):
+        return dev[index].item()  # cupy reads it on its current stream, which ``st`` wraps
     host = dev[index:index + 1].copy_to_host(stream=st)
     if st != 0:
         st.synchronize()
     return host[0]
+
+
+# ---- launching ----------------------------------------------------------------------------------------------
+# Numba's own launch (``kernel[grid, block, stream](*args)``) costs the host 0.2-0.6 ms per call on cupy
+# arrays: each array is typed and wrapped as a Numba device array, and each argument goes through a
+# ctypes conversion. For cupy work :func:`launch` does this once per (kernel, argument types, device):
+# it lets Numba launch the first call (which compiles the kernel), looks up the compiled kernel and the
+# types Numba gave each argument, and from then on packs the arguments into one parameter buffer, laid
+# out as Numba's kernel ABI expects them, and hands it to cuLaunchKernel through CuPy.
+
+# Numba's kernel ABI flattens an array argument into (meminfo, parent, nitems, itemsize, data,
+# shape[ndim], strides[ndim]) and passes scalars by value. The values are packed into one buffer (each at
+# its natural alignment, ``struct``'s native mode), and the driver gets a pointer to each, so that it
+# copies every parameter with the size the compiled kernel declares for it.
+_SCALAR_CODES = {"int8": "b", "uint8": "B", "int16": "h", "uint16": "H", "int32": "i", "uint32": "I",
+                 "int64": "q", "uint64": "Q", "float32": "f", "float64": "d", "bool": "?"}
+
+_plans: dict = {}
+_buffers = threading.local()  # each host thread packs its launches into buffers of its own
+
+
+class _Plan:
+    """How to launch one compiled kernel: its handle, the parameter layout and a packer."""
+
+    __slots__ = ("handle", "fmt", "offsets", "pack")
+
+    def __init__(self, handle: int, codes: list, pack_source: str) -> None:
+        self.handle = handle
+        fmt = "@" + "".join(codes)
+        self.fmt = struct.Struct(fmt)
+        self.offsets = [struct.calcsize("@" + "".join(codes[:i + 1])) - struct.calcsize("@" + codes[i])
+                        for i in range(len(codes))]
+        namespace: dict = {}
+        exec(pack_source, namespace)  # a packer with one expression per value: the per-call work is this
+        self.pack = namespace["pack"]
+
+    def buffers(self) -> tuple:
+        """This thread's (parameter buffer, address of the array of pointers to each parameter)."""
+        import ctypes
+        cache = getattr(_buffers, "cache", None)
+        if cache is None:
+            cache = _buffers.cache = {}
+        entry = cache.get(id(self))
+        if entry is None:
+            buf = ctypes.create_string_buffer(max(self.fmt.size, 1))
+            base = ctypes.addressof(buf)
+            params = (ctypes.c_void_p * max(len(self.offsets), 1))(*[base + o for o in self.offsets])
+            entry = cache[id(self)] = (buf, ctypes.addressof(params), params, self)  # kept alive together
+        return entry
+
+
+def _arg_key(a: Any) -> Any:
+    """What decides the compiled kernel and the parameter layout for one argument."""
+    if _is_cupy(a):
+        return (a.dtype.char, a.ndim, a._c_contiguous, a._f_contiguous)
+    return type(a)
+
+
+def _make_plan(kernel: Any, args: tuple) -> _Plan | None:
+    """The plan for these arguments' types, from the kernel Numba compiled for them; None where the fast
+    path does not apply (an argument type it does not lay out, or no compiled kernel to find)."""
+    from numba.core import types
+    argtypes = tuple(kernel.typeof_pyval(a) for a in args)
+    compiled = kernel.overloads.get(argtypes)
+    if compiled is None:
+        return None
+    codes, values = [], []
+    for i, ty in enumerate(argtypes):
+        if isinstance(ty, types.Array):
+            if not _is_cupy(args[i]):
+                return None
+            n = ty.ndim
+            codes += ["P", "P", "q", "q", "P"] + ["q"] * (2 * n)
+            values += ["0", "0", f"a[{i}].size", f"{np.dtype(args[i].dtype).itemsize}", f"a[{i}].data.ptr"]
+            values += [f"a[{i}].shape[{d}]" for d in range(n)] + [f"a[{i}].strides[{d}]" for d in range(n)]
+        elif str(ty) in _SCALAR_CODES:
+            codes.append(_SCALAR_CODES[str(ty)])
+            values.append(f"a[{i}]")
+        else:
+            return None
+    handle = int(compiled._codelibrary.get_cufunc().handle)
+    source = f"def pack(pack_into, buf, a):\n    pack_into(buf, 0, {', '.join(values)})\n"
+    return _Plan(handle, codes, source)
+
+
+def launch(kernel: Any, blocks: int, threads: int, kind: str, *args: Any, shared: int = 0) -> None:
+    """``kernel[blocks, threads, stream(kind), shared](*args)``: for cupy work (kind CUPY, every array a
+    cupy array) through the lean path described above, on cupy's current stream."""
+    if kind == CUPY and FAST_LAUNCH and not _simulated():
+        import cupy
+        key = (kernel, cupy.cuda.runtime.getDevice(), tuple(map(_arg_key, args)))
+        plan = _plans.get(key, False)
+        if plan:
+            from cupy_backends.cuda.api import driver
+            buf, params, _, _ = plan.buffers()
+            plan.pack(plan.fmt.pack_into, buf, args)
+            try:
+                driver.launchKernel(plan.handle, blocks, 1, 1, threads, 1, 1, shared,
+                                    cupy.cuda.get_current_stream().ptr, params, 0)
+                return
+            except driver.CUDADriverError:  # refused before it ran: Numba launches this one from now on
+                _plans[key] = None
+        kernel[blocks, threads, stream(kind), shared](*args)
+        if plan is False:  # first call with these types: Numba compiled it; plan the next ones
+            try:
+                _plans[key] = _make_plan(kernel, args)
+            except Exception:  # anything unexpected in Numba's internals: stay on Numba's launch
+                _plans[key] = None
+        return
+    kernel[blocks, threads, stream(kind), shared](*args)
 
 
 def launch_shape(n_threads: int, block: int, max_blocks: int) -> tuple[int, int]:
@@ -115,6 +239,11 @@ def launch_shape(n_threads: int, block: int, max_blocks: int) -> tuple[int, int]
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+@functools.cache
+def _simulated() -> bool:
+    return is_simulator()
 
 
 def is_simulator() -> bool:

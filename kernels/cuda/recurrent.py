@@ -105,9 +105,9 @@ def _check(name, a, shape):
         raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
 
 
-def _launch(n, kind):
-    """(blocks, threads, stream) for an elementwise kernel over n units."""
-    return (*dv.launch_shape(n, BLOCK, MAX_BLOCKS), dv.stream(kind))
+def _launch(n):
+    """(blocks, threads) for an elementwise kernel over n units."""
+    return dv.launch_shape(n, BLOCK, MAX_BLOCKS)
 
 
 def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
@@ -120,9 +120,9 @@ def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
     oc = dv.Output((B, H), dtype, kind, c)
     oh = dv.Output((B, H), dtype, kind, h)
     if B * H > 0:
-        blocks, threads, st = _launch(B * H, kind)
-        _lstm_fwd[blocks, threads, st](dv.as_device(z), dv.as_device(c_prev), og.dev, oc.dev, oh.dev, B * H, H,
-                                       dtype.type(1))
+        blocks, threads = _launch(B * H)
+        dv.launch(_lstm_fwd, blocks, threads, kind, dv.as_device(z), dv.as_device(c_prev), og.dev, oc.dev, oh.dev,
+                  B * H, H, dtype.type(1))
     return og.result(), oc.result(), oh.result()
 
 
@@ -137,10 +137,9 @@ def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=Non
     oz = dv.Output((B, 4 * H), dtype, kind, grad_z)
     oc = dv.Output((B, H), dtype, kind, grad_c_prev)
     if B * H > 0:
-        blocks, threads, st = _launch(B * H, kind)
-        _lstm_bwd[blocks, threads, st](dv.as_device(gates), dv.as_device(c_prev), dv.as_device(c),
-                                       dv.as_device(grad_h), dv.as_device(grad_c), oz.dev, oc.dev, B * H, H,
-                                       dtype.type(1))
+        blocks, threads = _launch(B * H)
+        dv.launch(_lstm_bwd, blocks, threads, kind, dv.as_device(gates), dv.as_device(c_prev), dv.as_device(c),
+                  dv.as_device(grad_h), dv.as_device(grad_c), oz.dev, oc.dev, B * H, H, dtype.type(1))
     return oz.result(), oc.result()
 
 
@@ -151,8 +150,8 @@ def rnn_cell_fwd(z, h=None, relu=False):
     dtype = np.dtype(z.dtype)
     oh = dv.Output((B, H), dtype, kind, h)
     if B * H > 0:
-        blocks, threads, st = _launch(B * H, kind)
-        _rnn_fwd[blocks, threads, st](dv.as_device(z), oh.dev, B * H, H, bool(relu), dtype.type(0))
+        blocks, threads = _launch(B * H)
+        dv.launch(_rnn_fwd, blocks, threads, kind, dv.as_device(z), oh.dev, B * H, H, bool(relu), dtype.type(0))
     return oh.result()
 
 
@@ -164,7 +163,7 @@ def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
     dtype = np.dtype(h.dtype)
     oz = dv.Output((B, H), dtype, kind, grad_z)
     if B * H > 0:
-        blocks, threads, st = _launch(B * H, kind)
-        _rnn_bwd[blocks, threads, st](dv.as_device(h), dv.as_device(grad_h), oz.dev, B * H, H, bool(relu),
-                                      dtype.type(0), dtype.type(1))
+        blocks, threads = _launch(B * H)
+        dv.launch(_rnn_bwd, blocks, threads, kind, dv.as_device(h), dv.as_device(grad_h), oz.dev, B * H, H,
+                  bool(relu), dtype.type(0), dtype.type(1))
     return oz.result()

@@ -161,9 +161,9 @@ class _Args:
             host[...] = dev.copy_to_host()
 
 
-def _grid(H, kind):
+def _grid(H):
     warps = int(WARPS)
-    return -(-H // warps), 32 * warps, dv.stream(kind)
+    return -(-H // warps), 32 * warps
 
 
 def lstm_step_fwd(h_prev, w_hh, z, c_prev, c, h):
@@ -175,10 +175,10 @@ def lstm_step_fwd(h_prev, w_hh, z, c_prev, c, h):
         _check(name, a, s, dtype)
     if B and H:
         io = _Args()
-        blocks, threads, st = _grid(H, dv.kind_of(z))
+        blocks, threads = _grid(H)
         fwd, _ = _lstm_kernels(dtype, int(WARPS))
-        fwd[blocks, threads, st](io.read(h_prev), io.read(w_hh), io.write(z), io.read(c_prev), io.write(c),
-                                 io.write(h), B, H, dtype.type(0), dtype.type(1))
+        dv.launch(fwd, blocks, threads, dv.kind_of(z), io.read(h_prev), io.read(w_hh), io.write(z), io.read(c_prev),
+                  io.write(c), io.write(h), B, H, dtype.type(0), dtype.type(1))
         io.done()
     return z, c, h
 
@@ -198,13 +198,13 @@ def lstm_step_bwd(dz_next, w_t, grad_h, grad_out, gates, c_prev, c, grad_c, grad
         _check(name, a, s, dtype)
     if B and H:
         io = _Args()
-        blocks, threads, st = _grid(H, dv.kind_of(grad_z))
+        blocks, threads = _grid(H)
         _, bwd = _lstm_kernels(dtype, int(WARPS))
         gz, gc = io.write(grad_z), io.write(grad_c)
         first = io.read(dz_next) if has_next else gz  # placeholders the kernel does not read
-        bwd[blocks, threads, st](first, io.read(w_t), gz if has_next else io.read(grad_h),
-                                 io.read(grad_out) if has_out else gz, io.read(gates), io.read(c_prev), io.read(c),
-                                 gc, gz, B, H, has_next, has_out, dtype.type(0), dtype.type(1))
+        dv.launch(bwd, blocks, threads, dv.kind_of(grad_z), first, io.read(w_t), gz if has_next else io.read(grad_h),
+                  io.read(grad_out) if has_out else gz, io.read(gates), io.read(c_prev), io.read(c), gc, gz, B, H,
+                  has_next, has_out, dtype.type(0), dtype.type(1))
         io.done()
     return grad_z, grad_c
 
@@ -217,9 +217,9 @@ def rnn_step_fwd(h_prev, w_hh, p, h, relu=False):
         _check(name, a, s, dtype)
     if B and H:
         io = _Args()
-        blocks, threads, st = _grid(H, dv.kind_of(h))
-        _rnn_fwd[blocks, threads, st](io.read(h_prev), io.read(w_hh), io.read(p), io.write(h), B, H, bool(relu),
-                                      dtype.type(0))
+        blocks, threads = _grid(H)
+        dv.launch(_rnn_fwd, blocks, threads, dv.kind_of(h), io.read(h_prev), io.read(w_hh), io.read(p), io.write(h),
+                  B, H, bool(relu), dtype.type(0))
         io.done()
     return h
 
@@ -237,12 +237,11 @@ def rnn_step_bwd(dz_next, w_t, grad_h, grad_out, h, grad_z, relu=False):
         _check(name, a, s, dtype)
     if B and H:
         io = _Args()
-        blocks, threads, st = _grid(H, dv.kind_of(grad_z))
+        blocks, threads = _grid(H)
         gz = io.write(grad_z)
-        _rnn_bwd[blocks, threads, st](io.read(dz_next) if has_next else gz, io.read(w_t),
-                                      gz if has_next else io.read(grad_h), io.read(grad_out) if has_out else gz,
-                                      io.read(h), gz, B, H, has_next, has_out, bool(relu), dtype.type(0),
-                                      dtype.type(1))
+        dv.launch(_rnn_bwd, blocks, threads, dv.kind_of(grad_z), io.read(dz_next) if has_next else gz, io.read(w_t),
+                  gz if has_next else io.read(grad_h), io.read(grad_out) if has_out else gz, io.read(h), gz, B, H,
+                  has_next, has_out, bool(relu), dtype.type(0), dtype.type(1))
         io.done()
     return grad_z
 

@@ -61,7 +61,7 @@ def _cast(src, dst):
         i += stride
 
 
-def _as_dtype(dev, dtype, kind, st):
+def _as_dtype(dev, dtype, kind):
     """``dev`` (1-D device array) converted to ``dtype`` on the device; no copy when it already is."""
     dtype = np.dtype(dtype)
     if dev.dtype == dtype:
@@ -69,7 +69,7 @@ def _as_dtype(dev, dtype, kind, st):
     dst = dv.scratch((dev.shape[0],), dtype, kind)
     if dev.shape[0] > 0:
         blocks, threads = dv.launch_shape(dev.shape[0], BLOCK, MAX_BLOCKS)
-        _cast[blocks, threads, st](dev, dst)
+        dv.launch(_cast, blocks, threads, kind, dev, dst)
     return dst
 
 
@@ -226,7 +226,6 @@ def spmm(indptr, indices, data, x, out=None):
     The number of stored entries is taken as ``len(indices)`` (no device-to-host read of indptr).
     """
     kind = dv.kind_of(x)
-    st = dv.stream(kind)
     n_rows = indptr.shape[0] - 1
     F = x.shape[1]
     dtype = np.dtype(x.dtype)
@@ -237,10 +236,10 @@ def spmm(indptr, indices, data, x, out=None):
     ip, ix, xd = dv.as_device(indptr), dv.as_device(indices), dv.as_device(x)
     y = res.dev
     blocks, threads = dv.launch_shape(n_rows * F, BLOCK, MAX_BLOCKS)
-    _spmm_zero_empty_rows[blocks, threads, st](ip, y, n_rows)
+    dv.launch(_spmm_zero_empty_rows, blocks, threads, kind, ip, y, n_rows)
     if nnz > 0:
         has_data = data is not None
-        d = _as_dtype(dv.as_device(data), dtype, kind, st) if has_data else xd[0]
+        d = _as_dtype(dv.as_device(data), dtype, kind) if has_data else xd[0]
         seg = max(1, int(SPMM_SEGMENT))
         n_seg = -(-nnz // seg)
         group = min(32, dv.next_pow2(F))
@@ -248,10 +247,10 @@ def spmm(indptr, indices, data, x, out=None):
         carry = dv.scratch((n_seg, 2, F), dtype, kind)
         block = _group_block(group)
         blocks, threads = dv.launch_shape(n_seg * n_tiles * group, block, MAX_BLOCKS)
-        _spmm_segments[blocks, threads, st](ip, ix, d, has_data, xd, y, carry, n_rows, nnz, seg, group, n_tiles,
-                                        dtype.type(0), dtype.type(1))
+        dv.launch(_spmm_segments, blocks, threads, kind, ip, ix, d, has_data, xd, y, carry, n_rows, nnz, seg, group,
+                  n_tiles, dtype.type(0), dtype.type(1))
         blocks, threads = dv.launch_shape(n_seg * F, BLOCK, MAX_BLOCKS)
-        _spmm_fixup[blocks, threads, st](ip, y, carry, n_rows, nnz, seg)
+        dv.launch(_spmm_fixup, blocks, threads, kind, ip, y, carry, n_rows, nnz, seg)
     return res.result()
 
 
@@ -317,7 +316,6 @@ def _sddmm_segments(indptr, indices, a, b, out, n_rows, nnz, seg, group, use_shu
 def sddmm(indptr, indices, a, b, out=None):
     """out[k] = <a[row(k)], b[indices[k]]> on A's pattern; a [n_rows, F], b [n_cols, F]; [nnz]."""
     kind = dv.kind_of(a)
-    st = dv.stream(kind)
     nnz = indices.shape[0]
     dtype = np.dtype(a.dtype)
     res = dv.Output((nnz,), dtype, kind, out)
@@ -332,8 +330,8 @@ def sddmm(indptr, indices, a, b, out=None):
     block = _group_block(group)
     blocks, threads = dv.launch_shape(n_seg * group, block, MAX_BLOCKS)
     shuffle = _use_shuffle(threads)
-    _sddmm_segments[blocks, threads, st, 0 if shuffle else threads * 8](
-        ip, ix, ad, bd, res.dev, n_rows, nnz, seg, group, shuffle, dtype.type(0))
+    dv.launch(_sddmm_segments, blocks, threads, kind, ip, ix, ad, bd, res.dev, n_rows, nnz, seg, group, shuffle,
+              dtype.type(0), shared=0 if shuffle else threads * 8)
     return res.result()
 
 
@@ -570,7 +568,7 @@ def gcn_norm(indptr, indices, data, num_nodes, add_self_loops=True, fill_value=1
     ip, ix = dv.as_device(indptr), dv.as_device(indices)
     has_data = data is not None
     dis = dv.scratch((n,), np.float64, kind)
-    d = _as_dtype(dv.as_device(data), dtype, kind, st) if has_data else dis
+    d = _as_dtype(dv.as_device(data), dtype, kind) if has_data else dis
     missing = dv.scratch((n,), np.int64, kind)
     loop_pos = dv.scratch((n,), np.int64, kind)
     counts = dv.scratch((n,), np.int64, kind)
