@@ -34,6 +34,12 @@ SDDMM_SEGMENT = 32   # stored entries per SDDMM work item
 _SPMM = r"""
 typedef $T T; typedef $I I; typedef $P P;
 #define VEC $VEC
+// Fixed per launch plan, so that a call passes few arguments (each costs the host time at the launch).
+#define TG_F $F
+#define TG_SEG $SEG
+#define TG_GROUP $GROUP
+#define TG_HAS_DATA $HAS_DATA
+#define TG_N_TILES ((TG_F + TG_GROUP * VEC - 1) / (TG_GROUP * VEC))
 
 // The lanes of this lane's group (`group` a power of two <= 32, groups aligned within the warp).
 __device__ __forceinline__ unsigned int tg_group_mask(int group) {
@@ -42,12 +48,12 @@ __device__ __forceinline__ unsigned int tg_group_mask(int group) {
     return ((1u << group) - 1u) << base;
 }
 
-__device__ __forceinline__ void tg_zero_row(T* y, long long r, long long F, long long f, bool on) {
+__device__ __forceinline__ void tg_zero_row(T* y, long long r, long long f, bool on) {
     if (on) {
         T z[VEC];
 #pragma unroll
         for (int q = 0; q < VEC; ++q) z[q] = T(0);
-        tg_store<T, VEC>(y + r * F + f, z);
+        tg_store<T, VEC>(y + r * TG_F + f, z);
     }
 }
 
@@ -60,11 +66,13 @@ __device__ __forceinline__ void tg_zero_row(T* y, long long r, long long F, long
 //   bits) never depends on which group finished last; it resets the ticket for the next call;
 // * empty rows get zeros from the segment their row pointer falls in (the last segment for those at
 //   the end), since no segment writes them otherwise.
+// carry: the pieces [n_seg, 2, F]; tickets [n_seg * n_tiles], zero on entry and on exit.
 extern "C" __global__ void tapegrad_spmm_$SFX(
         const P* __restrict__ indptr, const I* __restrict__ indices, const T* __restrict__ data,
-        int has_data, const T* __restrict__ x, T* __restrict__ y, T* __restrict__ carry,
-        unsigned int* __restrict__ tickets, long long n_rows, long long n_cols, long long F, long long nnz,
-        long long seg, int group, long long n_tiles) {
+        const T* __restrict__ x, T* __restrict__ y, T* __restrict__ carry, unsigned int* __restrict__ tickets,
+        long long n_rows, long long n_cols, long long nnz) {
+    const long long F = TG_F, seg = TG_SEG, n_tiles = TG_N_TILES;
+    const int group = TG_GROUP, has_data = TG_HAS_DATA;
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const int lane = threadIdx.x % group;
     const unsigned int mask = tg_group_mask(group);
@@ -79,7 +87,7 @@ extern "C" __global__ void tapegrad_spmm_$SFX(
         long long r = tg_row_of(indptr, n_rows, start);
         long long r_start = indptr[r], r_end = indptr[r + 1];
         if (r_start == start) {  // empty rows whose pointer is this segment's start come just before r
-            for (long long e = r - 1; e >= 0 && (long long)indptr[e] == start; --e) tg_zero_row(y, e, F, f, on);
+            for (long long e = r - 1; e >= 0 && (long long)indptr[e] == start; --e) tg_zero_row(y, e, f, on);
         }
         T acc[VEC];
 #pragma unroll
@@ -130,7 +138,7 @@ extern "C" __global__ void tapegrad_spmm_$SFX(
             if (r_end <= end && k < end) {  // next non-empty row; the empty ones passed on the way get zeros
                 ++r;
                 while (r + 1 < n_rows && indptr[r + 1] <= k) {
-                    tg_zero_row(y, r, F, f, on);
+                    tg_zero_row(y, r, f, on);
                     ++r;
                 }
                 r_start = indptr[r];
@@ -138,7 +146,7 @@ extern "C" __global__ void tapegrad_spmm_$SFX(
             }
         }
         if (end == nnz) {  // empty rows after the last stored entry
-            for (long long e = r + 1; e < n_rows; ++e) tg_zero_row(y, e, F, f, on);
+            for (long long e = r + 1; e < n_rows; ++e) tg_zero_row(y, e, f, on);
         }
     }
 }
@@ -344,6 +352,9 @@ def release_scratch() -> None:
 
 
 def _spmm_scratch(dev, stream, dtype, n_carry, n_tickets):
+    """(carry pieces, tickets) with room for n_carry elements and n_tickets tickets; the tickets are zero
+    (zeroed once, and each call leaves the ones it uses as it found them). Two buffers, so that no call's
+    pieces ever land where another call's tickets are."""
     key = (dev, stream, dtype)
     s = _SPMM_SCRATCH.get(key)
     if s is None or s[0].size < n_carry or s[1].size < n_tickets:
@@ -353,7 +364,15 @@ def _spmm_scratch(dev, stream, dtype, n_carry, n_tickets):
     return s
 
 
-def _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, dev, stream):
+@functools.cache
+def _spmm_source(dtype, itype, ptype, vec, F, seg, group, has_data):
+    sfx = (f"{cc.suffix(dtype)}_{cc.suffix(itype)}_p{cc.suffix(ptype)[1:]}_v{vec}_f{F}_s{seg}_g{group}"
+           f"_d{int(has_data)}")
+    return cc.render(_SPMM, T=cc.ctype(dtype), I=cc.ctype(itype), P=cc.ctype(ptype), VEC=vec, F=F, SEG=seg,
+                     GROUP=group, HAS_DATA=int(has_data), SFX=sfx), sfx
+
+
+def _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, has_data, dev, stream):
     seg = max(1, int(SPMM_SEGMENT))
     n_seg = -(-nnz // seg)
     vec = cc.vec_width(dtype, F, x, y)
@@ -361,15 +380,14 @@ def _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, dev, stream):
     n_tiles = -(-F // (group * vec))
     block = max(group, -(-int(BLOCK) // group) * group)
     blocks, threads = cc.launch_shape(n_seg * n_tiles * group, block, MAX_BLOCKS)
-    fn = _kernel(_SPMM, "spmm", dtype, indices.dtype, indptr.dtype, vec)
+    source, sfx = _spmm_source(np.dtype(dtype), np.dtype(indices.dtype), np.dtype(indptr.dtype), vec, F, seg, group,
+                               has_data)
+    fn = cc.kernel(source, f"tapegrad_spmm_{sfx}")
     carry, tickets = _spmm_scratch(dev, stream, dtype, n_seg * 2 * F, n_seg * n_tiles)
-    tail = (carry, tickets, _i64(n_rows), _i64(x.shape[0]), _i64(F), _i64(nnz), _i64(seg), np.int32(group),
-            _i64(n_tiles))
+    tail = (carry, tickets, _i64(n_rows), _i64(x.shape[0]), _i64(nnz))
     plan = _SPMM_PLANS[key] = (fn, (blocks,), (threads,), tail)
     return plan
 
-
-_HAS_DATA = (np.int32(0), np.int32(1))
 
 
 def spmm(indptr, indices, data, x, out=None):
@@ -398,13 +416,13 @@ def spmm(indptr, indices, data, x, out=None):
         d = _contig(data).astype(dtype, copy=False)
     dev = cupy.cuda.runtime.getDevice()
     stream = cupy.cuda.get_current_stream().ptr
-    key = (dtype, indices.dtype, indptr.dtype, n_rows, x.shape[0], F, nnz, (x.data.ptr | y.data.ptr) & 15,
-           SPMM_SEGMENT, BLOCK, MAX_BLOCKS, dev, stream)
+    key = (dtype, indices.dtype, indptr.dtype, n_rows, x.shape[0], F, nnz, has_data,
+           (x.data.ptr | y.data.ptr) & 15, SPMM_SEGMENT, BLOCK, MAX_BLOCKS, dev, stream)
     plan = _SPMM_PLANS.get(key)
     if plan is None:
-        plan = _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, dev, stream)
+        plan = _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, has_data, dev, stream)
     fn, grid, block, tail = plan
-    fn(grid, block, (indptr, indices, d, _HAS_DATA[has_data], x, y) + tail)
+    fn(grid, block, (indptr, indices, d, x, y) + tail)
     return cc.finish(y, user)
 
 
