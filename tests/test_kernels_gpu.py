@@ -410,5 +410,5 @@ def test_numba_fast_launch_matches_numba_launch_and_is_used(cp, monkeypatch):
             for g, w in zip(got if isinstance(got, tuple) else (got,), want[k] if isinstance(got, tuple) else (want[k],)):
                 assert cp.asnumpy(g).tobytes() == cp.asnumpy(w).tobytes(), k
     planned = {key[0] for key, plan in dv._plans.items() if plan is not None}
-    for kernel in (nrec._lstm_fwd, nrec._rnn_fwd, nsp._spmm_segments, nsp._spmm_fixup, nsp._sddmm_segments):
+    for kernel in (nrec._lstm_fwd, nrec._rnn_fwd, nsp._spmm_pass, nsp._sddmm_segments):
         assert kernel in planned, kernel

@@ -3,12 +3,13 @@
 Same signatures and semantics as :mod:`tapegrad.kernels.reference`. Arrays may be cupy arrays, Numba
 device arrays or host NumPy arrays; results come back in the kind of the leading input (see
 :mod:`._device`). Every kernel is a grid-stride loop with a host launcher beside it, guards each load
-and store, and is deterministic: no floating-point atomics, so two runs give the same bits.
+and store, and is deterministic: no floating-point value is accumulated atomically, so two runs give the
+same bits.
 
 Work is split by stored entries, not by rows: ``spmm`` and ``sddmm`` cut the entry array into segments
 of ``SPMM_SEGMENT`` / ``SDDMM_SEGMENT`` entries, so many short rows share one warp and a power-law row
 with a million entries is spread over many warps. A row cut by segment boundaries leaves partial sums
-that a second pass adds up in segment order.
+that the lane finishing last adds up in segment order (an integer ticket says which lane that is).
 
 The launch constants below are read at every launch, so tests can patch them small to hit block and
 segment edges under the CUDA simulator.
@@ -128,12 +129,17 @@ def _scan(counts, out, n, st):
 # spmm
 
 @cuda.jit
-def _spmm_segments(indptr, indices, data, has_data, x, y, carry, n_rows, nnz, seg, group, n_tiles, zero, one):
-    """A group of ``group`` lanes per (segment of ``seg`` entries, tile of ``group`` features).
+def _spmm_pass(indptr, indices, data, has_data, x, y, carry, tickets, n_rows, nnz, seg, group, n_tiles, zero,
+               one):
+    """Y = A X in one launch: a group of ``group`` lanes per (segment of ``seg`` entries, tile of ``group``
+    features), lanes across features so that each x row is read coalesced.
 
-    Lanes run across features, so each x row is read coalesced. A row wholly inside the segment is
-    written to y; the piece of a row cut at the segment start goes to carry[s, 0], the piece of a row
-    that runs past the segment end (and started inside it) to carry[s, 1].
+    A row that starts and ends inside the segment goes to y. A row cut by segment edges leaves one piece
+    per segment it touches in ``carry`` (carry[s, 1] in the segment it starts in, carry[s, 0] in the
+    others); each lane then takes a ticket for its feature of the row (tickets[s0, f], s0 the segment the
+    row starts in), and the lane that takes the last one adds the pieces in segment order (reading them
+    with atomic adds of zero, which go to L2, where the other SMs' writes are) and resets the ticket. Empty
+    rows get zeros from the segment their row pointer falls in (the last segment for those at the end).
     """
     F = x.shape[1]
     n_cols = x.shape[0]
@@ -145,79 +151,97 @@ def _spmm_segments(indptr, indices, data, has_data, x, y, carry, n_rows, nnz, se
     while g < n_seg * n_tiles:
         s = g // n_tiles
         f = (g - s * n_tiles) * group + lane
+        on = f < F
         start = s * seg
         end = min(start + seg, nnz)
         r = _row_of(indptr, n_rows, start)
         r_start = indptr[r]
         r_end = indptr[r + 1]
+        if r_start == start:  # empty rows whose pointer is this segment's start come just before r
+            e = r - 1
+            while e >= 0 and indptr[e] == start:
+                if on:
+                    y[e, f] = zero
+                e -= 1
         acc = zero
         k = start
         while k < end:
             stop = min(r_end, end)
             while k < stop:
                 c = indices[k]
-                if f < F and c >= 0 and c < n_cols:
+                if on and c >= 0 and c < n_cols:
                     v = one
                     if has_data:
                         v = data[k]
                     acc += v * x[c, f]
                 k += 1
-            if r_end <= end:  # row r ends inside this segment
-                if f < F:
-                    if r_start >= start:
-                        y[r, f] = acc
-                    else:
-                        carry[s, 0, f] = acc
-                acc = zero
-                if k < end:  # next non-empty row
+            if r_start >= start and r_end <= end:
+                if on:
+                    y[r, f] = acc
+            elif on:  # a piece of a row cut by segment edges
+                if r_start >= start:
+                    carry[s, 1, f] = acc
+                else:
+                    carry[s, 0, f] = acc
+                s0 = r_start // seg
+                last = (r_end - 1) // seg
+                cuda.threadfence()  # the piece, before the ticket that may let another lane read it
+                if cuda.atomic.add(tickets, (s0, f), 1) == last - s0:
+                    cuda.threadfence()
+                    total = cuda.atomic.add(carry, (s0, 1, f), zero)
+                    for s2 in range(s0 + 1, last + 1):
+                        total += cuda.atomic.add(carry, (s2, 0, f), zero)
+                    y[r, f] = total
+                    tickets[s0, f] = 0
+            acc = zero
+            if r_end <= end and k < end:  # next non-empty row; empty ones passed on the way get zeros
+                r += 1
+                while r + 1 < n_rows and indptr[r + 1] <= k:
+                    if on:
+                        y[r, f] = zero
                     r += 1
-                    while r + 1 < n_rows and indptr[r + 1] <= k:
-                        r += 1
-                    r_start = indptr[r]
-                    r_end = indptr[r + 1]
-            else:  # row r runs past the segment end
-                if f < F:
-                    if r_start >= start:
-                        carry[s, 1, f] = acc
-                    else:
-                        carry[s, 0, f] = acc
+                r_start = indptr[r]
+                r_end = indptr[r + 1]
+        if end == nnz:  # empty rows after the last stored entry
+            for e in range(r + 1, n_rows):
+                if on:
+                    y[e, f] = zero
         g += n_groups
 
 
 @cuda.jit
-def _spmm_fixup(indptr, y, carry, n_rows, nnz, seg):
-    """One thread per (segment s, feature): if a row starts in s and runs past it, sum its pieces in
-    segment order and write the row."""
-    F = y.shape[1]
-    n_seg = (nnz + seg - 1) // seg
+def _fill(y, value):
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
-    while i < n_seg * F:
-        s = i // F
-        f = i - s * F
-        start = s * seg
-        end = min(start + seg, nnz)
-        r = _row_of(indptr, n_rows, end - 1)
-        r_end = indptr[r + 1]
-        if indptr[r] >= start and r_end > end:
-            acc = carry[s, 1, f]
-            last = min((r_end - 1) // seg, n_seg - 1)
-            for s2 in range(s + 1, last + 1):
-                acc += carry[s2, 0, f]
-            y[r, f] = acc
+    n = y.shape[0] * y.shape[1]
+    while i < n:
+        r = i // y.shape[1]
+        y[r, i - r * y.shape[1]] = value
         i += stride
 
 
-@cuda.jit
-def _spmm_zero_empty_rows(indptr, y, n_rows):
-    F = y.shape[1]
-    i = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    while i < n_rows * F:
-        r = i // F
-        if indptr[r + 1] == indptr[r]:
-            y[r, i - r * F] = 0
-        i += stride
+# cupy work's scratch, per (device, stream, dtype): (carry elements and uint32 tickets as flat arrays, views of
+# them per shape), grown, never shrunk; the tickets are zero between calls (each call resets its own).
+_SCRATCH: dict = {}
+
+
+def _spmm_scratch(kind, n_seg, F, dtype):
+    """(carry [n_seg, 2, F], tickets [n_seg, F] of zeros) for one call."""
+    if kind != dv.CUPY:  # tests and the simulator: fresh arrays
+        zeros = np.zeros((n_seg, F), np.uint32)
+        return dv.scratch((n_seg, 2, F), dtype, kind), cuda.to_device(zeros)
+    import cupy
+    key = (cupy.cuda.runtime.getDevice(), cupy.cuda.get_current_stream().ptr, np.dtype(dtype))
+    buf = _SCRATCH.get(key)
+    n_carry, n_tickets = n_seg * 2 * F, n_seg * F
+    if buf is None or buf[0].size < n_carry or buf[1].size < n_tickets:
+        old_c, old_t = (buf[0].size, buf[1].size) if buf is not None else (0, 0)
+        buf = _SCRATCH[key] = (cupy.empty(max(n_carry, old_c), dtype), cupy.zeros(max(n_tickets, old_t), np.uint32),
+                               {})
+    views = buf[2].get((n_seg, F))
+    if views is None:  # shaped views of the buffers, made once per shape
+        views = buf[2][(n_seg, F)] = (buf[0][:n_carry].reshape(n_seg, 2, F), buf[1][:n_tickets].reshape(n_seg, F))
+    return views
 
 
 def spmm(indptr, indices, data, x, out=None):
@@ -235,22 +259,20 @@ def spmm(indptr, indices, data, x, out=None):
     nnz = indices.shape[0]
     ip, ix, xd = dv.as_device(indptr), dv.as_device(indices), dv.as_device(x)
     y = res.dev
-    blocks, threads = dv.launch_shape(n_rows * F, BLOCK, MAX_BLOCKS)
-    dv.launch(_spmm_zero_empty_rows, blocks, threads, kind, ip, y, n_rows)
-    if nnz > 0:
-        has_data = data is not None
-        d = _as_dtype(dv.as_device(data), dtype, kind) if has_data else xd[0]
-        seg = max(1, int(SPMM_SEGMENT))
-        n_seg = -(-nnz // seg)
-        group = min(32, dv.next_pow2(F))
-        n_tiles = -(-F // group)
-        carry = dv.scratch((n_seg, 2, F), dtype, kind)
-        block = _group_block(group)
-        blocks, threads = dv.launch_shape(n_seg * n_tiles * group, block, MAX_BLOCKS)
-        dv.launch(_spmm_segments, blocks, threads, kind, ip, ix, d, has_data, xd, y, carry, n_rows, nnz, seg, group,
-                  n_tiles, dtype.type(0), dtype.type(1))
-        blocks, threads = dv.launch_shape(n_seg * F, BLOCK, MAX_BLOCKS)
-        dv.launch(_spmm_fixup, blocks, threads, kind, ip, y, carry, n_rows, nnz, seg)
+    if nnz == 0:  # every row is empty
+        blocks, threads = dv.launch_shape(n_rows * F, BLOCK, MAX_BLOCKS)
+        dv.launch(_fill, blocks, threads, kind, y, dtype.type(0))
+        return res.result()
+    has_data = data is not None
+    d = _as_dtype(dv.as_device(data), dtype, kind) if has_data else xd[0]
+    seg = max(1, int(SPMM_SEGMENT))
+    n_seg = -(-nnz // seg)
+    group = min(32, dv.next_pow2(F))
+    n_tiles = -(-F // group)
+    carry, tickets = _spmm_scratch(kind, n_seg, F, dtype)
+    blocks, threads = dv.launch_shape(n_seg * n_tiles * group, _group_block(group), MAX_BLOCKS)
+    dv.launch(_spmm_pass, blocks, threads, kind, ip, ix, d, has_data, xd, y, carry, tickets, n_rows, nnz, seg, group,
+              n_tiles, dtype.type(0), dtype.type(1))
     return res.result()
 
 

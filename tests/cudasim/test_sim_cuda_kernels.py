@@ -82,6 +82,26 @@ def _tol(dtype):
     return dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("segment", [1, 2, 5])
+def test_spmm_random_graphs_with_empty_rows_at_segment_edges(monkeypatch, segment):
+    """Rows cut by many segment edges (joined by the lane that takes the last ticket) and empty rows at
+    the start, the end and segment starts; out starts as NaN so that a row left unwritten fails."""
+    monkeypatch.setattr(sk, "SPMM_SEGMENT", segment)
+    rng = np.random.default_rng(segment)
+    for trial in range(6):
+        n_rows, n_cols = int(rng.integers(2, 14)), int(rng.integers(1, 9))
+        d = rng.random((n_rows, n_cols)) * (rng.random((n_rows, n_cols)) < float(rng.choice([0.2, 0.6])))
+        d[[0, n_rows - 1]] = 0
+        if n_rows > 3:
+            d[n_rows // 2] = rng.random(n_cols) + 0.1
+        indptr, indices, data = _csr(d, np.int32, np.int64, np.float64)
+        x = rng.standard_normal((n_cols, int(rng.choice([1, 3, 33]))))
+        out = np.full((n_rows, x.shape[1]), np.nan)
+        y = sk.spmm(indptr, indices, data, x, out)
+        np.testing.assert_allclose(y, ref.spmm(indptr, indices, data, x), rtol=1e-12, atol=1e-12,
+                                   err_msg=f"trial {trial}")
+
+
 @pytest.mark.parametrize("types", TYPES, ids=TYPE_IDS)
 @pytest.mark.parametrize("graph", GRAPHS)
 def test_spmm_matches_reference_on_edge_graphs(graph, types):
