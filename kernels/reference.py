@@ -226,3 +226,24 @@ def rnn_seq_bwd(dz, w_t, grad_h, grad_out, hs, reverse=False, relu=False):
     """The Elman RNN's backward over all steps: dz [T, B, H] written (see :func:`lstm_seq_bwd`)."""
     from .sequence import rnn_seq_bwd as loop
     loop(rnn_step_bwd, dz, w_t, grad_h, grad_out, hs, reverse, relu)
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_sqrt, eps, weight_decay=0.0,
+              decay=1.0):
+    """One Adam update in place, PyTorch's single-tensor rule, each operation rounded to param's dtype:
+
+    p <- p * decay (AdamW's decoupled decay); g <- g + weight_decay * p (Adam's L2, when nonzero);
+    m <- m + (g - m)(1 - beta1); v <- v beta2 + (1 - beta2) g g;
+    p <- p - step_size m / (sqrt(v) / bias2_sqrt + eps),
+    with step_size = lr / (1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) worked out by the caller.
+    All arrays have param's shape and dtype; param, exp_avg and exp_avg_sq are written."""
+    t = param.dtype.type
+    if decay != 1.0:
+        param *= t(decay)
+    if weight_decay:
+        grad = grad + t(weight_decay) * param
+    exp_avg += (grad - exp_avg) * t(1 - beta1)
+    exp_avg_sq *= t(beta2)
+    exp_avg_sq += t(1 - beta2) * grad * grad
+    denom = np.sqrt(exp_avg_sq) / t(bias2_sqrt) + t(eps)
+    param -= t(step_size) * (exp_avg / denom)

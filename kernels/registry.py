@@ -18,6 +18,7 @@ KERNEL_NAMES = (
     "lstm_cell_fwd", "lstm_cell_bwd", "rnn_cell_fwd", "rnn_cell_bwd",
     "lstm_step_fwd", "lstm_step_bwd", "rnn_step_fwd", "rnn_step_bwd",
     "lstm_seq_fwd", "lstm_seq_bwd", "rnn_seq_fwd", "rnn_seq_bwd",
+    "adam_step",
 )
 _MODULE_OF_KERNEL = {
     "spmm": "sparse", "sddmm": "sparse", "csr_transpose": "sparse", "gcn_norm": "sparse",
@@ -27,6 +28,7 @@ _MODULE_OF_KERNEL = {
     "rnn_step_fwd": "recurrent_step", "rnn_step_bwd": "recurrent_step",
     "lstm_seq_fwd": "recurrent_step", "lstm_seq_bwd": "recurrent_step",
     "rnn_seq_fwd": "recurrent_step", "rnn_seq_bwd": "recurrent_step",
+    "adam_step": "optim",
 }
 _PACKAGE_OF_BACKEND = {"cpu": "cpu", "numba-cuda": "cuda", "cupy": "cupy"}
 

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..engine.backend import array_module
+from ..kernels import registry
 from ..engine.tensor import Tensor
 
 
@@ -174,25 +175,17 @@ class Adam(Optimizer):
         for g, p, st in self._params_with_grad():
             xp = array_module(p.data)
             lr, (b1, b2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
-            grad = p.grad
-            if wd:
-                if self.decoupled:
-                    p.data *= p.dtype.type(1 - lr * wd)
-                else:
-                    grad = grad + p.dtype.type(wd) * p.data
             if "step" not in st:
                 st["step"] = np.zeros((), dtype=np.int64)
                 st["exp_avg"] = xp.zeros_like(p.data)
                 st["exp_avg_sq"] = xp.zeros_like(p.data)
             st["step"] += 1
             step = int(st["step"])
-            m, v = st["exp_avg"], st["exp_avg_sq"]
-            m += (grad - m) * p.dtype.type(1 - b1)
-            v *= p.dtype.type(b2)
-            v += p.dtype.type(1 - b2) * grad * grad
-            step_size = lr / (1 - b1 ** step)
-            denom = xp.sqrt(v) / p.dtype.type(math.sqrt(1 - b2 ** step)) + p.dtype.type(eps)
-            p.data -= p.dtype.type(step_size) * (m / denom)
+            decoupled = bool(wd) and self.decoupled
+            # one kernel per parameter (kernels/*/optim.py), the rule of kernels.reference.adam_step
+            registry.call("adam_step", registry.backend_of(p.data), p.data, p.grad, st["exp_avg"], st["exp_avg_sq"],
+                          b1, b2, lr / (1 - b1 ** step), math.sqrt(1 - b2 ** step), eps,
+                          0.0 if decoupled else wd, 1 - lr * wd if decoupled else 1.0)
 
 
 class AdamW(Adam):

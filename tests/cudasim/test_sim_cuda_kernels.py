@@ -314,3 +314,22 @@ def test_spmm_is_bitwise_deterministic():
     y1 = sk.spmm(indptr, indices, data, x)
     y2 = sk.spmm(indptr, indices, data, x)
     assert y1.tobytes() == y2.tobytes()
+
+
+@pytest.mark.parametrize("wd,decay", [(0.0, 1.0), (0.1, 1.0), (0.0, 0.995)], ids=["plain", "l2", "decoupled"])
+def test_adam_step_matches_reference(monkeypatch, wd, decay):
+    from tapegrad.kernels.cuda import optim as cuda_optim
+    monkeypatch.setattr(cuda_optim, "BLOCK", 32)
+    monkeypatch.setattr(cuda_optim, "MAX_BLOCKS", 2)
+    rng = np.random.default_rng(6)
+    shape = (9, 11)  # 99 elements: a grid-stride loop over more than 2 blocks of 32
+    p = rng.standard_normal(shape)
+    m, v = np.zeros(shape), np.zeros(shape)
+    want = [p.copy(), m.copy(), v.copy()]
+    for step in range(1, 4):
+        g = rng.standard_normal(shape)
+        args = (0.9, 0.999, 1e-2 / (1 - 0.9 ** step), np.sqrt(1 - 0.999 ** step), 1e-8, wd, decay)
+        ref.adam_step(*want[:1], g, *want[1:], *args)
+        cuda_optim.adam_step(p, g, m, v, *args)
+        for got, w in zip((p, m, v), want):
+            np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-14)

@@ -1,0 +1,44 @@
+"""Numba kernel for the optimisers' elementwise update (Adam, AdamW).
+
+Same signature and semantics as :func:`tapegrad.kernels.reference.adam_step`, in one pass over the
+elements instead of the reference's nine array operations (each a pass over memory, most with a
+temporary). Every operation is rounded to the parameter's dtype in the reference's order and nothing is
+contracted into an FMA (no fastmath), so the results are the reference's bits.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .. import reference as ref
+
+
+@njit(cache=True)
+def _adam(p, g, m, v, c1, b2, c2, step_size, bias2, eps, wd, decay, l2, decoupled):
+    for i in range(p.shape[0]):
+        pi = p[i]
+        if decoupled:
+            pi = pi * decay
+        gi = g[i]
+        if l2:
+            gi = gi + wd * pi
+        mi = m[i] + (gi - m[i]) * c1
+        vi = v[i] * b2 + c2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = pi - step_size * (mi / (np.sqrt(vi) / bias2 + eps))
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_sqrt, eps, weight_decay=0.0,
+              decay=1.0):
+    """See :func:`tapegrad.kernels.reference.adam_step`; non-contiguous or mixed-dtype arrays take the
+    reference's path."""
+    arrays = (param, grad, exp_avg, exp_avg_sq)
+    t = param.dtype.type
+    if not all(type(a) is np.ndarray and a.flags.c_contiguous and a.dtype == param.dtype
+               and a.shape == param.shape for a in arrays) or param.dtype not in (np.float32, np.float64):
+        return ref.adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_sqrt, eps,
+                             weight_decay, decay)
+    _adam(param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1), exp_avg_sq.reshape(-1), t(1 - beta1), t(beta2),
+          t(1 - beta2), t(step_size), t(bias2_sqrt), t(eps), t(weight_decay), t(decay), bool(weight_decay),
+          decay != 1.0)
