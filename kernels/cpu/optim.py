@@ -13,15 +13,13 @@ from numba import njit
 from .. import reference as ref
 
 
-@njit(cache=True)
+# error_model "numpy": a division by zero gives inf / nan as numpy's does, instead of a check per
+# element that raises, which also keeps the loop from vectorising.
+@njit(cache=True, error_model="numpy")
 def _adam(p, g, m, v, c1, b2, c2, step_size, bias2, eps, wd, decay, l2, decoupled):
-    for i in range(p.shape[0]):
-        pi = p[i]
-        if decoupled:
-            pi = pi * decay
-        gi = g[i]
-        if l2:
-            gi = gi + wd * pi
+    for i in range(p.shape[0]):  # the flags are the same for every element: LLVM hoists the tests
+        pi = p[i] * decay if decoupled else p[i]
+        gi = g[i] + wd * pi if l2 else g[i]
         mi = m[i] + (gi - m[i]) * c1
         vi = v[i] * b2 + c2 * gi * gi
         m[i] = mi
