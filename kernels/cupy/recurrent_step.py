@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import sequence as seq
 from . import _compile as cc
+from ._persistent import PERSISTENT_HELPERS
 from . import recurrent_tiled as tiled
 
 WARPS = 4  # warps (hidden units) per block
@@ -41,19 +42,7 @@ typedef $T T;
 #define TG_WARPS $WARPS
 #define TG_STAGE $STAGE
 
-__device__ __forceinline__ T tg_sigmoid(T v) { return T(1) / (T(1) + exp(-v)); }
-
-// Loads that bypass L1 (cached in L2 only), for data other blocks write during the launch: the state
-// and gradient rows a persistent loop hands from one step to the next.
-__device__ __forceinline__ void tg_load_cg(const float* p, float (&a)[1]) { a[0] = __ldcg(p); }
-__device__ __forceinline__ void tg_load_cg(const float* p, float (&a)[2]) {
-    const float2 t = __ldcg(reinterpret_cast<const float2*>(p)); a[0] = t.x; a[1] = t.y; }
-__device__ __forceinline__ void tg_load_cg(const float* p, float (&a)[4]) {
-    const float4 t = __ldcg(reinterpret_cast<const float4*>(p)); a[0] = t.x; a[1] = t.y; a[2] = t.z; a[3] = t.w; }
-__device__ __forceinline__ void tg_load_cg(const double* p, double (&a)[1]) { a[0] = __ldcg(p); }
-__device__ __forceinline__ void tg_load_cg(const double* p, double (&a)[2]) {
-    const double2 t = __ldcg(reinterpret_cast<const double2*>(p)); a[0] = t.x; a[1] = t.y; }
-
+$HELPERS
 #if TG_STAGE
 // The rows a pass of the block reads (n elements of the state or gradient the previous step wrote), copied
 // once into shared memory through L2, instead of every warp fetching them from L2 in its dot products:
@@ -95,25 +84,6 @@ __device__ __forceinline__ T tg_dot(const T* x, const T* __restrict__ w, int K) 
 #pragma unroll
     for (int q = 0; q < VEC; ++q) s += acc[q];
     return s;
-}
-
-// Grid-wide barrier for a persistent loop (every block resident: the host launches at most one block
-// per SM). Arrivals count up across the launch; barrier k of the launch waits for k * gridDim.x.
-__device__ __forceinline__ void tg_grid_sync(unsigned int* count, unsigned int target) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();  // this block's writes of the step, before its arrival
-        atomicAdd(count, 1u);
-        while (*reinterpret_cast<volatile unsigned int*>(count) < target) { }
-        __threadfence();
-    }
-    __syncthreads();
-}
-
-// After the last step: the last block to leave resets the counter for the next launch (every block
-// has passed every barrier by then, so nobody waits on it any more).
-__device__ __forceinline__ void tg_grid_leave(unsigned int* count, unsigned int total) {
-    if (threadIdx.x == 0 && atomicAdd(count, 1u) == total - 1) atomicExch(count, 0u);
 }
 
 // n_steps LSTM steps; step s reads h_prev + s * hstep and writes h + s * hstep (c likewise), its
@@ -282,7 +252,8 @@ extern "C" __global__ void tapegrad_rnn_seq_bwd_$SFX(
 @functools.cache
 def _source(dtype, vec, warps, stage):
     sfx = f"{cc.suffix(dtype)}_v{vec}_w{warps}_s{int(stage)}"
-    return cc.render(_STEP, T=cc.ctype(dtype), VEC=vec, WARPS=warps, STAGE=int(stage), SFX=sfx), sfx
+    return cc.render(_STEP, T=cc.ctype(dtype), VEC=vec, WARPS=warps, STAGE=int(stage), SFX=sfx,
+                     HELPERS=PERSISTENT_HELPERS), sfx
 
 
 # Stage each pass's rows of the state (or gradient) in shared memory; off, or past this many bytes (the

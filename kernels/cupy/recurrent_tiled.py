@@ -15,7 +15,8 @@ Here a block owns a tile of ``U`` hidden units and ``R`` batch rows for the whol
   of K), the partials meet in shared memory, and ``R * U`` threads finish the sums and apply the cell;
 * the cell state (forward) and dL/dc (backward) of a block's (row, unit) pairs never leave it, so they
   stay in registers from step to step;
-* a grid barrier (recurrent_step's) separates the steps: there are at most as many blocks as SMs.
+* a grid barrier (kernels/cupy/_persistent.py) separates the steps: there are at most as many blocks as
+  SMs.
 
 Forward, LSTM (NG = 4 gates) or Elman (NG = 1): thread t owns column c = t % (NG U) of the block (gate
 c / U of unit j0 + c % U) and segment s = t / (NG U) of K = H. Backward: thread t owns unit u = t % U
@@ -30,6 +31,7 @@ import cupy
 import numpy as np
 
 from . import _compile as cc
+from ._persistent import PERSISTENT_HELPERS
 
 THREADS = 256  # per block, when the tile has that many (column, segment) pairs
 MAX_ROWS = 32  # rows per block; the partials take threads * R elements of shared memory
@@ -52,34 +54,7 @@ typedef $T T;
 #define VG $VG
 #define NUT (H / U)
 
-__device__ __forceinline__ T tg_sigmoid(T v) { return T(1) / (T(1) + exp(-v)); }
-
-// Grid-wide barrier: every block resident (at most one block per SM is launched); arrivals count up
-// across the launch, barrier k waits for k * gridDim.x. The last block out resets the counter.
-__device__ __forceinline__ void tg_grid_sync(unsigned int* count, unsigned int target) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(count, 1u);
-        while (*reinterpret_cast<volatile unsigned int*>(count) < target) { }
-        __threadfence();
-    }
-    __syncthreads();
-}
-
-__device__ __forceinline__ void tg_grid_leave(unsigned int* count, unsigned int total) {
-    if (threadIdx.x == 0 && atomicAdd(count, 1u) == total - 1) atomicExch(count, 0u);
-}
-
-__device__ __forceinline__ void tg_ldcg(const float* p, float (&a)[1]) { a[0] = __ldcg(p); }
-__device__ __forceinline__ void tg_ldcg(const float* p, float (&a)[2]) {
-    const float2 t = __ldcg(reinterpret_cast<const float2*>(p)); a[0] = t.x; a[1] = t.y; }
-__device__ __forceinline__ void tg_ldcg(const float* p, float (&a)[4]) {
-    const float4 t = __ldcg(reinterpret_cast<const float4*>(p)); a[0] = t.x; a[1] = t.y; a[2] = t.z; a[3] = t.w; }
-__device__ __forceinline__ void tg_ldcg(const double* p, double (&a)[1]) { a[0] = __ldcg(p); }
-__device__ __forceinline__ void tg_ldcg(const double* p, double (&a)[2]) {
-    const double2 t = __ldcg(reinterpret_cast<const double2*>(p)); a[0] = t.x; a[1] = t.y; }
-
+$HELPERS
 // n elements of src (rows other blocks wrote this launch: read through L2) into shared dst, VG per load
 // (n % VG == 0), STAGE_UNROLL loads in flight per thread: a load waited for before the next would pay an
 // L2 round trip each.
@@ -91,7 +66,7 @@ __device__ __forceinline__ void tg_stage(const T* src, int n, T* dst) {
 #pragma unroll
         for (int q = 0; q < STAGE_UNROLL; ++q) {
             const int e = e0 + q * NT * VG;
-            if (e < n) tg_ldcg(src + e, v[q]);
+            if (e < n) tg_load_cg(src + e, v[q]);
         }
 #pragma unroll
         for (int q = 0; q < STAGE_UNROLL; ++q) {
@@ -330,7 +305,7 @@ def _plan_here(ng, B, H, dtype):
 def _source(ng, H, U, R, nt, ksf, ksb, dtype, vec, vg):
     sfx = f"{cc.suffix(dtype)}_g{ng}_h{H}_u{U}_r{R}_t{nt}_v{vec}_{vg}"
     return cc.render(_TILED, T=cc.ctype(dtype), NG=ng, H=H, U=U, R=R, NT=nt, KSF=ksf, KSB=ksb, VEC=vec, VG=vg,
-                     SFX=sfx), sfx
+                     SFX=sfx, HELPERS=PERSISTENT_HELPERS), sfx
 
 
 def _widest(dtype, *counts):
