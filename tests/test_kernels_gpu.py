@@ -418,7 +418,8 @@ def test_numba_fast_launch_matches_numba_launch_and_is_used(cp, monkeypatch):
 @pytest.mark.parametrize("wd,decay", [(0.0, 1.0), (0.1, 1.0), (0.0, 0.995)], ids=["plain", "l2", "decoupled"])
 def test_adam_step_matches_reference(cp, backend, dtype, wd, decay):
     """Several Adam updates in place on the GPU against the reference on the host (the GPU may contract
-    a multiply-add into an FMA: close, not bitwise); a strided parameter takes the reference's path."""
+    a multiply-add into an FMA: close, not bitwise), also with a transposed gradient; a strided parameter
+    takes the reference's path."""
     rng = np.random.default_rng(5)
     shape = (300, 7)
     p = rng.standard_normal(shape).astype(dtype)
@@ -432,6 +433,12 @@ def test_adam_step_matches_reference(cp, backend, dtype, wd, decay):
         _kernel("adam_step", backend)(pg, cp.asarray(g), mg, vg, *args)
         for got, want in ((pg, p), (mg, m), (vg, v)):
             np.testing.assert_allclose(cp.asnumpy(got), want, **tol)
+    g = rng.standard_normal(shape[::-1]).astype(dtype).T  # a transposed GEMM's gradient: not C-contiguous
+    args = (0.9, 0.999, 1e-2 / (1 - 0.9 ** 5), np.sqrt(1 - 0.999 ** 5), 1e-8, wd, decay)
+    ref.adam_step(p, g, m, v, *args)
+    _kernel("adam_step", backend)(pg, cp.asarray(np.ascontiguousarray(g.T)).T, mg, vg, *args)
+    for got, want in ((pg, p), (mg, m), (vg, v)):
+        np.testing.assert_allclose(cp.asnumpy(got), want, **tol)
     strided = cp.asarray(np.ones((300, 14), dtype))[:, ::2]
     want = np.ones(shape, dtype)
     ref.adam_step(want, np.ones(shape, dtype), np.zeros(shape, dtype), np.zeros(shape, dtype), *args)

@@ -29,8 +29,10 @@ def _adam(p, g, m, v, c1, b2, c2, step_size, bias2, eps, wd, decay, l2, decouple
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_sqrt, eps, weight_decay=0.0,
               decay=1.0):
-    """See :func:`tapegrad.kernels.reference.adam_step`; non-contiguous or mixed-dtype arrays take the
-    reference's path."""
+    """See :func:`tapegrad.kernels.reference.adam_step`. A strided gradient is copied to a contiguous one;
+    a strided parameter or state, or mixed dtypes, take the reference's path."""
+    if type(grad) is np.ndarray and not grad.flags.c_contiguous:
+        grad = np.ascontiguousarray(grad)  # a weight's gradient often comes out of a GEMM transposed
     arrays = (param, grad, exp_avg, exp_avg_sq)
     t = param.dtype.type
     if not all(type(a) is np.ndarray and a.flags.c_contiguous and a.dtype == param.dtype

@@ -39,7 +39,8 @@ def _adam(p, g, m, v, c1, b2, c2, step_size, bias2, eps, wd, decay, l2, decouple
 def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_sqrt, eps, weight_decay=0.0,
               decay=1.0):
     """See :func:`tapegrad.kernels.reference.adam_step`. The arrays must be of one float dtype and one shape;
-    cupy arrays that are not C-contiguous take the reference's path (CuPy operations)."""
+    a strided cupy gradient is copied to a contiguous one, and a strided cupy parameter or state takes the
+    reference's path (CuPy operations)."""
     dtype = np.dtype(param.dtype)
     for name, a in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
         if tuple(a.shape) != tuple(param.shape) or np.dtype(a.dtype) != dtype:
@@ -49,6 +50,9 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_s
     if n == 0:
         return None
     kind = dv.kind_of(param)
+    if dv.kind_of(grad) == dv.CUPY and not grad.flags.c_contiguous:
+        import cupy
+        grad = cupy.ascontiguousarray(grad)  # a weight's gradient often comes out of a GEMM transposed
     if kind == dv.CUPY and not all(dv.kind_of(a) == dv.CUPY and a.flags.c_contiguous
                                    for a in (param, grad, exp_avg, exp_avg_sq)):
         from .. import reference as ref  # CuPy operations, in place on any layout

@@ -48,9 +48,12 @@ def _source(dtype, vec):  # one element per thread whatever the alignment: vec i
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_sqrt, eps, weight_decay=0.0,
               decay=1.0):
-    """See :func:`tapegrad.kernels.reference.adam_step`; arrays that are not C-contiguous cupy arrays of
-    one float dtype and shape take the reference's path (CuPy operations)."""
+    """See :func:`tapegrad.kernels.reference.adam_step`. A strided gradient is copied to a contiguous one;
+    a parameter or state that is not a C-contiguous cupy array, or mixed dtypes or shapes, take the
+    reference's path (CuPy operations)."""
     dtype = param.dtype
+    if type(grad) is cupy.ndarray and not grad.flags.c_contiguous:
+        grad = cupy.ascontiguousarray(grad)  # a weight's gradient often comes out of a GEMM transposed
     arrays = (param, grad, exp_avg, exp_avg_sq)
     if dtype not in (np.float32, np.float64) or not cc.plain(arrays, dtype) or not (
             param.shape == grad.shape == exp_avg.shape == exp_avg_sq.shape):
