@@ -233,7 +233,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_s
     """One Adam update in place, PyTorch's single-tensor rule, each operation rounded to param's dtype:
 
     p <- p * decay (AdamW's decoupled decay); g <- g + weight_decay * p (Adam's L2, when nonzero);
-    m <- m + (g - m)(1 - beta1); v <- v beta2 + (1 - beta2) g g;
+    m <- m + (g - m)(1 - beta1) (for beta1 < 1/2: g - (g - m) beta1, as torch's lerp); v <- v beta2 + (1 - beta2) g g;
     p <- p - step_size m / (sqrt(v) / bias2_sqrt + eps),
     with step_size = lr / (1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) worked out by the caller.
     All arrays have param's shape and dtype; param, exp_avg and exp_avg_sq are written."""
@@ -242,7 +242,11 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_s
         param *= t(decay)
     if weight_decay:
         grad = grad + t(weight_decay) * param
-    exp_avg += (grad - exp_avg) * t(1 - beta1)
+    w = t(1 - beta1)
+    if w < 0.5:  # torch's lerp: start + w (end - start) below a weight of 1/2, else end - (1 - w)(end - start)
+        exp_avg += (grad - exp_avg) * w
+    else:
+        exp_avg[...] = grad - (grad - exp_avg) * (t(1) - w)
     exp_avg_sq *= t(beta2)
     exp_avg_sq += t(1 - beta2) * grad * grad
     denom = np.sqrt(exp_avg_sq) / t(bias2_sqrt) + t(eps)

@@ -416,7 +416,8 @@ def test_numba_fast_launch_matches_numba_launch_and_is_used(cp, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("wd,decay", [(0.0, 1.0), (0.1, 1.0), (0.0, 0.995)], ids=["plain", "l2", "decoupled"])
-def test_adam_step_matches_reference(cp, backend, dtype, wd, decay):
+@pytest.mark.parametrize("beta1", [0.9, 0.3], ids=["b1=0.9", "b1=0.3"])
+def test_adam_step_matches_reference(cp, backend, dtype, wd, decay, beta1):
     """Several Adam updates in place on the GPU against the reference on the host (the GPU may contract
     a multiply-add into an FMA: close, not bitwise), also with a transposed gradient; a strided parameter
     takes the reference's path."""
@@ -428,13 +429,13 @@ def test_adam_step_matches_reference(cp, backend, dtype, wd, decay):
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
     for step in range(1, 5):
         g = rng.standard_normal(shape).astype(dtype)
-        args = (0.9, 0.999, 1e-2 / (1 - 0.9 ** step), np.sqrt(1 - 0.999 ** step), 1e-8, wd, decay)
+        args = (beta1, 0.999, 1e-2 / (1 - beta1 ** step), np.sqrt(1 - 0.999 ** step), 1e-8, wd, decay)
         ref.adam_step(p, g, m, v, *args)
         _kernel("adam_step", backend)(pg, cp.asarray(g), mg, vg, *args)
         for got, want in ((pg, p), (mg, m), (vg, v)):
             np.testing.assert_allclose(cp.asnumpy(got), want, **tol)
     g = rng.standard_normal(shape[::-1]).astype(dtype).T  # a transposed GEMM's gradient: not C-contiguous
-    args = (0.9, 0.999, 1e-2 / (1 - 0.9 ** 5), np.sqrt(1 - 0.999 ** 5), 1e-8, wd, decay)
+    args = (beta1, 0.999, 1e-2 / (1 - beta1 ** 5), np.sqrt(1 - 0.999 ** 5), 1e-8, wd, decay)
     ref.adam_step(p, g, m, v, *args)
     _kernel("adam_step", backend)(pg, cp.asarray(np.ascontiguousarray(g.T)).T, mg, vg, *args)
     for got, want in ((pg, p), (mg, m), (vg, v)):

@@ -304,7 +304,8 @@ def test_clipping_gradients_produced_by_backward():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("wd,decay", [(0.0, 1.0), (0.1, 1.0), (0.0, 0.995)], ids=["plain", "l2", "decoupled"])
-def test_adam_step_kernel_gives_the_reference_bits(dtype, wd, decay):
+@pytest.mark.parametrize("beta1", [0.9, 0.3], ids=["b1=0.9", "b1=0.3"])  # torch's lerp takes its other form
+def test_adam_step_kernel_gives_the_reference_bits(dtype, wd, decay, beta1):
     """The CPU kernel (one pass, no FMA contraction) against the reference's array operations, bit for bit,
     over several steps and with a strided gradient; a strided parameter takes the reference's path with the
     same result."""
@@ -318,7 +319,7 @@ def test_adam_step_kernel_gives_the_reference_bits(dtype, wd, decay):
     v = [np.zeros(shape, dtype) for _ in range(2)]
     for step in range(1, 5):
         g = rng.standard_normal(shape).astype(dtype)
-        args = (0.9, 0.999, 1e-2 / (1 - 0.9 ** step), np.sqrt(1 - 0.999 ** step), 1e-8, wd, decay)
+        args = (beta1, 0.999, 1e-2 / (1 - beta1 ** step), np.sqrt(1 - 0.999 ** step), 1e-8, wd, decay)
         ref.adam_step(p[0], g, m[0], v[0], *args)
         cpu_optim.adam_step(p[1], g, m[1], v[1], *args)
         for a, b in zip((p[0], m[0], v[0]), (p[1], m[1], v[1])):

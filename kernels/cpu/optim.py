@@ -16,11 +16,11 @@ from .. import reference as ref
 # error_model "numpy": a division by zero gives inf / nan as numpy's does, instead of a check per
 # element that raises, which also keeps the loop from vectorising.
 @njit(cache=True, error_model="numpy")
-def _adam(p, g, m, v, c1, b2, c2, step_size, bias2, eps, wd, decay, l2, decoupled):
+def _adam(p, g, m, v, c1, omc1, b2, c2, step_size, bias2, eps, wd, decay, l2, decoupled, lerp_hi):
     for i in range(p.shape[0]):  # the flags are the same for every element: LLVM hoists the tests
         pi = p[i] * decay if decoupled else p[i]
         gi = g[i] + wd * pi if l2 else g[i]
-        mi = m[i] + (gi - m[i]) * c1
+        mi = gi - (gi - m[i]) * omc1 if lerp_hi else m[i] + (gi - m[i]) * c1
         vi = v[i] * b2 + c2 * gi * gi
         m[i] = mi
         v[i] = vi
@@ -39,6 +39,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_s
                and a.shape == param.shape for a in arrays) or param.dtype not in (np.float32, np.float64):
         return ref.adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_sqrt, eps,
                              weight_decay, decay)
-    _adam(param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1), exp_avg_sq.reshape(-1), t(1 - beta1), t(beta2),
+    c1 = t(1 - beta1)
+    _adam(param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1), exp_avg_sq.reshape(-1), c1, t(1) - c1, t(beta2),
           t(1 - beta2), t(step_size), t(bias2_sqrt), t(eps), t(weight_decay), t(decay), bool(weight_decay),
-          decay != 1.0)
+          decay != 1.0, bool(c1 >= 0.5))

@@ -18,7 +18,7 @@ MAX_BLOCKS = 4096
 
 
 @cuda.jit
-def _adam(p, g, m, v, c1, b2, c2, step_size, bias2, eps, wd, decay, l2, decoupled):
+def _adam(p, g, m, v, c1, omc1, b2, c2, step_size, bias2, eps, wd, decay, l2, decoupled, lerp_hi):
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
     while i < p.shape[0]:
@@ -28,7 +28,10 @@ def _adam(p, g, m, v, c1, b2, c2, step_size, bias2, eps, wd, decay, l2, decouple
         gi = g[i]
         if l2:
             gi = gi + wd * pi
-        mi = m[i] + (gi - m[i]) * c1
+        if lerp_hi:  # torch's lerp above a weight of 1/2
+            mi = gi - (gi - m[i]) * omc1
+        else:
+            mi = m[i] + (gi - m[i]) * c1
         vi = v[i] * b2 + c2 * gi * gi
         m[i] = mi
         v[i] = vi
@@ -42,6 +45,10 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_s
     a strided cupy gradient is copied to a contiguous one, and a strided cupy parameter or state takes the
     reference's path (CuPy operations)."""
     dtype = np.dtype(param.dtype)
+    if dv.kind_of(param) == dv.CUPY and any(np.dtype(a.dtype) != dtype for a in (grad, exp_avg, exp_avg_sq)):
+        from .. import reference as ref  # mixed dtypes: CuPy operations, as the other backends do
+        return ref.adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_sqrt, eps,
+                             weight_decay, decay)
     for name, a in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
         if tuple(a.shape) != tuple(param.shape) or np.dtype(a.dtype) != dtype:
             raise ValueError(f"{name} has shape {tuple(a.shape)} and dtype {a.dtype}, expected "
@@ -69,8 +76,10 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_s
             flat.append(dv.as_device(a).reshape(n))
     t = dtype.type
     blocks, threads = dv.launch_shape(n, BLOCK, MAX_BLOCKS)
-    dv.launch(_adam, blocks, threads, kind, *flat, t(1 - beta1), t(beta2), t(1 - beta2), t(step_size),
-              t(bias2_sqrt), t(eps), t(weight_decay), t(decay), bool(weight_decay), decay != 1.0)
+    c1 = t(1 - beta1)
+    dv.launch(_adam, blocks, threads, kind, *flat, c1, t(1) - c1, t(beta2), t(1 - beta2), t(step_size),
+              t(bias2_sqrt), t(eps), t(weight_decay), t(decay), bool(weight_decay), decay != 1.0,
+              bool(c1 >= 0.5))
     for dev, host in back:
         host[...] = dev.copy_to_host().reshape(host.shape)
     return None

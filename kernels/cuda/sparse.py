@@ -139,7 +139,8 @@ def _spmm_pass(indptr, indices, data, has_data, x, y, carry, tickets, n_rows, nn
     others); each lane then takes a ticket for its feature of the row (tickets[s0, f], s0 the segment the
     row starts in), and the lane that takes the last one adds the pieces in segment order (reading them
     with atomic adds of zero, which go to L2, where the other SMs' writes are) and resets the ticket. Empty
-    rows get zeros from the segment their row pointer falls in (the last segment for those at the end).
+    rows, which no segment writes, get zeros in a grid-stride pass over the rows first (a thread per row,
+    so that a long run of empty rows is spread over the grid).
     """
     F = x.shape[1]
     n_cols = x.shape[0]
@@ -148,6 +149,12 @@ def _spmm_pass(indptr, indices, data, has_data, x, y, carry, tickets, n_rows, nn
     g = tid // group
     n_groups = cuda.gridsize(1) // group
     n_seg = (nnz + seg - 1) // seg
+    e = tid
+    while e < n_rows:
+        if indptr[e + 1] == indptr[e]:
+            for j in range(F):
+                y[e, j] = zero
+        e += cuda.gridsize(1)
     while g < n_seg * n_tiles:
         s = g // n_tiles
         f = (g - s * n_tiles) * group + lane
@@ -157,12 +164,6 @@ def _spmm_pass(indptr, indices, data, has_data, x, y, carry, tickets, n_rows, nn
         r = _row_of(indptr, n_rows, start)
         r_start = indptr[r]
         r_end = indptr[r + 1]
-        if r_start == start:  # empty rows whose pointer is this segment's start come just before r
-            e = r - 1
-            while e >= 0 and indptr[e] == start:
-                if on:
-                    y[e, f] = zero
-                e -= 1
         acc = zero
         k = start
         while k < end:
@@ -194,18 +195,12 @@ def _spmm_pass(indptr, indices, data, has_data, x, y, carry, tickets, n_rows, nn
                     y[r, f] = total
                     tickets[s0, f] = 0
             acc = zero
-            if r_end <= end and k < end:  # next non-empty row; empty ones passed on the way get zeros
+            if r_end <= end and k < end:  # next non-empty row
                 r += 1
                 while r + 1 < n_rows and indptr[r + 1] <= k:
-                    if on:
-                        y[r, f] = zero
                     r += 1
                 r_start = indptr[r]
                 r_end = indptr[r + 1]
-        if end == nnz:  # empty rows after the last stored entry
-            for e in range(r + 1, n_rows):
-                if on:
-                    y[e, f] = zero
         g += n_groups
 
 
@@ -231,7 +226,9 @@ def _spmm_scratch(kind, n_seg, F, dtype):
         zeros = np.zeros((n_seg, F), np.uint32)
         return dv.scratch((n_seg, 2, F), dtype, kind), cuda.to_device(zeros)
     import cupy
-    key = (cupy.cuda.runtime.getDevice(), cupy.cuda.get_current_stream().ptr, np.dtype(dtype))
+
+    from ..cupy._compile import stream_key
+    key = (cupy.cuda.runtime.getDevice(), stream_key(), np.dtype(dtype))
     buf = _SCRATCH.get(key)
     n_carry, n_tickets = n_seg * 2 * F, n_seg * F
     if buf is None or buf[0].size < n_carry or buf[1].size < n_tickets:

@@ -9,6 +9,7 @@ Nothing is compiled at import time.
 from __future__ import annotations
 
 import functools
+import threading
 from string import Template
 
 import cupy
@@ -141,6 +142,17 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
         plan = _PLANS[key] = (kernel(source, f"tapegrad_{name}_{sfx}"), (blocks,), (threads,))
     fn, grid, blk = plan
     fn(grid, blk, args)
+
+
+_PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle
+
+
+def stream_key():
+    """The current stream, as a key for per-stream state (scratch buffers reused call after call): its
+    handle, and the host thread too for the per-thread default stream, whose handle is 2 in every thread
+    but which is a different stream in each."""
+    ptr = cupy.cuda.get_current_stream().ptr
+    return (ptr, threading.get_ident()) if ptr == _PER_THREAD_STREAM else ptr
 
 
 def data_ptr(a) -> int:

@@ -23,14 +23,14 @@ _ADAM = r"""
 typedef $T T;
 extern "C" __global__ void tapegrad_adam_step_$SFX(
         T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v, long long n,
-        T c1, T b2, T c2, T step_size, T bias2, T eps, T wd, T decay, int l2, int decoupled) {
+        T c1, T b2, T c2, T step_size, T bias2, T eps, T wd, T decay, int l2, int decoupled, int lerp_hi) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         T pi = p[i];
         if (decoupled) pi = pi * decay;
         T gi = g[i];
         if (l2) gi = gi + wd * pi;
-        const T mi = m[i] + (gi - m[i]) * c1;
+        const T mi = lerp_hi ? gi - (gi - m[i]) * (T(1) - c1) : m[i] + (gi - m[i]) * c1;  // torch's lerp
         const T vi = v[i] * b2 + c2 * gi * gi;
         m[i] = mi;
         v[i] = vi;
@@ -64,6 +64,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_s
         return None
     t = dtype.type
     args = (param, grad, exp_avg, exp_avg_sq, np.int64(n), t(1 - beta1), t(beta2), t(1 - beta2), t(step_size),
-            t(bias2_sqrt), t(eps), t(weight_decay), t(decay), np.int32(bool(weight_decay)), np.int32(decay != 1.0))
+            t(bias2_sqrt), t(eps), t(weight_decay), t(decay), np.int32(bool(weight_decay)), np.int32(decay != 1.0),
+            np.int32(t(1 - beta1) >= 0.5))
     cc.launch_elementwise(_source, "adam_step", dtype, 1, n, BLOCK, MAX_BLOCKS, arrays, args)
     return None

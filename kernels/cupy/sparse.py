@@ -10,7 +10,7 @@ features at a time when the feature width allows it, and reductions use warp shu
   leaving a piece of each row cut by segment edges in a scratch buffer; the group that writes a row's
   last piece (an atomic ticket says which) adds the pieces in segment order. Short rows share a warp,
   power-law rows are split, no value is accumulated atomically, and results are bitwise reproducible.
-  Empty rows are zeroed by the segment their row pointer falls in, so a call is one launch.
+  Empty rows are zeroed by a grid-stride pass over the rows in the same launch, so a call is one launch.
 * sddmm: a group of lanes per segment of ``SDDMM_SEGMENT`` entries, one shuffle reduction per entry.
 * csr_transpose: a stable ``cupy.argsort`` of the column ids, then gather kernels.
 * gcn_norm: per-row degree kernel, ``cupy.cumsum`` for the new row pointer, scatter kernels.
@@ -48,15 +48,6 @@ __device__ __forceinline__ unsigned int tg_group_mask(int group) {
     return ((1u << group) - 1u) << base;
 }
 
-__device__ __forceinline__ void tg_zero_row(T* y, long long r, long long f, bool on) {
-    if (on) {
-        T z[VEC];
-#pragma unroll
-        for (int q = 0; q < VEC; ++q) z[q] = T(0);
-        tg_store<T, VEC>(y + r * TG_F + f, z);
-    }
-}
-
 // One launch. A group of `group` lanes per (segment of `seg` entries, tile of group * VEC features):
 // * a row ending inside the segment that also starts in it goes straight to y;
 // * a row cut by segment edges leaves one piece per segment it touches in `carry` (the piece of the
@@ -64,8 +55,8 @@ __device__ __forceinline__ void tg_zero_row(T* y, long long r, long long f, bool
 //   takes a ticket for the row (tickets[s0 * n_tiles + tile], s0 the segment the row starts in), and
 //   the group that takes the last one adds the pieces in segment order, so the sum (and the result's
 //   bits) never depends on which group finished last; it resets the ticket for the next call;
-// * empty rows get zeros from the segment their row pointer falls in (the last segment for those at
-//   the end), since no segment writes them otherwise.
+// * empty rows, which no segment writes, get zeros in a grid-stride pass over the rows first (a thread per
+//   row, so a long run of empty rows is spread over the grid).
 // carry: the pieces [n_seg, 2, F]; tickets [n_seg * n_tiles], zero on entry and on exit.
 extern "C" __global__ void tapegrad_spmm_$SFX(
         const P* __restrict__ indptr, const I* __restrict__ indices, const T* __restrict__ data,
@@ -78,6 +69,14 @@ extern "C" __global__ void tapegrad_spmm_$SFX(
     const unsigned int mask = tg_group_mask(group);
     const long long n_groups = ((long long)gridDim.x * blockDim.x) / group;
     const long long n_seg = (nnz + seg - 1) / seg;
+    for (long long r = tid; r < n_rows; r += (long long)gridDim.x * blockDim.x) {
+        if (indptr[r + 1] == indptr[r]) {
+            T z[VEC];
+#pragma unroll
+            for (int q = 0; q < VEC; ++q) z[q] = T(0);
+            for (long long f = 0; f < F; f += VEC) tg_store<T, VEC>(y + r * F + f, z);
+        }
+    }
     for (long long g = tid / group; g < n_seg * n_tiles; g += n_groups) {
         const long long s = g / n_tiles, tile = g - s * n_tiles;
         const long long f = (tile * group + lane) * VEC;
@@ -86,9 +85,6 @@ extern "C" __global__ void tapegrad_spmm_$SFX(
         const long long end = min(start + seg, nnz);
         long long r = tg_row_of(indptr, n_rows, start);
         long long r_start = indptr[r], r_end = indptr[r + 1];
-        if (r_start == start) {  // empty rows whose pointer is this segment's start come just before r
-            for (long long e = r - 1; e >= 0 && (long long)indptr[e] == start; --e) tg_zero_row(y, e, f, on);
-        }
         T acc[VEC];
 #pragma unroll
         for (int q = 0; q < VEC; ++q) acc[q] = T(0);
@@ -135,18 +131,12 @@ extern "C" __global__ void tapegrad_spmm_$SFX(
             }
 #pragma unroll
             for (int q = 0; q < VEC; ++q) acc[q] = T(0);
-            if (r_end <= end && k < end) {  // next non-empty row; the empty ones passed on the way get zeros
+            if (r_end <= end && k < end) {  // next non-empty row
                 ++r;
-                while (r + 1 < n_rows && indptr[r + 1] <= k) {
-                    tg_zero_row(y, r, f, on);
-                    ++r;
-                }
+                while (r + 1 < n_rows && indptr[r + 1] <= k) ++r;
                 r_start = indptr[r];
                 r_end = indptr[r + 1];
             }
-        }
-        if (end == nnz) {  // empty rows after the last stored entry
-            for (long long e = r + 1; e < n_rows; ++e) tg_zero_row(y, e, f, on);
         }
     }
 }
@@ -336,7 +326,7 @@ def _result(out, shape, dtype):
 
 # Launch plans of spmm, per (dtypes, shapes, pointer alignment, launch constants, device, stream): what a
 # call needs besides its arrays (the kernel, its launch shape and scalar arguments, its scratch), worked
-# out once, since a call's host time is otherwise mostly Python.
+# out once, since a call's host time is otherwise mostly Python. At most _MAX_SPMM_PLANS are kept.
 _SPMM_PLANS: dict = {}
 # Per (device, stream, dtype): spmm's scratch, (carry pieces, tickets); a larger call replaces it with a
 # larger one (plans made before keep theirs). The calls of one stream run one after the other, and
@@ -349,6 +339,9 @@ def release_scratch() -> None:
     graph that recorded an spmm call is still to be replayed: the graph keeps the buffers' addresses."""
     _SPMM_PLANS.clear()
     _SPMM_SCRATCH.clear()
+
+
+_MAX_SPMM_PLANS = 64  # least recently made dropped first (with the scratch they hold)
 
 
 def _spmm_scratch(dev, stream, dtype, n_carry, n_tickets):
@@ -385,6 +378,8 @@ def _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, has_data, dev,
     fn = cc.kernel(source, f"tapegrad_spmm_{sfx}")
     carry, tickets = _spmm_scratch(dev, stream, dtype, n_seg * 2 * F, n_seg * n_tiles)
     tail = (carry, tickets, _i64(n_rows), _i64(x.shape[0]), _i64(nnz))
+    while len(_SPMM_PLANS) >= _MAX_SPMM_PLANS:
+        del _SPMM_PLANS[next(iter(_SPMM_PLANS))]
     plan = _SPMM_PLANS[key] = (fn, (blocks,), (threads,), tail)
     return plan
 
@@ -415,7 +410,7 @@ def spmm(indptr, indices, data, x, out=None):
     else:
         d = _contig(data).astype(dtype, copy=False)
     dev = cupy.cuda.runtime.getDevice()
-    stream = cupy.cuda.get_current_stream().ptr
+    stream = cc.stream_key()
     key = (dtype, indices.dtype, indptr.dtype, n_rows, x.shape[0], F, nnz, has_data,
            (x.data.ptr | y.data.ptr) & 15, SPMM_SEGMENT, BLOCK, MAX_BLOCKS, dev, stream)
     plan = _SPMM_PLANS.get(key)

@@ -317,7 +317,8 @@ def test_spmm_is_bitwise_deterministic():
 
 
 @pytest.mark.parametrize("wd,decay", [(0.0, 1.0), (0.1, 1.0), (0.0, 0.995)], ids=["plain", "l2", "decoupled"])
-def test_adam_step_matches_reference(monkeypatch, wd, decay):
+@pytest.mark.parametrize("beta1", [0.9, 0.3], ids=["b1=0.9", "b1=0.3"])
+def test_adam_step_matches_reference(monkeypatch, wd, decay, beta1):
     from tapegrad.kernels.cuda import optim as cuda_optim
     monkeypatch.setattr(cuda_optim, "BLOCK", 32)
     monkeypatch.setattr(cuda_optim, "MAX_BLOCKS", 2)
@@ -328,7 +329,7 @@ def test_adam_step_matches_reference(monkeypatch, wd, decay):
     want = [p.copy(), m.copy(), v.copy()]
     for step in range(1, 4):
         g = rng.standard_normal(shape)
-        args = (0.9, 0.999, 1e-2 / (1 - 0.9 ** step), np.sqrt(1 - 0.999 ** step), 1e-8, wd, decay)
+        args = (beta1, 0.999, 1e-2 / (1 - beta1 ** step), np.sqrt(1 - 0.999 ** step), 1e-8, wd, decay)
         ref.adam_step(*want[:1], g, *want[1:], *args)
         cuda_optim.adam_step(p, g, m, v, *args)
         for got, w in zip((p, m, v), want):
