@@ -485,3 +485,33 @@ def test_cached_kernels_close_over_plain_values_only():
     for k in kernels:
         for cell in k.py_func.__closure__ or ():
             assert isinstance(cell.cell_contents, plain), (k.py_func.__qualname__, cell.cell_contents)
+
+
+def test_large_outputs_reuse_pooled_memory_only_once_nothing_uses_it(monkeypatch):
+    """Outputs past _POOL_MIN_BYTES come from reused mappings: never one an array (or a view of it) still
+    uses, and spmm writes every element of one that held an earlier result."""
+    monkeypatch.setattr(cpu, "_POOL_MIN_BYTES", 1 << 12)
+    monkeypatch.setattr(cpu, "_pool", {})
+    shape = (64, 32)  # 8 KB of float32
+    a = cpu._empty_aligned(shape, np.float32)
+    addr = a.ctypes.data
+    v = a[3:5]
+    del a
+    b = cpu._empty_aligned(shape, np.float32)  # v still uses the first mapping
+    assert b.ctypes.data != addr
+    b_addr = b.ctypes.data
+    del v, b
+    c = cpu._empty_aligned(shape, np.float32)
+    assert c.ctypes.data in (addr, b_addr) and c.flags.writeable and c.flags.c_contiguous
+    c[...] = np.nan  # an earlier result's garbage
+    c_addr = c.ctypes.data
+    del c
+    rng = np.random.default_rng(0)
+    A = sp.random(64, 40, density=0.1, format="csr", random_state=1, dtype=np.float32)
+    A[[0, 7, 63]] = 0  # empty rows must come out as zeros, not the garbage
+    A.eliminate_zeros()
+    x = rng.standard_normal((40, 32)).astype(np.float32)
+    y = cpu.spmm(A.indptr, A.indices, A.data, x)
+    assert y.ctypes.data in (addr, b_addr, c_addr)
+    np.testing.assert_allclose(y, A @ x, rtol=1e-5, atol=1e-6)
+    cpu.release_pool()
