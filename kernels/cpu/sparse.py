@@ -136,6 +136,9 @@ _POOL_PER_SIZE = 2  # buffers kept per size
 _POOL_MAX_BYTES = 2 << 30  # in all
 _pool: dict = {}
 _pool_lock = threading.Lock()
+# A mapping is known to be free from its reference count, which CPython keeps exactly only with the GIL
+# (a free-threaded build may defer counts): elsewhere every output is fresh memory.
+_POOL_USABLE = sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def _pooled_buffer_locked(nbytes: int):
@@ -169,7 +172,7 @@ def _empty_aligned(shape, dtype):
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if nbytes == 0:
         return np.empty(shape, dtype=dtype)
-    if nbytes >= _POOL_MIN_BYTES:
+    if nbytes >= _POOL_MIN_BYTES and _POOL_USABLE:
         with _pool_lock:  # held until the array refers to the mapping, so no other thread takes it meanwhile
             m = _pooled_buffer_locked(nbytes)
             if m is not None:
