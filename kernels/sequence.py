@@ -51,3 +51,27 @@ def rnn_seq_bwd(step: Callable, dz: Any, w_t: Any, grad_h: Any, grad_out: Any, h
         step(None if prev is None else dz[prev], w_t, grad_h, None if grad_out is None else grad_out[t], hs[t + a],
              dz[t], relu)
         prev = t
+
+
+def loops_over(lstm_step_fwd: Callable, lstm_step_bwd: Callable, rnn_step_fwd: Callable,
+               rnn_step_bwd: Callable) -> tuple[Callable, Callable, Callable, Callable]:
+    """A backend's four ``*_seq_*`` kernel-table entries as the loops above over its own step kernels:
+    (lstm_seq_fwd, lstm_seq_bwd, rnn_seq_fwd, rnn_seq_bwd), with the reference's signatures."""
+    def lstm_fwd(hs, w_hh, gates, cs, reverse=False):
+        lstm_seq_fwd(lstm_step_fwd, hs, w_hh, gates, cs, reverse)
+
+    def lstm_bwd(dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse=False):
+        lstm_seq_bwd(lstm_step_bwd, dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse)
+
+    def rnn_fwd(hs, w_hh, p, reverse=False, relu=False):
+        rnn_seq_fwd(rnn_step_fwd, hs, w_hh, p, reverse, relu)
+
+    def rnn_bwd(dz, w_t, grad_h, grad_out, hs, reverse=False, relu=False):
+        rnn_seq_bwd(rnn_step_bwd, dz, w_t, grad_h, grad_out, hs, reverse, relu)
+
+    loops = (lstm_fwd, lstm_bwd, rnn_fwd, rnn_bwd)
+    for fn, name, generic in zip(loops, ("lstm_seq_fwd", "lstm_seq_bwd", "rnn_seq_fwd", "rnn_seq_bwd"),
+                                 (lstm_seq_fwd, lstm_seq_bwd, rnn_seq_fwd, rnn_seq_bwd)):
+        fn.__name__ = fn.__qualname__ = name
+        fn.__doc__ = generic.__doc__
+    return loops

@@ -248,21 +248,5 @@ def rnn_step_bwd(dz_next, w_t, grad_h, grad_out, h, grad_z, relu=False):
 
 # ---- whole loops: one launch per step (see kernels/sequence.py) ----------------------------------------------
 
-def lstm_seq_fwd(hs, w_hh, gates, cs, reverse=False):
-    """Every LSTM step over the engine's buffers, in place (kernels/sequence.py)."""
-    seq.lstm_seq_fwd(lstm_step_fwd, hs, w_hh, gates, cs, reverse)
-
-
-def lstm_seq_bwd(dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse=False):
-    """Every LSTM backward step, last to first: dz written, grad_c carried (kernels/sequence.py)."""
-    seq.lstm_seq_bwd(lstm_step_bwd, dz, w_t, grad_h, grad_out, gates, cs, grad_c, reverse)
-
-
-def rnn_seq_fwd(hs, w_hh, p, reverse=False, relu=False):
-    """Every Elman step over the engine's buffers, in place (kernels/sequence.py)."""
-    seq.rnn_seq_fwd(rnn_step_fwd, hs, w_hh, p, reverse, relu)
-
-
-def rnn_seq_bwd(dz, w_t, grad_h, grad_out, hs, reverse=False, relu=False):
-    """Every Elman backward step, last to first: dz written (kernels/sequence.py)."""
-    seq.rnn_seq_bwd(rnn_step_bwd, dz, w_t, grad_h, grad_out, hs, reverse, relu)
+lstm_seq_fwd, lstm_seq_bwd, rnn_seq_fwd, rnn_seq_bwd = seq.loops_over(lstm_step_fwd, lstm_step_bwd, rnn_step_fwd,
+                                                                     rnn_step_bwd)
