@@ -327,44 +327,78 @@ def rnn_cases(rep: Report, sizes, cupy, torch) -> None:
 
 
 def launch_cases(rep: Report, cupy, torch) -> None:
-    """Host microseconds per call on a tiny graph (64 nodes, F=32): the cost of getting a kernel queued."""
+    """Host microseconds per call on a tiny graph (64 nodes, F=32): the cost of getting a kernel queued.
+
+    Each kernel is timed with its backend's lean launch (the default) and with the framework's own launch
+    (CuPy's ``RawKernel`` call, Numba's ``kernel[grid, block]``), and beside them the floor: an empty kernel
+    launched through the driver with its parameters packed beforehand, and through CuPy's call."""
     import tapegrad as tg
+    from tapegrad.kernels import direct_launch as dl
     from tapegrad.kernels import registry
+    from tapegrad.kernels.cuda import _device as dv
+    from tapegrad.kernels.cupy import _compile as cc
     sync = cupy.cuda.Device().synchronize
     A = tg.CSR.from_edge_index(np.stack([np.arange(64), (np.arange(64) + 1) % 64]), num_nodes=64)
     ip, ix = cupy.asarray(A.indptr), cupy.asarray(A.indices)
-    dv = cupy.ones(A.nnz, dtype=cupy.float32)
+    dv_ = cupy.ones(A.nnz, dtype=cupy.float32)
     x = cupy.ones((64, 32), dtype=cupy.float32)
     h = cupy.ones((8, 32), dtype=cupy.float32)
     z = cupy.ones((8, 128), dtype=cupy.float32)
     rows = {}
+    lean = {"cupy": (cc, "DIRECT_LAUNCH"), "numba-cuda": (dv, "FAST_LAUNCH")}
     for backend in ("cupy", "numba-cuda"):
+        module, flag = lean[backend]
         try:
             k = registry.get("spmm", backend)
             out = cupy.empty((64, 32), cupy.float32)
-            rows[f"spmm kernel ({backend})"] = _host_per_call(lambda: k(ip, ix, dv, x, out), sync)
-            rows[f"tapegrad.kernels.spmm, validated ({backend})"] = _host_per_call(
-                lambda: tg.kernels.spmm(ip, ix, dv, x, out, backend=backend), sync)
             cell = registry.get("lstm_cell_fwd", backend)
             c = cupy.zeros((8, 32), cupy.float32)
             bufs = [cupy.empty((8, 32), cupy.float32) for _ in range(2)]
             gates = cupy.empty((8, 128), cupy.float32)
-            rows[f"lstm_cell_fwd kernel ({backend})"] = _host_per_call(
-                lambda: cell(z, c, gates, bufs[0], bufs[1]), sync)
+            for on in (True, False):
+                setattr(module, flag, on)
+                how = "" if on else ", framework's launch"
+                calls = 300 if on or backend == "cupy" else 30
+                rows[f"spmm kernel ({backend}{how})"] = _host_per_call(lambda: k(ip, ix, dv_, x, out), sync, calls)
+                rows[f"lstm_cell_fwd kernel ({backend}{how})"] = _host_per_call(
+                    lambda: cell(z, c, gates, bufs[0], bufs[1]), sync, calls)
+            rows[f"tapegrad.kernels.spmm, validated ({backend})"] = _host_per_call(
+                lambda: tg.kernels.spmm(ip, ix, dv_, x, out, backend=backend), sync)
         except Exception as e:
             rows[f"{backend}"] = f"error {type(e).__name__}: {e}"
+        finally:
+            setattr(module, flag, True)
+    try:  # the floor: an empty kernel with one pointer argument
+        empty = cupy.RawKernel('extern "C" __global__ void tapegrad_empty(float* p) {}', "tapegrad_empty")
+        rows["empty kernel, CuPy's call (floor)"] = _host_per_call(lambda: empty((1,), (32,), (x,)), sync)
+        direct = cc.Launch(empty, (1,), (32,), (x,))
+        stream = cupy.cuda.get_current_stream().ptr
+        buf, params, _ = direct.params.buffer()
+        direct.params.head.pack_into(buf, 0, x.data.ptr)
+        launch = dl.driver().launchKernel
+        handle = empty.kernel.ptr
+        rows["empty kernel, driver with packed params (floor)"] = _host_per_call(
+            lambda: launch(handle, 1, 1, 1, 32, 1, 1, 0, stream, params, 0), sync)
+        rows["empty kernel, cc.Launch (floor + packing)"] = _host_per_call(
+            lambda: direct(cupy.cuda.get_current_stream().ptr, x), sync)
+        rows["cupy.cuda.get_current_stream().ptr"] = _host_per_call(lambda: cupy.cuda.get_current_stream().ptr, sync)
+    except Exception as e:
+        rows["floor"] = f"error {type(e).__name__}: {e}"
     import cupyx.scipy.sparse as csp
-    m = csp.csr_matrix((dv, ix, ip), shape=(64, 64))
+    m = csp.csr_matrix((dv_, ix, ip), shape=(64, 64))
     rows["cuSPARSE via cupyx (peer)"] = _host_per_call(lambda: m @ x, sync)
     rows["cupy elementwise h * 2 (peer)"] = _host_per_call(lambda: h * 2, sync)
     if torch is not None:
         tx = torch.ones((64, 32), device="cuda")
         rows["torch.relu (peer)"] = _host_per_call(lambda: torch.relu(tx), torch.cuda.synchronize)
+        tout = torch.empty((64, 32), device="cuda")
+        rows["torch.clamp_min with out= (peer)"] = _host_per_call(lambda: torch.clamp_min(tx, 0, out=tout),
+                                                                  torch.cuda.synchronize)
     rep.cases.append({"name": "launch/host_us_per_call", "rows": {k: (v * 1e6 if isinstance(v, float) else v)
                                                                     for k, v in rows.items()}})
     rep.save()
-    print("launch/host_us_per_call: " + "; ".join(
-        f"{k} {v * 1e6:.1f} us" if isinstance(v, float) else f"{k}: {v}" for k, v in rows.items()), flush=True)
+    print("launch/host_us_per_call:\n" + "\n".join(
+        f"  {k}: {v * 1e6:.1f} us" if isinstance(v, float) else f"  {k}: {v}" for k, v in rows.items()), flush=True)
 
 
 def summary(rep: Report) -> dict:

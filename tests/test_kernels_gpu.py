@@ -414,6 +414,82 @@ def test_numba_fast_launch_matches_numba_launch_and_is_used(cp, monkeypatch):
         assert kernel in planned, kernel
 
 
+def test_cupy_direct_launch_matches_cupy_launch_and_is_used(cp, monkeypatch):
+    """The CuPy kernels launched through the driver directly (kernels/cupy/_compile.py::Launch) give the
+    bits CuPy's own RawKernel call gives: spmm with and without values, at int32 and int64 indices and a
+    misaligned X, the four cell kernels and Adam, in float32 and float64; and every one of those calls
+    went through the driver, none through CuPy's call."""
+    from cupy_backends.cuda.api import driver
+
+    from tapegrad.kernels.cupy import _compile as cc
+    from tapegrad.kernels.cupy import optim as copt
+    from tapegrad.kernels.cupy import recurrent as crec
+    from tapegrad.kernels.cupy import sparse as csp
+    rng = np.random.default_rng(11)
+    calls = {}
+    for dtype in (np.float32, np.float64):
+        B, H = 5, 24
+        z = cp.asarray(rng.standard_normal((B, 4 * H)).astype(dtype))
+        c0 = cp.asarray(rng.standard_normal((B, H)).astype(dtype))
+        gh = cp.asarray(rng.standard_normal((B, H)).astype(dtype))
+        outs = {k: cp.empty(s, dtype) for k, s in (("g", (B, 4 * H)), ("c", (B, H)), ("h", (B, H)),
+                                                      ("dz", (B, 4 * H)), ("dc", (B, H)), ("r", (B, H)))}
+        for idx, ptr in ((np.int32, np.int64), (np.int64, np.int32)):
+            indptr, indices, data = _power_law_csr(600, 500, seed=4, idx_dtype=idx, ptr_dtype=ptr)
+            ip, ix, d = _to(cp, indptr, indices, data.astype(dtype))
+            buf = cp.empty(500 * 12 + 1, dtype)
+            x = buf[1:].reshape(500, 12)  # misaligned: scalar loads
+            x[...] = cp.asarray(rng.standard_normal((500, 12)).astype(dtype))
+            x16 = cp.asarray(rng.standard_normal((500, 16)).astype(dtype))
+            y = cp.empty((600, 16), dtype)
+            name = f"{np.dtype(dtype).name} {np.dtype(idx).name}"
+            calls[f"spmm {name}"] = lambda ip=ip, ix=ix, d=d, x=x: csp.spmm(ip, ix, d, x)
+            calls[f"spmm ones out= {name}"] = lambda ip=ip, ix=ix, x16=x16, y=y: csp.spmm(ip, ix, None, x16, y).copy()
+        o = outs
+        calls[f"lstm fwd {dtype}"] = lambda z=z, c0=c0, o=o: [a.copy() for a in crec.lstm_cell_fwd(
+            z, c0, o["g"], o["c"], o["h"])]
+        calls[f"lstm bwd {dtype}"] = lambda z=z, c0=c0, gh=gh, o=o: [a.copy() for a in crec.lstm_cell_bwd(
+            z, c0, gh, gh, c0, o["dz"], o["dc"])]
+        calls[f"rnn fwd relu {dtype}"] = lambda c0=c0, o=o: crec.rnn_cell_fwd(c0, o["r"], True).copy()
+        calls[f"rnn fwd tanh {dtype}"] = lambda c0=c0, o=o: crec.rnn_cell_fwd(c0, o["r"], False).copy()
+        calls[f"rnn bwd {dtype}"] = lambda c0=c0, gh=gh, o=o: crec.rnn_cell_bwd(c0, gh, o["r"], False).copy()
+
+        def adam(dtype=dtype):
+            r = np.random.default_rng(2)
+            p, g = cp.asarray(r.standard_normal(50).astype(dtype)), cp.asarray(r.standard_normal(50).astype(dtype))
+            m, v = cp.zeros(50, dtype), cp.zeros(50, dtype)
+            p0 = p.copy()
+            for step in (1, 2):
+                copt.adam_step(p, g, m, v, 0.9, 0.999, 0.01 / (1 - 0.9 ** step), (1 - 0.999 ** step) ** 0.5, 1e-8)
+            return p0, p, m, v
+        calls[f"adam {dtype}"] = adam
+    monkeypatch.setattr(cc, "DIRECT_LAUNCH", False)
+    want = {k: f() for k, f in calls.items()}
+    monkeypatch.setattr(cc, "DIRECT_LAUNCH", True)
+    direct = [0]
+    launch = driver.launchKernel
+
+    def counted(*args):
+        direct[0] += 1
+        return launch(*args)
+    monkeypatch.setattr(driver, "launchKernel", counted)
+    fallback = [0]
+    call = cc.Launch.__call__
+
+    def no_fallback(self, stream, *head):
+        before = direct[0]
+        call(self, stream, *head)
+        fallback[0] += direct[0] == before
+    monkeypatch.setattr(cc.Launch, "__call__", no_fallback)
+    for _ in range(2):
+        for k, f in calls.items():
+            got, w = f(), want[k]
+            got, w = (got, w) if isinstance(got, (list, tuple)) else ((got,), (w,))
+            for g, ww in zip(got, w):
+                assert cp.asnumpy(g).tobytes() == cp.asnumpy(ww).tobytes(), k
+    assert direct[0] > 0 and fallback[0] == 0, (direct, fallback)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("wd,decay", [(0.0, 1.0), (0.1, 1.0), (0.0, 0.995)], ids=["plain", "l2", "decoupled"])
 @pytest.mark.parametrize("beta1", [0.9, 0.3], ids=["b1=0.9", "b1=0.3"])

@@ -17,12 +17,12 @@ from __future__ import annotations
 import functools
 import math
 import os
-import struct
-import threading
 from typing import Any
 
 import numpy as np
 from numba import cuda
+
+from .. import direct_launch as dl
 
 CUPY, DEVICE, HOST = "cupy", "device", "host"
 
@@ -30,11 +30,26 @@ CUPY, DEVICE, HOST = "cupy", "device", "host"
 FAST_LAUNCH = os.environ.get("TAPEGRAD_NUMBA_FAST_LAUNCH", "1") != "0"
 
 
+_cupy_ndarray: Any = None  # cupy.ndarray, once a cupy array has come in (this module never imports cupy first)
+_get_device = _current_stream = None
+
+
+def _note_cupy() -> None:
+    global _cupy_ndarray, _get_device, _current_stream
+    import cupy
+    _get_device, _current_stream = cupy.cuda.runtime.getDevice, cupy.cuda.get_current_stream
+    _cupy_ndarray = cupy.ndarray
+
+
 def kind_of(a: Any) -> str:
     """Which kind of array ``a`` is: CUPY, DEVICE (a Numba device array) or HOST."""
+    if type(a) is _cupy_ndarray:  # the common case first: one comparison
+        return CUPY
     if getattr(a, "__cuda_ndarray__", False):
         return DEVICE
     if type(a).__module__.startswith("cupy"):
+        if _cupy_ndarray is None:
+            _note_cupy()
         return CUPY
     if hasattr(a, "__cuda_array_interface__"):
         return DEVICE  # a foreign device array: results come back as Numba device arrays
@@ -49,8 +64,8 @@ def as_device(a: Any) -> Any:
     """What a kernel can take for ``a``: a cupy array as it is (:func:`launch` passes it without a
     conversion), a Numba device array as it is, another device array as a Numba view, a host array
     copied to the device; None stays None."""
-    if a is None:
-        return None
+    if a is None or type(a) is _cupy_ndarray:
+        return a
     if getattr(a, "__cuda_ndarray__", False) or _is_cupy(a):
         return a
     if hasattr(a, "__cuda_array_interface__"):
@@ -67,9 +82,12 @@ class Output:
     __slots__ = ("kind", "user", "dev")
 
     def __init__(self, shape: tuple, dtype: Any, kind: str, out: Any = None):
-        dtype = np.dtype(dtype)
         self.kind = kind
         self.user = out
+        if type(out) is _cupy_ndarray and out.shape == shape and out.dtype == dtype:
+            self.dev = out  # the engine's case, checked first
+            return
+        dtype = np.dtype(dtype)
         if out is not None:
             if tuple(out.shape) != tuple(shape):
                 raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(shape)}")
@@ -84,6 +102,8 @@ class Output:
 
     def result(self) -> Any:
         if self.user is not None:
+            if self.user is self.dev:
+                return self.user
             if kind_of(self.user) == HOST:
                 host = self.dev.copy_to_host()
                 self.user[...] = host
@@ -125,100 +145,97 @@ def to_host_scalar(dev: Any, index: int, st: Any) -> Any:
 # arrays: each array is typed and wrapped as a Numba device array, and each argument goes through a
 # ctypes conversion. For cupy work :func:`launch` does this once per (kernel, argument types, device):
 # it lets Numba launch the first call (which compiles the kernel), looks up the compiled kernel and the
-# types Numba gave each argument, and from then on packs the arguments into one parameter buffer, laid
-# out as Numba's kernel ABI expects them, and hands it to cuLaunchKernel through CuPy.
-
+# types Numba gave each argument, and from then on packs the arguments as Numba's kernel ABI lays them
+# out and hands them to cuLaunchKernel (:mod:`tapegrad.kernels.direct_launch`).
+#
 # Numba's kernel ABI flattens an array argument into (meminfo, parent, nitems, itemsize, data,
-# shape[ndim], strides[ndim]) and passes scalars by value. The values are packed into one buffer (each at
-# its natural alignment, ``struct``'s native mode), and the driver gets a pointer to each, so that it
-# copies every parameter with the size the compiled kernel declares for it.
-_SCALAR_CODES = {"int8": "b", "uint8": "B", "int16": "h", "uint16": "H", "int32": "i", "uint32": "I",
-                 "int64": "q", "uint64": "Q", "float32": "f", "float64": "d", "bool": "?"}
+# shape[ndim], strides[ndim]) and passes scalars by value.
 
 _plans: dict = {}
-_buffers = threading.local()  # each host thread packs its launches into buffers of its own
 
 
 class _Plan:
     """How to launch one compiled kernel: its handle, the parameter layout and a packer."""
 
-    __slots__ = ("handle", "fmt", "offsets", "pack")
+    __slots__ = ("handle", "params", "pack")
 
     def __init__(self, handle: int, codes: list, pack_source: str) -> None:
         self.handle = handle
-        fmt = "@" + "".join(codes)
-        self.fmt = struct.Struct(fmt)
-        self.offsets = [struct.calcsize("@" + "".join(codes[:i + 1])) - struct.calcsize("@" + codes[i])
-                        for i in range(len(codes))]
+        self.params = dl.Params(codes)
         namespace: dict = {}
         exec(pack_source, namespace)  # a packer with one expression per value: the per-call work is this
         self.pack = namespace["pack"]
 
-    def buffers(self) -> tuple:
-        """This thread's (parameter buffer, address of the array of pointers to each parameter)."""
-        import ctypes
-        cache = getattr(_buffers, "cache", None)
-        if cache is None:
-            cache = _buffers.cache = {}
-        entry = cache.get(id(self))
-        if entry is None:
-            buf = ctypes.create_string_buffer(max(self.fmt.size, 1))
-            base = ctypes.addressof(buf)
-            params = (ctypes.c_void_p * max(len(self.offsets), 1))(*[base + o for o in self.offsets])
-            entry = cache[id(self)] = (buf, ctypes.addressof(params), params, self)  # kept alive together
-        return entry
+
+def _array_values(i: int, a: Any, layout: str) -> tuple[list, list]:
+    """(lines that read argument i's shape once, the ABI's values for it): for a C-contiguous layout the
+    element count and strides follow from the shape, which saves reading them from the array."""
+    n, itemsize = a.ndim, np.dtype(a.dtype).itemsize
+    lines = [f"    x{i} = a[{i}]", f"    s{i} = x{i}.shape"]
+    dims = [f"s{i}[{d}]" for d in range(n)]
+    if layout == "C":
+        size = "*".join(dims) if dims else "1"
+        strides = ["*".join(dims[d + 1:] + [str(itemsize)]) for d in range(n)]
+    else:
+        size = f"x{i}.size"
+        lines.append(f"    t{i} = x{i}.strides")
+        strides = [f"t{i}[{d}]" for d in range(n)]
+    return lines, ["0", "0", size, str(itemsize), f"x{i}.data.ptr"] + dims + strides
 
 
-def _arg_key(a: Any) -> Any:
-    """What decides the compiled kernel and the parameter layout for one argument."""
-    if _is_cupy(a):
-        return (a.dtype.char, a.ndim, a._c_contiguous, a._f_contiguous)
-    return type(a)
+def _layout(argtypes: tuple, args: tuple) -> tuple[list, str] | None:
+    """(struct codes of every parameter, source of the packer) for arguments of Numba types ``argtypes``;
+    None where an argument is of a type this does not lay out (an array that is not a cupy ndarray)."""
+    from numba.core import types
+    codes, lines, values = [], [], []
+    for i, ty in enumerate(argtypes):
+        if isinstance(ty, types.Array):
+            if type(args[i]) is not _cupy_ndarray:
+                return None
+            codes += [dl.POINTER, dl.POINTER, "q", "q", dl.POINTER] + ["q"] * (2 * ty.ndim)
+            more, vals = _array_values(i, args[i], ty.layout)
+            lines += more
+            values += vals
+        elif str(ty) in dl.CODES:
+            codes.append(dl.CODES[str(ty)])
+            values.append(f"a[{i}]")
+        else:
+            return None
+    source = "def pack(pack_into, buf, a):\n" + "".join(line + "\n" for line in lines)
+    return codes, source + f"    pack_into(buf, 0, {', '.join(values)})\n"
 
 
 def _make_plan(kernel: Any, args: tuple) -> _Plan | None:
     """The plan for these arguments' types, from the kernel Numba compiled for them; None where the fast
     path does not apply (an argument type it does not lay out, or no compiled kernel to find)."""
-    from numba.core import types
     argtypes = tuple(kernel.typeof_pyval(a) for a in args)
     compiled = kernel.overloads.get(argtypes)
-    if compiled is None:
+    layout = _layout(argtypes, args) if compiled is not None else None
+    if layout is None:
         return None
-    codes, values = [], []
-    for i, ty in enumerate(argtypes):
-        if isinstance(ty, types.Array):
-            if not _is_cupy(args[i]):
-                return None
-            n = ty.ndim
-            codes += ["P", "P", "q", "q", "P"] + ["q"] * (2 * n)
-            values += ["0", "0", f"a[{i}].size", f"{np.dtype(args[i].dtype).itemsize}", f"a[{i}].data.ptr"]
-            values += [f"a[{i}].shape[{d}]" for d in range(n)] + [f"a[{i}].strides[{d}]" for d in range(n)]
-        elif str(ty) in _SCALAR_CODES:
-            codes.append(_SCALAR_CODES[str(ty)])
-            values.append(f"a[{i}]")
-        else:
-            return None
-    handle = int(compiled._codelibrary.get_cufunc().handle)
-    source = f"def pack(pack_into, buf, a):\n    pack_into(buf, 0, {', '.join(values)})\n"
-    return _Plan(handle, codes, source)
+    return _Plan(int(compiled._codelibrary.get_cufunc().handle), *layout)
 
 
 def launch(kernel: Any, blocks: int, threads: int, kind: str, *args: Any, shared: int = 0) -> None:
     """``kernel[blocks, threads, stream(kind), shared](*args)``: for cupy work (kind CUPY, every array a
     cupy array) through the lean path described above, on cupy's current stream."""
     if kind == CUPY and FAST_LAUNCH and not _simulated():
-        import cupy
-        key = (kernel, cupy.cuda.runtime.getDevice(), tuple(map(_arg_key, args)))
+        if _cupy_ndarray is None:
+            _note_cupy()
+        nd = _cupy_ndarray
+        # what decides the compiled kernel and the parameter layout: an array's dtype, rank and layout, a
+        # scalar's type
+        key = (kernel, _get_device(), *[(a.dtype.char, a.ndim, a._c_contiguous, a._f_contiguous)
+                                        if type(a) is nd else type(a) for a in args])
         plan = _plans.get(key, False)
         if plan:
-            from cupy_backends.cuda.api import driver
-            buf, params, _, _ = plan.buffers()
-            plan.pack(plan.fmt.pack_into, buf, args)
+            buf, params, _ = plan.params.buffer()
+            plan.pack(plan.params.head.pack_into, buf, args)
             try:
-                driver.launchKernel(plan.handle, blocks, 1, 1, threads, 1, 1, shared,
-                                    cupy.cuda.get_current_stream().ptr, params, 0)
+                dl.driver().launchKernel(plan.handle, blocks, 1, 1, threads, 1, 1, shared, _current_stream().ptr,
+                                         params, 0)
                 return
-            except driver.CUDADriverError:  # refused before it ran: Numba launches this one from now on
+            except dl.driver().CUDADriverError:  # refused before it ran: Numba launches this one from now on
                 _plans[key] = None
         kernel[blocks, threads, stream(kind), shared](*args)
         if plan is False:  # first call with these types: Numba compiled it; plan the next ones

@@ -220,21 +220,24 @@ def _fill(y, value):
 _SCRATCH: dict = {}
 
 
+_cc = None  # tapegrad.kernels.cupy._compile, imported at the first call on cupy arrays
+
+
 def _spmm_scratch(kind, n_seg, F, dtype):
     """(carry [n_seg, 2, F], tickets [n_seg, F] of zeros) for one call."""
     if kind != dv.CUPY:  # tests and the simulator: fresh arrays
         zeros = np.zeros((n_seg, F), np.uint32)
         return dv.scratch((n_seg, 2, F), dtype, kind), cuda.to_device(zeros)
-    import cupy
-
-    from ..cupy._compile import stream_key
-    key = (cupy.cuda.runtime.getDevice(), stream_key(), np.dtype(dtype))
+    global _cc
+    if _cc is None:
+        from ..cupy import _compile as _cc
+    key = (_cc.get_device(), _cc.stream_key(), dtype)
     buf = _SCRATCH.get(key)
     n_carry, n_tickets = n_seg * 2 * F, n_seg * F
     if buf is None or buf[0].size < n_carry or buf[1].size < n_tickets:
         old_c, old_t = (buf[0].size, buf[1].size) if buf is not None else (0, 0)
-        buf = _SCRATCH[key] = (cupy.empty(max(n_carry, old_c), dtype), cupy.zeros(max(n_tickets, old_t), np.uint32),
-                               {})
+        buf = _SCRATCH[key] = (_cc.cupy.empty(max(n_carry, old_c), dtype),
+                               _cc.cupy.zeros(max(n_tickets, old_t), np.uint32), {})
     views = buf[2].get((n_seg, F))
     if views is None:  # shaped views of the buffers, made once per shape
         views = buf[2][(n_seg, F)] = (buf[0][:n_carry].reshape(n_seg, 2, F), buf[1][:n_tickets].reshape(n_seg, F))

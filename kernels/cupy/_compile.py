@@ -9,11 +9,14 @@ Nothing is compiled at import time.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from string import Template
 
 import cupy
 import numpy as np
+
+from .. import direct_launch as dl
 
 # -std=c++17 is CuPy 14's default; spelt out so older CuPy compiles the same source.
 OPTIONS = ("-std=c++17",)
@@ -93,28 +96,88 @@ def kernel(source: str, name: str):
     return fn
 
 
+ndarray = cupy.ndarray
+get_device = cupy.cuda.runtime.getDevice
+current_stream = cupy.cuda.get_current_stream
+
 if hasattr(cupy.ndarray, "_c_contiguous"):  # a plain attribute read: ``flags`` builds an object per call
     def _c_contiguous(a) -> bool:
         return a._c_contiguous
+
+    def contiguous(a):
+        """``a`` as a C-contiguous cupy array: itself when it already is one (the common, fast case)."""
+        if type(a) is ndarray and a._c_contiguous:
+            return a
+        return cupy.ascontiguousarray(cupy.asarray(a))
 else:  # pragma: no cover - older CuPy
     def _c_contiguous(a) -> bool:
         return a.flags.c_contiguous
 
-
-def contiguous(a):
-    """``a`` as a C-contiguous cupy array: itself when it already is one (the common, fast case)."""
-    if type(a) is cupy.ndarray and _c_contiguous(a):
-        return a
-    return cupy.ascontiguousarray(cupy.asarray(a))
+    def contiguous(a):
+        if type(a) is ndarray and a.flags.c_contiguous:
+            return a
+        return cupy.ascontiguousarray(cupy.asarray(a))
 
 
 def plain(arrays, dtype) -> bool:
     """Whether every array is a C-contiguous cupy ndarray of ``dtype``: the case the engine's calls are in,
     which a kernel wrapper can launch without converting or copying anything."""
     for a in arrays:
-        if type(a) is not cupy.ndarray or not _c_contiguous(a) or a.dtype != dtype:
+        if type(a) is not ndarray or not _c_contiguous(a) or a.dtype != dtype:
             return False
     return True
+
+
+# Launch the kernels of a Launch plan through the driver directly (see direct_launch); 0 turns it off, and
+# every launch goes through CuPy's RawKernel call instead.
+DIRECT_LAUNCH = os.environ.get("TAPEGRAD_CUPY_DIRECT_LAUNCH", "1") != "0"
+
+
+@functools.cache
+def _head_packer(codes: str):
+    """pack(pack_into, buffer, a0, a1, ...): the values of a call's leading arguments, packed in one call;
+    an array (code P) as its device address, a scalar as it is."""
+    names = [f"a{i}" for i in range(len(codes))]
+    values = [f"{n}.data.ptr" if c == dl.POINTER else n for n, c in zip(names, codes)]
+    source = f"def pack(pack_into, buf, {', '.join(names)}):\n    pack_into(buf, 0, {', '.join(values)})\n"
+    namespace: dict = {}
+    exec(source, namespace)  # one expression per argument: the per-call work is this and nothing else
+    return namespace["pack"]
+
+
+class Launch:
+    """A compiled kernel with its launch worked out: grid, block, dynamic shared memory and the trailing
+    arguments ``tail``, the same on every call. A call passes the stream and the leading arguments, of
+    the types of ``head`` (cupy arrays and numpy scalars, the example this launch was planned from).
+
+    The launch goes through the driver directly, the parameters packed in one call
+    (:mod:`tapegrad.kernels.direct_launch`), or through CuPy's own ``RawKernel`` call when
+    ``DIRECT_LAUNCH`` is off or the driver refuses the direct one (a thread with no current context, for
+    instance: CuPy's call sets one up, or raises the error CuPy would raise).
+    """
+
+    __slots__ = ("fn", "grid", "block", "shared", "tail", "params", "_pack", "_args")
+
+    def __init__(self, fn, grid: tuple, block: tuple, head: tuple, tail: tuple = (), shared: int = 0):
+        self.fn, self.shared, self.tail = fn, int(shared), tuple(tail)
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.block = tuple(block) + (1,) * (3 - len(block))
+        codes = [dl.code_of(v) for v in head]
+        self.params = dl.Params(codes + [dl.code_of(v) for v in self.tail], self.tail)
+        self._pack = _head_packer("".join(codes))
+        g, b = self.grid, self.block
+        self._args = (getattr(fn, "kernel", fn).ptr, g[0], g[1], g[2], b[0], b[1], b[2], self.shared)
+
+    def __call__(self, stream: int, *head) -> None:
+        if DIRECT_LAUNCH:
+            buf, params, _ = self.params.buffer()
+            self._pack(self.params.head.pack_into, buf, *head)
+            try:
+                dl.driver().launchKernel(*self._args, stream, params, 0)
+                return
+            except dl.driver().CUDADriverError:
+                pass  # CuPy's own launch below: it either succeeds or raises the error as CuPy reports it
+        self.fn(self.grid, self.block, head + self.tail, shared_mem=self.shared)
 
 
 _PLANS: dict = {}
@@ -128,7 +191,7 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
     ptrs = 0
     for a in arrays:
         ptrs |= a.data.ptr
-    key = (name, dtype, F, n, ptrs & 15, block, max_blocks, cupy.cuda.runtime.getDevice())
+    key = (name, dtype, F, n, ptrs & 15, block, max_blocks, get_device())
     plan = _PLANS.get(key)
     if plan is None:
         itemsize = np.dtype(dtype).itemsize
@@ -139,20 +202,24 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
                 break
         source, sfx = source_of(np.dtype(dtype), vec)
         blocks, threads = launch_shape(-(-n // vec), block, max_blocks)
-        plan = _PLANS[key] = (kernel(source, f"tapegrad_{name}_{sfx}"), (blocks,), (threads,))
-    fn, grid, blk = plan
-    fn(grid, blk, args)
+        plan = _PLANS[key] = Launch(kernel(source, f"tapegrad_{name}_{sfx}"), (blocks,), (threads,), args)
+    plan(current_stream().ptr, *args)
 
 
-_PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle
+PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle
 
 
 def stream_key():
     """The current stream, as a key for per-stream state (scratch buffers reused call after call): its
     handle, and the host thread too for the per-thread default stream, whose handle is 2 in every thread
     but which is a different stream in each."""
-    ptr = cupy.cuda.get_current_stream().ptr
-    return (ptr, threading.get_ident()) if ptr == _PER_THREAD_STREAM else ptr
+    return stream_and_key()[1]
+
+
+def stream_and_key() -> tuple:
+    """(the current stream's handle, :func:`stream_key`)."""
+    ptr = current_stream().ptr
+    return ptr, ((ptr, threading.get_ident()) if ptr == PER_THREAD_STREAM else ptr)
 
 
 def data_ptr(a) -> int:

@@ -316,6 +316,8 @@ def _result(out, shape, dtype):
     """(array to write, caller's out): a fresh array unless out is C-contiguous and can be written."""
     if out is None:
         return cupy.empty(shape, dtype), None
+    if type(out) is cc.ndarray and out._c_contiguous and out.shape == shape and out.dtype == dtype:
+        return out, out  # the engine's case, checked first
     if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
         raise ValueError(f"out must have shape {tuple(shape)} and dtype {np.dtype(dtype)}, "
                          f"got {tuple(out.shape)} {out.dtype}")
@@ -380,7 +382,7 @@ def _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, has_data, dev,
     tail = (carry, tickets, _i64(n_rows), _i64(x.shape[0]), _i64(nnz))
     while len(_SPMM_PLANS) >= _MAX_SPMM_PLANS:
         del _SPMM_PLANS[next(iter(_SPMM_PLANS))]
-    plan = _SPMM_PLANS[key] = (fn, (blocks,), (threads,), tail)
+    plan = _SPMM_PLANS[key] = cc.Launch(fn, (blocks,), (threads,), (indptr, indices, x, x, y), tail)
     return plan
 
 
@@ -409,16 +411,15 @@ def spmm(indptr, indices, data, x, out=None):
         d = data
     else:
         d = _contig(data).astype(dtype, copy=False)
-    dev = cupy.cuda.runtime.getDevice()
-    stream = cc.stream_key()
+    dev = cc.get_device()
+    ptr, stream = cc.stream_and_key()
     key = (dtype, indices.dtype, indptr.dtype, n_rows, x.shape[0], F, nnz, has_data,
            (x.data.ptr | y.data.ptr) & 15, SPMM_SEGMENT, BLOCK, MAX_BLOCKS, dev, stream)
     plan = _SPMM_PLANS.get(key)
     if plan is None:
         plan = _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, has_data, dev, stream)
-    fn, grid, block, tail = plan
-    fn(grid, block, (indptr, indices, d, x, y) + tail)
-    return cc.finish(y, user)
+    plan(ptr, indptr, indices, d, x, y)
+    return y if user is None else cc.finish(y, user)
 
 
 def sddmm(indptr, indices, a, b, out=None):

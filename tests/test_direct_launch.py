@@ -1,0 +1,119 @@
+"""The parameter packing behind the GPU backends' direct launches, checked on the CPU.
+
+A direct launch hands the driver an array of pointers, one per kernel parameter, into a buffer packed
+by :class:`tapegrad.kernels.direct_launch.Params`. These tests read the parameters back through those
+pointers, as the driver would, and compare them with the values each kernel ABI expects: a pointer per
+array for the CuPy kernels, and Numba's flattened array (meminfo, parent, nitems, itemsize, data,
+shape, strides) for the Numba CUDA kernels. No GPU is needed: host memory stands in for device memory.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+import pytest
+
+from tapegrad.kernels import direct_launch as dl
+
+_CTYPES = {"P": ctypes.c_void_p, "q": ctypes.c_int64, "i": ctypes.c_int32, "f": ctypes.c_float,
+           "d": ctypes.c_double, "?": ctypes.c_bool, "I": ctypes.c_uint32, "b": ctypes.c_int8}
+
+
+def _read(params_address: int, codes: str) -> list:
+    """The parameters as the driver reads them: through the pointer array, each with its declared type."""
+    pointers = (ctypes.c_void_p * len(codes)).from_address(params_address)
+    out = []
+    for p, c in zip(pointers, codes):
+        v = _CTYPES[c].from_address(p).value
+        out.append(0 if v is None else v)  # a null pointer reads back as None
+    return out
+
+
+class _FakeDeviceArray:
+    """A host array dressed as a cupy array: what the packers read (shape, strides, size, data.ptr)."""
+
+    class _Data:
+        def __init__(self, ptr):
+            self.ptr = ptr
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+        self.shape, self.strides, self.size, self.ndim, self.dtype = a.shape, a.strides, a.size, a.ndim, a.dtype
+        self.data = self._Data(a.ctypes.data)
+        self.__cuda_array_interface__ = {}
+
+
+def test_params_pack_head_per_call_and_fixed_tail_once():
+    codes = "PPqiPdf"
+    tail = (_FakeDeviceArray(np.zeros(3)), 2.5, np.float32(0.75))
+    params = dl.Params(list(codes), tail)
+    buf, address, _ = params.buffer()
+    params.head.pack_into(buf, 0, 0x1000, 0x2008, -(2 ** 40), -7)
+    assert _read(address, codes) == [0x1000, 0x2008, -(2 ** 40), -7, tail[0].data.ptr, 2.5, 0.75]
+    params.head.pack_into(buf, 0, 16, 32, 5, 6)  # a later call rewrites the head only
+    assert _read(address, codes) == [16, 32, 5, 6, tail[0].data.ptr, 2.5, 0.75]
+    assert params.buffer()[1] == address  # the same buffer call after call in one thread
+
+
+def test_params_give_each_thread_its_own_buffer():
+    params = dl.Params(["q"])
+    mine = params.buffer()[1]
+    theirs = []
+    t = threading.Thread(target=lambda: theirs.append(params.buffer()[1]))
+    t.start()
+    t.join()
+    assert theirs and theirs[0] != mine
+
+
+def test_params_refuse_more_fixed_values_than_parameters():
+    with pytest.raises(ValueError):
+        dl.Params(["q"], (1, 2))
+
+
+@pytest.mark.parametrize("value,code", [(np.int32(3), "i"), (np.int64(3), "q"), (3, "q"), (2.0, "d"),
+                                        (np.float32(1), "f"), (True, "?"), (np.uint32(1), "I")])
+def test_code_of_scalars_follows_their_type(value, code):
+    assert dl.code_of(value) == code
+
+
+def test_code_of_device_array_is_a_pointer_and_unknown_types_are_refused():
+    assert dl.code_of(_FakeDeviceArray(np.zeros(2))) == dl.POINTER
+    with pytest.raises(TypeError):
+        dl.code_of("a string")
+
+
+def test_numba_abi_layout_matches_numba_flattening(monkeypatch):
+    """The Numba CUDA backend's packer (kernels/cuda/_device.py) for C-contiguous arrays of rank 1..3,
+    a strided array ('A' layout) and scalars of four types, read back through the pointer array."""
+    pytest.importorskip("numba")
+    from numba.core import types
+
+    from tapegrad.kernels.cuda import _device as dv
+    monkeypatch.setattr(dv, "_cupy_ndarray", _FakeDeviceArray)
+    base = np.arange(60, dtype=np.float32)
+    arrays = [np.arange(5, dtype=np.int64), base.reshape(6, 10), np.zeros((2, 3, 4)), base.reshape(6, 10)[:, ::3]]
+    args = tuple(_FakeDeviceArray(a) for a in arrays) + (7, np.float32(1.5), True, np.float64(-2.0))
+    argtypes = (types.Array(types.int64, 1, "C"), types.Array(types.float32, 2, "C"),
+                types.Array(types.float64, 3, "C"), types.Array(types.float32, 2, "A"),
+                types.int64, types.float32, types.boolean, types.float64)
+    codes, source = dv._layout(argtypes, args)
+    plan = dv._Plan(0, codes, source)
+    buf, address, _ = plan.params.buffer()
+    plan.pack(plan.params.head.pack_into, buf, args)
+    want = []
+    for a in arrays:
+        want += [0, 0, a.size, a.itemsize, a.ctypes.data, *a.shape, *a.strides]
+    want += [7, 1.5, True, -2.0]
+    assert _read(address, "".join(codes)) == want
+
+
+def test_numba_abi_layout_declines_arrays_it_cannot_lay_out(monkeypatch):
+    pytest.importorskip("numba")
+    from numba.core import types
+
+    from tapegrad.kernels.cuda import _device as dv
+    monkeypatch.setattr(dv, "_cupy_ndarray", _FakeDeviceArray)
+    host = np.zeros(3)  # not the cupy type: the Numba launch handles it
+    assert dv._layout((types.Array(types.float64, 1, "C"),), (host,)) is None
+    assert dv._layout((types.UniTuple(types.int64, 2),), ((1, 2),)) is None
