@@ -70,8 +70,9 @@ def _timed_rounds(fns: dict, sync, rounds: int = 5, sample_s: float = 0.02, max_
             for k, v in samples.items()}
 
 
-def _host_per_call(f, sync, calls: int = 300, rounds: int = 5) -> float:
-    """Median host seconds per call with no synchronisation inside the loop (the launch cost)."""
+def _host_per_call(f, sync, calls: int = 300, rounds: int = 9) -> float:
+    """Median over rounds of the host seconds per call, with no synchronisation inside a round (the launch
+    cost); the host is shared, so a round that another process disturbed counts once among nine."""
     for _ in range(3):
         f()
     sync()

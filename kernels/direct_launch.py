@@ -8,17 +8,18 @@ a call packs its values into a buffer of the calling thread with one ``struct.pa
 driver an array of pointers into that buffer (``kernelParams``): the driver copies each parameter with
 the size the compiled kernel declares for it, so each value only needs its own size and alignment.
 
-Parameters that are the same on every call of a plan (sizes, scratch buffers) are packed once into each
-buffer; they must be the last ones, so that a call writes one contiguous head.
+Parameters that are the same on every call of a plan (sizes, strides, scratch buffers) are packed once
+into each buffer, apart from the ones a call writes, so that a call writes one contiguous head.
 
 Nothing here imports CuPy before the first launch; the driver binding is CuPy's (``cupy_backends``).
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 import threading
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 # struct codes of the scalar parameter types the kernels take (native sizes and alignment: '@').
 CODES = {"int8": "b", "uint8": "B", "int16": "h", "uint16": "H", "int32": "i", "uint32": "I",
@@ -26,29 +27,44 @@ CODES = {"int8": "b", "uint8": "B", "int16": "h", "uint16": "H", "int32": "i", "
 POINTER = "P"
 
 
+def _offsets(codes: Sequence[str]) -> list[int]:
+    """Offsets of each value in a native struct of ``codes``."""
+    return [struct.calcsize("@" + "".join(codes[:i + 1])) - struct.calcsize("@" + codes[i])
+            for i in range(len(codes))]
+
+
 class Params:
     """The parameter layout of one kernel: ``codes`` (a struct code per parameter, in order), of which the
-    last ``len(fixed)`` take the values ``fixed`` on every call (device arrays as their addresses: the
-    caller keeps them alive). ``head`` packs the others: ``params.head.pack_into(buffer, 0, *values)``."""
+    ones at the positions in ``fixed`` take the values there on every call (device arrays as their
+    addresses: the caller keeps them alive). The others, the head, are what a call packs:
+    ``params.head.pack_into(buffer, 0, *values)``, in parameter order.
 
-    __slots__ = ("head", "fixed", "_size", "_offsets", "_local", "__weakref__")
+    The buffer holds the head first and the fixed values after it, whatever their positions among the
+    parameters: the driver finds each parameter through its own pointer, so one ``pack_into`` writes all
+    that changes from call to call."""
 
-    def __init__(self, codes: Sequence[str], fixed: Sequence[Any] = ()) -> None:
-        codes = list(codes)
-        n_head = len(codes) - len(fixed)
-        if n_head < 0:
-            raise ValueError(f"{len(fixed)} fixed values for {len(codes)} parameters")
-        # a prefix of a native struct is laid out as in the whole, so the head's offsets are the whole's
-        self.head = struct.Struct("@" + "".join(codes[:n_head]))
-        fixed = tuple(v.data.ptr if c == POINTER and hasattr(v, "data") else v for v, c in zip(fixed, codes[n_head:]))
-        self.fixed = (struct.Struct("@" + "".join(codes)), n_head, fixed)
-        self._offsets = [struct.calcsize("@" + "".join(codes[:i + 1])) - struct.calcsize("@" + codes[i])
-                         for i in range(len(codes))]
-        self._size = max(struct.calcsize("@" + "".join(codes)), 1)
+    __slots__ = ("head", "_fixed", "_size", "_offsets", "_local", "__weakref__")
+
+    def __init__(self, codes: Sequence[str], fixed: Mapping[int, Any] | None = None) -> None:
+        codes, fixed = list(codes), dict(fixed or {})
+        if not all(0 <= i < len(codes) for i in fixed):
+            raise ValueError(f"fixed positions {sorted(fixed)} outside the {len(codes)} parameters")
+        head = [i for i in range(len(codes)) if i not in fixed]
+        tail = sorted(fixed)
+        self.head = struct.Struct("@" + "".join(codes[i] for i in head))
+        start = -(-self.head.size // 16) * 16  # the fixed values from an aligned offset, in a struct of their own
+        tail_struct = struct.Struct("@" + "".join(codes[i] for i in tail))
+        values = tuple(fixed[i].data.ptr if codes[i] == POINTER and hasattr(fixed[i], "data") else fixed[i]
+                       for i in tail)
+        self._fixed = (tail_struct, start, values)
+        offsets = dict(zip(head, _offsets([codes[i] for i in head])))
+        offsets.update(zip(tail, (start + o for o in _offsets([codes[i] for i in tail]))))
+        self._offsets = [offsets[i] for i in range(len(codes))]
+        self._size = max(start + tail_struct.size, 1)
         self._local = threading.local()  # each host thread packs its calls into a buffer of its own
 
     def buffer(self) -> tuple:
-        """(this thread's parameter buffer, address of its array of pointers to each parameter)."""
+        """(this thread's parameter buffer, address of its array of pointers to each parameter, the array)."""
         entry = getattr(self._local, "entry", None)
         if entry is None:
             entry = self._local.entry = self._new_buffer()
@@ -56,10 +72,9 @@ class Params:
 
     def _new_buffer(self) -> tuple:
         buf = ctypes.create_string_buffer(self._size)
-        whole, n_head, fixed = self.fixed
-        if fixed:  # the fixed tail, written once: pack the whole layout with zeros in the head
-            zeros = [0] * n_head
-            whole.pack_into(buf, 0, *zeros, *fixed)
+        tail_struct, start, values = self._fixed
+        if values:
+            tail_struct.pack_into(buf, start, *values)
         base = ctypes.addressof(buf)
         pointers = (ctypes.c_void_p * max(len(self._offsets), 1))(*[base + o for o in self._offsets])
         # the buffer and the pointer array live as long as the entry (a thread's, for this layout)
@@ -81,6 +96,18 @@ def code_of(value: Any) -> str:
     if name in CODES:
         return CODES[name]
     raise TypeError(f"cannot pass {type(value).__name__} to a kernel launched directly")
+
+
+@functools.cache
+def packer(codes: str):
+    """pack(pack_into, buffer, a0, a1, ...): the values of a call's head, packed in one ``pack_into``; an
+    argument of code P is a device array, packed as its address, any other a scalar, packed as it is."""
+    names = [f"a{i}" for i in range(len(codes))]
+    values = [f"{n}.data.ptr" if c == POINTER else n for n, c in zip(names, codes)]
+    source = f"def pack(pack_into, buf, {', '.join(names)}):\n    pack_into(buf, 0, {', '.join(values)})\n"
+    namespace: dict = {}
+    exec(source, namespace)  # one expression per argument: the per-call work is this and nothing else
+    return namespace["pack"]
 
 
 _driver = None

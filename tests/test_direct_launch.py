@@ -47,7 +47,7 @@ class _FakeDeviceArray:
 def test_params_pack_head_per_call_and_fixed_tail_once():
     codes = "PPqiPdf"
     tail = (_FakeDeviceArray(np.zeros(3)), 2.5, np.float32(0.75))
-    params = dl.Params(list(codes), tail)
+    params = dl.Params(list(codes), {4: tail[0], 5: tail[1], 6: tail[2]})
     buf, address, _ = params.buffer()
     params.head.pack_into(buf, 0, 0x1000, 0x2008, -(2 ** 40), -7)
     assert _read(address, codes) == [0x1000, 0x2008, -(2 ** 40), -7, tail[0].data.ptr, 2.5, 0.75]
@@ -66,9 +66,19 @@ def test_params_give_each_thread_its_own_buffer():
     assert theirs and theirs[0] != mine
 
 
-def test_params_refuse_more_fixed_values_than_parameters():
+def test_params_fixed_values_anywhere_among_the_parameters():
+    """Fixed values before, between and after the ones a call packs, of mixed sizes."""
+    codes = "iPqfd?P"
+    fixed = {0: -3, 3: np.float32(0.5), 5: True}
+    params = dl.Params(list(codes), fixed)
+    buf, address, _ = params.buffer()
+    params.head.pack_into(buf, 0, 0xABC0, 2 ** 40 + 1, -1.25, 0xDEF8)
+    assert _read(address, codes) == [-3, 0xABC0, 2 ** 40 + 1, 0.5, -1.25, True, 0xDEF8]
+
+
+def test_params_refuse_fixed_positions_outside_the_parameters():
     with pytest.raises(ValueError):
-        dl.Params(["q"], (1, 2))
+        dl.Params(["q"], {1: 2})
 
 
 @pytest.mark.parametrize("value,code", [(np.int32(3), "i"), (np.int64(3), "q"), (3, "q"), (2.0, "d"),
@@ -117,3 +127,34 @@ def test_numba_abi_layout_declines_arrays_it_cannot_lay_out(monkeypatch):
     host = np.zeros(3)  # not the cupy type: the Numba launch handles it
     assert dv._layout((types.Array(types.float64, 1, "C"),), (host,)) is None
     assert dv._layout((types.UniTuple(types.int64, 2),), ((1, 2),)) is None
+
+
+def test_numba_planned_layout_packs_only_the_varying_addresses(monkeypatch):
+    """A planned launch (kernels/cuda/_device.py::Planned) fixes every value of Numba's ABI at the planning
+    call's, except the addresses of the arrays it was told vary: a later call with other arrays of the
+    same shapes reads back as the ABI of that call."""
+    pytest.importorskip("numba")
+    from numba.core import types
+
+    from tapegrad.kernels import direct_launch as dl
+    from tapegrad.kernels.cuda import _device as dv
+    monkeypatch.setattr(dv, "_cupy_ndarray", _FakeDeviceArray)
+    first = [np.zeros((4, 6), np.float32), np.arange(9, dtype=np.int32), np.ones((2, 3, 5))]
+    argtypes = (types.Array(types.float32, 2, "C"), types.int64, types.Array(types.int32, 1, "C"),
+                types.boolean, types.Array(types.float64, 3, "C"), types.float32)
+    args = (_FakeDeviceArray(first[0]), 12, _FakeDeviceArray(first[1]), False, _FakeDeviceArray(first[2]),
+            np.float32(0.25))
+    codes, fixed, keep = dv._planned_layout(argtypes, args, (0, 4))
+    assert keep == (args[2],)  # the one fixed array, kept alive with the plan
+    params = dl.Params(codes, fixed)
+    later = [np.empty((4, 6), np.float32), np.empty((2, 3, 5))]
+    buf, address, _ = params.buffer()
+    dl.packer("PP")(params.head.pack_into, buf, *(_FakeDeviceArray(a) for a in later))
+    want = []
+    for a in (later[0], 12, first[1], False, later[1], 0.25):
+        want += [0, 0, a.size, a.itemsize, a.ctypes.data, *a.shape, *a.strides] if isinstance(a, np.ndarray) else [a]
+    assert _read(address, "".join(codes)) == want
+    with pytest.raises(ValueError):
+        dv._planned_layout(argtypes, args, (4, 0))  # the head is packed in parameter order
+    with pytest.raises(ValueError):
+        dv._planned_layout(argtypes, args, (1,))  # a scalar has no address to vary

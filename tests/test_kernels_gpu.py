@@ -414,6 +414,65 @@ def test_numba_fast_launch_matches_numba_launch_and_is_used(cp, monkeypatch):
         assert kernel in planned, kernel
 
 
+def test_numba_planned_launches_match_numba_launch_and_are_used(cp, monkeypatch):
+    """The engine's calls of the numba-cuda spmm and cell kernels (every array given, C-contiguous) take
+    planned launches (kernels/cuda/_device.py::Planned) from their third call on, and give the bits
+    Numba's own launch gives: spmm with and without values and out, at two index widths, the four cell
+    kernels, float32 and float64. A call of other sizes gets a plan of its own."""
+    from tapegrad.kernels.cuda import _device as dv
+    from tapegrad.kernels.cuda import recurrent as nrec
+    from tapegrad.kernels.cuda import sparse as nsp
+    rng = np.random.default_rng(8)
+    calls = {}
+    for dtype in (np.float32, np.float64):
+        for B, H in ((3, 20), (6, 33)):
+            z = cp.asarray(rng.standard_normal((B, 4 * H)).astype(dtype))
+            c0, gh = (cp.asarray(rng.standard_normal((B, H)).astype(dtype)) for _ in range(2))
+            o = {k: cp.empty(s, dtype) for k, s in (("g", (B, 4 * H)), ("c", (B, H)), ("h", (B, H)),
+                                                    ("dz", (B, 4 * H)), ("dc", (B, H)), ("r", (B, H)))}
+            name = f"{np.dtype(dtype).name} B={B}"
+            calls[f"lstm fwd {name}"] = lambda z=z, c0=c0, o=o: [a.copy() for a in nrec.lstm_cell_fwd(
+                z, c0, o["g"], o["c"], o["h"])]
+            calls[f"lstm bwd {name}"] = lambda z=z, c0=c0, gh=gh, o=o: [a.copy() for a in nrec.lstm_cell_bwd(
+                z, c0, gh, gh, c0, o["dz"], o["dc"])]
+            for relu in (True, False):
+                calls[f"rnn fwd {relu} {name}"] = lambda c0=c0, o=o, relu=relu: nrec.rnn_cell_fwd(
+                    c0, o["r"], relu).copy()
+                calls[f"rnn bwd {relu} {name}"] = lambda c0=c0, gh=gh, o=o, relu=relu: nrec.rnn_cell_bwd(
+                    c0, gh, o["r"], relu).copy()
+        for idx, ptr in ((np.int32, np.int64), (np.int64, np.int32)):
+            indptr, indices, data = _power_law_csr(700, 600, seed=6, idx_dtype=idx, ptr_dtype=ptr)
+            ip, ix, d = _to(cp, indptr, indices, data.astype(dtype))
+            x = cp.asarray(rng.standard_normal((600, 40)).astype(dtype))
+            y = cp.empty((700, 40), dtype)
+            name = f"{np.dtype(dtype).name} {np.dtype(idx).name}"
+            calls[f"spmm {name}"] = lambda ip=ip, ix=ix, d=d, x=x: nsp.spmm(ip, ix, d, x)
+            calls[f"spmm ones out= {name}"] = lambda ip=ip, ix=ix, x=x, y=y: nsp.spmm(ip, ix, None, x, y).copy()
+    monkeypatch.setattr(dv, "FAST_LAUNCH", False)
+    want = {k: f() for k, f in calls.items()}
+    monkeypatch.setattr(dv, "FAST_LAUNCH", True)
+    for plans in (nsp._SPMM_PLANS, nrec._PLANS):
+        plans.clear()
+    taken = [0]
+    call = dv.Planned.__call__
+
+    def counted(self, *arrays):
+        ok = call(self, *arrays)
+        taken[0] += ok
+        return ok
+    monkeypatch.setattr(dv.Planned, "__call__", counted)
+    for round_ in range(4):
+        before = taken[0]
+        for k, f in calls.items():
+            got, w = f(), want[k]
+            got, w = (got, w) if isinstance(got, (list, tuple)) else ((got,), (w,))
+            for g, ww in zip(got, w):
+                assert cp.asnumpy(g).tobytes() == cp.asnumpy(ww).tobytes(), (k, round_)
+        if round_ >= 2:  # first call: Numba compiles; second: plans; then every call is planned
+            assert taken[0] - before == len(calls), (round_, taken[0] - before, len(calls))
+    assert None not in nrec._PLANS.values() and None not in nsp._SPMM_PLANS.values()
+
+
 def test_cupy_direct_launch_matches_cupy_launch_and_is_used(cp, monkeypatch):
     """The CuPy kernels launched through the driver directly (kernels/cupy/_compile.py::Launch) give the
     bits CuPy's own RawKernel call gives: spmm with and without values, at int32 and int64 indices and a

@@ -247,6 +247,102 @@ def launch(kernel: Any, blocks: int, threads: int, kind: str, *args: Any, shared
     kernel[blocks, threads, stream(kind), shared](*args)
 
 
+# ---- planned launches -----------------------------------------------------------------------------------------
+# The kernel wrappers the engine calls once per step (spmm, the cell kernels) go one step further: the
+# wrapper knows from a few numbers (dtype, sizes, device) every argument's type and every value but the
+# arrays' addresses, so it keys a :class:`Planned` launch on those numbers and a later call packs the
+# addresses alone: no per-argument typing, no Numba ABI flattening of shapes and strides.
+
+def lean(*arrays: Any) -> bool:
+    """Whether a wrapper may take a planned launch for these arrays: the fast path on, not simulated, and
+    every array (None aside) a C-contiguous cupy ndarray."""
+    if not FAST_LAUNCH or _cupy_ndarray is None or _simulated():
+        return False
+    for a in arrays:
+        if a is not None and (type(a) is not _cupy_ndarray or not a._c_contiguous):
+            return False
+    return True
+
+
+def device() -> int:
+    """The current CUDA device (cupy's), for plan keys; needs a cupy array to have come in (:func:`lean`)."""
+    return _get_device()
+
+
+class Planned:
+    """A launch of one compiled kernel with all but some arrays' addresses fixed: the grid, the block, the
+    scalars, the other arrays and every array's shape and strides are those of the call it was planned
+    from. ``planned(*arrays)`` launches it with the arrays at the positions ``varying`` (in that order),
+    which must have the planned shapes, dtypes and layouts: the wrapper's key guarantees it. Returns
+    False, launching nothing, where the driver refuses the launch (the caller then launches as usual)."""
+
+    __slots__ = ("handle", "blocks", "threads", "shared", "params", "pack", "keep")
+
+    def __init__(self, handle: int, blocks: int, threads: int, shared: int, params: dl.Params, n_varying: int,
+                 keep: tuple) -> None:
+        self.handle, self.blocks, self.threads, self.shared, self.params = handle, blocks, threads, shared, params
+        self.pack = dl.packer(dl.POINTER * n_varying)
+        self.keep = keep  # the fixed arrays, alive as long as their addresses are packed
+
+    def __call__(self, *arrays: Any) -> bool:
+        buf, params, _ = self.params.buffer()
+        self.pack(self.params.head.pack_into, buf, *arrays)
+        try:
+            dl.driver().launchKernel(self.handle, self.blocks, 1, 1, self.threads, 1, 1, self.shared,
+                                     _current_stream().ptr, params, 0)
+        except dl.driver().CUDADriverError:
+            return False
+        return True
+
+
+def _planned_layout(argtypes: tuple, args: tuple, varying: tuple) -> tuple | None:
+    """(codes, fixed values by position, fixed arrays to keep alive) of a :class:`Planned` launch: every
+    value of Numba's ABI fixed at this call's, but the addresses of the arrays at positions ``varying``
+    (ascending); None where an argument is of a type this does not lay out."""
+    from numba.core import types
+    codes, fixed, data_at = [], {}, {}
+    for i, ty in enumerate(argtypes):
+        a = args[i]
+        if isinstance(ty, types.Array):
+            if type(a) is not _cupy_ndarray:
+                return None
+            values = [0, 0, a.size, np.dtype(a.dtype).itemsize, a.data.ptr, *a.shape, *a.strides]
+            codes_i = [dl.POINTER, dl.POINTER, "q", "q", dl.POINTER] + ["q"] * (2 * ty.ndim)
+            data_at[i] = len(codes) + 4
+        elif str(ty) in dl.CODES:
+            values, codes_i = [a], [dl.CODES[str(ty)]]
+        else:
+            return None
+        fixed.update((len(codes) + k, v) for k, v in enumerate(values))
+        codes += codes_i
+    if list(varying) != sorted(varying) or not all(i in data_at for i in varying):
+        raise ValueError(f"varying positions {varying} must be ascending positions of arrays")
+    for i in varying:
+        del fixed[data_at[i]]
+    keep = tuple(a for i, a in enumerate(args) if i in data_at and i not in varying)
+    return codes, fixed, keep
+
+
+def plan(kernel: Any, blocks: int, threads: int, args: tuple, varying: tuple, shared: int = 0) -> Planned | None:
+    """The :class:`Planned` launch of ``kernel`` for a call with ``args`` that Numba has already compiled
+    it for (by :func:`launch`), or None where it cannot be planned."""
+    argtypes = tuple(kernel.typeof_pyval(a) for a in args)
+    compiled = kernel.overloads.get(argtypes)
+    layout = _planned_layout(argtypes, args, varying) if compiled is not None else None
+    if layout is None:
+        return None
+    codes, fixed, keep = layout
+    handle = int(compiled._codelibrary.get_cufunc().handle)
+    return Planned(handle, int(blocks), int(threads), int(shared), dl.Params(codes, fixed), len(varying), keep)
+
+
+def remember(plans: dict, key: Any, planned: Planned | None, limit: int = 256) -> None:
+    """plans[key] = planned (None too: not plannable, do not try again), dropping the oldest past limit."""
+    while len(plans) >= limit:
+        del plans[next(iter(plans))]
+    plans[key] = planned
+
+
 def launch_shape(n_threads: int, block: int, max_blocks: int) -> tuple[int, int]:
     """(blocks, threads per block) for a grid-stride loop over ``n_threads`` logical threads."""
     block = max(1, int(block))

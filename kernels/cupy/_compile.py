@@ -100,30 +100,25 @@ ndarray = cupy.ndarray
 get_device = cupy.cuda.runtime.getDevice
 current_stream = cupy.cuda.get_current_stream
 
-if hasattr(cupy.ndarray, "_c_contiguous"):  # a plain attribute read: ``flags`` builds an object per call
-    def _c_contiguous(a) -> bool:
-        return a._c_contiguous
 
-    def contiguous(a):
-        """``a`` as a C-contiguous cupy array: itself when it already is one (the common, fast case)."""
-        if type(a) is ndarray and a._c_contiguous:
-            return a
-        return cupy.ascontiguousarray(cupy.asarray(a))
-else:  # pragma: no cover - older CuPy
-    def _c_contiguous(a) -> bool:
-        return a.flags.c_contiguous
+# ``_c_contiguous`` is a plain attribute of a cupy array (CuPy 13 and later): ``flags`` builds an object
+# per call, and these checks run on every launch.
+def _c_contiguous(a) -> bool:
+    return a._c_contiguous
 
-    def contiguous(a):
-        if type(a) is ndarray and a.flags.c_contiguous:
-            return a
-        return cupy.ascontiguousarray(cupy.asarray(a))
+
+def contiguous(a):
+    """``a`` as a C-contiguous cupy array: itself when it already is one (the common, fast case)."""
+    if type(a) is ndarray and a._c_contiguous:
+        return a
+    return cupy.ascontiguousarray(cupy.asarray(a))
 
 
 def plain(arrays, dtype) -> bool:
     """Whether every array is a C-contiguous cupy ndarray of ``dtype``: the case the engine's calls are in,
     which a kernel wrapper can launch without converting or copying anything."""
     for a in arrays:
-        if type(a) is not ndarray or not _c_contiguous(a) or a.dtype != dtype:
+        if type(a) is not ndarray or not a._c_contiguous or a.dtype != dtype:
             return False
     return True
 
@@ -131,18 +126,6 @@ def plain(arrays, dtype) -> bool:
 # Launch the kernels of a Launch plan through the driver directly (see direct_launch); 0 turns it off, and
 # every launch goes through CuPy's RawKernel call instead.
 DIRECT_LAUNCH = os.environ.get("TAPEGRAD_CUPY_DIRECT_LAUNCH", "1") != "0"
-
-
-@functools.cache
-def _head_packer(codes: str):
-    """pack(pack_into, buffer, a0, a1, ...): the values of a call's leading arguments, packed in one call;
-    an array (code P) as its device address, a scalar as it is."""
-    names = [f"a{i}" for i in range(len(codes))]
-    values = [f"{n}.data.ptr" if c == dl.POINTER else n for n, c in zip(names, codes)]
-    source = f"def pack(pack_into, buf, {', '.join(names)}):\n    pack_into(buf, 0, {', '.join(values)})\n"
-    namespace: dict = {}
-    exec(source, namespace)  # one expression per argument: the per-call work is this and nothing else
-    return namespace["pack"]
 
 
 class Launch:
@@ -163,8 +146,9 @@ class Launch:
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.block = tuple(block) + (1,) * (3 - len(block))
         codes = [dl.code_of(v) for v in head]
-        self.params = dl.Params(codes + [dl.code_of(v) for v in self.tail], self.tail)
-        self._pack = _head_packer("".join(codes))
+        self.params = dl.Params(codes + [dl.code_of(v) for v in self.tail],
+                                {len(codes) + i: v for i, v in enumerate(self.tail)})
+        self._pack = dl.packer("".join(codes))
         g, b = self.grid, self.block
         self._args = (getattr(fn, "kernel", fn).ptr, g[0], g[1], g[2], b[0], b[1], b[2], self.shared)
 
@@ -183,15 +167,18 @@ class Launch:
 _PLANS: dict = {}
 
 
-def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, max_blocks: int, arrays, args):
+def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, max_blocks: int, arrays,
+                       scalars=(), tail=()):
     """Launch the grid-stride kernel ``name`` over ``n`` elements of rows of width F, vectorised as widely
     as F and the arrays' alignment allow (:func:`vec_width`); ``source_of(dtype, vec)`` gives (source,
-    suffix). Everything but the arrays' alignment is looked up once per (name, dtype, F, n, device), since
-    this runs once per recurrent step when a loop is not replayed as a graph."""
+    suffix). The kernel's arguments are ``arrays + scalars + tail``: ``tail`` holds values that a plan
+    fixes (hashable: they are part of its key), ``scalars`` values that change from call to call.
+    Everything but the arrays' addresses and the scalars is looked up once per (name, dtype, F, n, tail,
+    alignment, device), since this runs once per recurrent step when a loop is not replayed as a graph."""
     ptrs = 0
     for a in arrays:
         ptrs |= a.data.ptr
-    key = (name, dtype, F, n, ptrs & 15, block, max_blocks, get_device())
+    key = (name, dtype, F, n, ptrs & 15, block, max_blocks, get_device(), tail)
     plan = _PLANS.get(key)
     if plan is None:
         itemsize = np.dtype(dtype).itemsize
@@ -202,8 +189,9 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
                 break
         source, sfx = source_of(np.dtype(dtype), vec)
         blocks, threads = launch_shape(-(-n // vec), block, max_blocks)
-        plan = _PLANS[key] = Launch(kernel(source, f"tapegrad_{name}_{sfx}"), (blocks,), (threads,), args)
-    plan(current_stream().ptr, *args)
+        plan = _PLANS[key] = Launch(kernel(source, f"tapegrad_{name}_{sfx}"), (blocks,), (threads,),
+                                    tuple(arrays) + tuple(scalars), tail)
+    plan(current_stream().ptr, *arrays, *scalars)
 
 
 PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle

@@ -63,8 +63,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_s
     if n == 0:
         return None
     t = dtype.type
-    args = (param, grad, exp_avg, exp_avg_sq, np.int64(n), t(1 - beta1), t(beta2), t(1 - beta2), t(step_size),
-            t(bias2_sqrt), t(eps), t(weight_decay), t(decay), np.int32(bool(weight_decay)), np.int32(decay != 1.0),
-            np.int32(t(1 - beta1) >= 0.5))
-    cc.launch_elementwise(_source, "adam_step", dtype, 1, n, BLOCK, MAX_BLOCKS, arrays, args)
+    scalars = (np.int64(n), t(1 - beta1), t(beta2), t(1 - beta2), t(step_size), t(bias2_sqrt), t(eps),
+               t(weight_decay), t(decay), np.int32(bool(weight_decay)), np.int32(decay != 1.0),
+               np.int32(t(1 - beta1) >= 0.5))
+    cc.launch_elementwise(_source, "adam_step", dtype, 1, n, BLOCK, MAX_BLOCKS, arrays, scalars)
     return None

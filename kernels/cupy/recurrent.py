@@ -196,10 +196,14 @@ def _launch(name, dtype, H, n, arrays, args):
     _kernel(name, dtype, vec)((blocks,), (threads,), args)
 
 
-def _fast(name, dtype, H, n, arrays, args):
-    """The launch of an engine call (every array given, C-contiguous, one dtype): no conversions."""
+_I32 = (np.int32(0), np.int32(1))
+
+
+def _fast(name, dtype, H, n, arrays, tail):
+    """The launch of an engine call (every array given, C-contiguous, one dtype): no conversions. The
+    kernel's arguments are ``arrays + tail``, with ``tail`` fixed for (name, dtype, H, n)."""
     if n > 0:
-        cc.launch_elementwise(_source, name, dtype, H, n, BLOCK, MAX_BLOCKS, arrays, args)
+        cc.launch_elementwise(_source, name, dtype, H, n, BLOCK, MAX_BLOCKS, arrays, tail=tail)
 
 
 def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
@@ -209,7 +213,7 @@ def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
         if cc.plain(arrays, z.dtype):
             B, H = shape = c_prev.shape
             if z.shape == gates.shape == (B, 4 * H) and c.shape == h.shape == shape:
-                _fast("lstm_cell_fwd", z.dtype, H, B * H, arrays, arrays + (np.int64(B * H), np.int64(H)))
+                _fast("lstm_cell_fwd", z.dtype, H, B * H, arrays, (B * H, H))
                 return gates, c, h
     z, c_prev = _contig(z), _contig(c_prev)
     B, H = c_prev.shape
@@ -234,7 +238,7 @@ def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=Non
             B, H = shape = c.shape
             if gates.shape == grad_z.shape == (B, 4 * H) and \
                     c_prev.shape == grad_h.shape == grad_c.shape == grad_c_prev.shape == shape:
-                _fast("lstm_cell_bwd", gates.dtype, H, B * H, arrays, arrays + (np.int64(B * H), np.int64(H)))
+                _fast("lstm_cell_bwd", gates.dtype, H, B * H, arrays, (B * H, H))
                 return grad_z, grad_c_prev
     gates = _contig(gates)
     dtype = gates.dtype
@@ -255,7 +259,7 @@ def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=Non
 def rnn_cell_fwd(z, h=None, relu=False):
     """h = tanh(z) (or relu(z)); z [B, H]."""
     if h is not None and cc.plain((z, h), z.dtype) and z.shape == h.shape and z.ndim:
-        _fast("rnn_cell_fwd", z.dtype, z.shape[-1], z.size, (z, h), (z, h, np.int64(z.size), np.int32(bool(relu))))
+        _fast("rnn_cell_fwd", z.dtype, z.shape[-1], z.size, (z, h), (z.size, _I32[bool(relu)]))
         return h
     z = _contig(z)
     hb, hu = _result(h, z.shape, z.dtype)
@@ -269,8 +273,7 @@ def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
     """grad_z = grad_h * act'(z) from the output h: 1 - h^2 for tanh, [h > 0] for relu."""
     if grad_z is not None and cc.plain((h, grad_h, grad_z), h.dtype) and h.shape == grad_h.shape == grad_z.shape \
             and h.ndim:
-        _fast("rnn_cell_bwd", h.dtype, h.shape[-1], h.size, (h, grad_h, grad_z),
-              (h, grad_h, grad_z, np.int64(h.size), np.int32(bool(relu))))
+        _fast("rnn_cell_bwd", h.dtype, h.shape[-1], h.size, (h, grad_h, grad_z), (h.size, _I32[bool(relu)]))
         return grad_z
     h = _contig(h)
     grad_h = _contig(grad_h).astype(h.dtype, copy=False)
