@@ -375,13 +375,13 @@ def launch_cases(rep: Report, cupy, torch) -> None:
         direct = cc.Launch(empty, (1,), (32,), (x,))
         stream = cupy.cuda.get_current_stream().ptr
         buf, params, _ = direct.params.buffer()
-        direct.params.head.pack_into(buf, 0, x.data.ptr)
+        direct.params.head.pack_into(buf, 0, x.data.ptr)  # packed once: the driver's own cost alone
         launch = dl.driver().launchKernel
         handle = empty.kernel.ptr
         rows["empty kernel, driver with packed params (floor)"] = _host_per_call(
             lambda: launch(handle, 1, 1, 1, 32, 1, 1, 0, stream, params, 0), sync)
         rows["empty kernel, cc.Launch (floor + packing)"] = _host_per_call(
-            lambda: direct(cupy.cuda.get_current_stream().ptr, x), sync)
+            lambda: direct(cupy.cuda.get_current_stream().ptr, x.data.ptr), sync)
         rows["cupy.cuda.get_current_stream().ptr"] = _host_per_call(lambda: cupy.cuda.get_current_stream().ptr, sync)
     except Exception as e:
         rows["floor"] = f"error {type(e).__name__}: {e}"

@@ -532,12 +532,14 @@ def test_cupy_direct_launch_matches_cupy_launch_and_is_used(cp, monkeypatch):
         direct[0] += 1
         return launch(*args)
     monkeypatch.setattr(driver, "launchKernel", counted)
+    cc._PLANS.clear()  # plans bind the driver's launch when made: make them again, counted
+    csp.release_scratch()
     fallback = [0]
     call = cc.Launch.__call__
 
-    def no_fallback(self, stream, *head):
+    def no_fallback(self, stream, *values):
         before = direct[0]
-        call(self, stream, *head)
+        call(self, stream, *values)
         fallback[0] += direct[0] == before
     monkeypatch.setattr(cc.Launch, "__call__", no_fallback)
     for _ in range(2):

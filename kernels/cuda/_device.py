@@ -264,6 +264,19 @@ def lean(*arrays: Any) -> bool:
     return True
 
 
+def lean_dtype(arrays: tuple, shapes: tuple) -> Any:
+    """The dtype of a call whose arrays may take a planned launch (:func:`lean`) and are all of one dtype
+    and of the expected shapes; None for any other call. One pass over the arrays."""
+    if not FAST_LAUNCH or _cupy_ndarray is None or _simulated():
+        return None
+    nd = _cupy_ndarray
+    dtype = arrays[0].dtype if type(arrays[0]) is nd else None
+    for a, shape in zip(arrays, shapes):
+        if type(a) is not nd or not a._c_contiguous or a.dtype != dtype or a.shape != shape:
+            return None
+    return dtype
+
+
 def device() -> int:
     """The current CUDA device (cupy's), for plan keys; needs a cupy array to have come in (:func:`lean`)."""
     return _get_device()
@@ -276,20 +289,22 @@ class Planned:
     which must have the planned shapes, dtypes and layouts: the wrapper's key guarantees it. Returns
     False, launching nothing, where the driver refuses the launch (the caller then launches as usual)."""
 
-    __slots__ = ("handle", "blocks", "threads", "shared", "params", "pack", "keep")
+    __slots__ = ("handle", "blocks", "threads", "shared", "params", "pack", "keep", "_launch", "_pack_into")
 
     def __init__(self, handle: int, blocks: int, threads: int, shared: int, params: dl.Params, n_varying: int,
                  keep: tuple) -> None:
         self.handle, self.blocks, self.threads, self.shared, self.params = handle, blocks, threads, shared, params
         self.pack = dl.packer(dl.POINTER * n_varying)
         self.keep = keep  # the fixed arrays, alive as long as their addresses are packed
+        self._launch = dl.driver().launchKernel
+        self._pack_into = params.head.pack_into
 
     def __call__(self, *arrays: Any) -> bool:
         buf, params, _ = self.params.buffer()
-        self.pack(self.params.head.pack_into, buf, *arrays)
+        self.pack(self._pack_into, buf, *arrays)
         try:
-            dl.driver().launchKernel(self.handle, self.blocks, 1, 1, self.threads, 1, 1, self.shared,
-                                     _current_stream().ptr, params, 0)
+            self._launch(self.handle, self.blocks, 1, 1, self.threads, 1, 1, self.shared, _current_stream().ptr,
+                         params, 0)
         except dl.driver().CUDADriverError:
             return False
         return True

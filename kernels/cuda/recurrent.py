@@ -118,13 +118,8 @@ _PLANS: dict = {}
 def _lean_key(kernel, arrays, shapes, extra=None):
     """The plan key of a call whose arrays are all given, C-contiguous cupy arrays of one dtype and of the
     expected shapes; None for any other call (it takes the general path)."""
-    if not dv.lean(*arrays):
-        return None
-    dtype = arrays[0].dtype
-    for a, shape in zip(arrays, shapes):
-        if a is None or a.shape != shape or a.dtype != dtype:
-            return None
-    return kernel, dtype, shapes[-1], extra, dv.device()
+    dtype = dv.lean_dtype(arrays, shapes)
+    return None if dtype is None else (kernel, dtype, shapes[-1], extra, dv.device())
 
 
 def _planned(key, arrays) -> bool:

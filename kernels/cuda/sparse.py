@@ -228,9 +228,8 @@ def _spmm_scratch(kind, n_seg, F, dtype):
     if kind != dv.CUPY:  # tests and the simulator: fresh arrays
         zeros = np.zeros((n_seg, F), np.uint32)
         return dv.scratch((n_seg, 2, F), dtype, kind), cuda.to_device(zeros)
-    global _cc
     if _cc is None:
-        from ..cupy import _compile as _cc
+        _import_cc()
     key = (_cc.get_device(), _cc.stream_key(), dtype)
     buf = _SCRATCH.get(key)
     n_carry, n_tickets = n_seg * 2 * F, n_seg * F
@@ -259,8 +258,10 @@ def spmm(indptr, indices, data, x, out=None):
     key = None
     if dv.lean(x, indptr, indices, data, out) and (data is None or data.dtype == x.dtype) and n_rows > 0 and F > 0:
         has_data = data is not None
+        if _cc is None:
+            _import_cc()
         key = (x.dtype, indices.dtype, indptr.dtype, n_rows, x.shape[0], F, indices.shape[0], has_data,
-               SPMM_SEGMENT, BLOCK, MAX_BLOCKS, dv.device(), _stream_key())
+               SPMM_SEGMENT, BLOCK, MAX_BLOCKS, _cc.get_device(), _cc.stream_key())
         planned = _SPMM_PLANS.get(key)
         if planned is not None:
             y = out if out is not None else _cc.cupy.empty((n_rows, F), x.dtype)
@@ -297,11 +298,9 @@ def spmm(indptr, indices, data, x, out=None):
     return res.result()
 
 
-def _stream_key():
+def _import_cc():
     global _cc
-    if _cc is None:
-        from ..cupy import _compile as _cc
-    return _cc.stream_key()
+    from ..cupy import _compile as _cc
 
 
 # --------------------------------------------------------------------------------------------------

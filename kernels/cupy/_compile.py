@@ -130,16 +130,19 @@ DIRECT_LAUNCH = os.environ.get("TAPEGRAD_CUPY_DIRECT_LAUNCH", "1") != "0"
 
 class Launch:
     """A compiled kernel with its launch worked out: grid, block, dynamic shared memory and the trailing
-    arguments ``tail``, the same on every call. A call passes the stream and the leading arguments, of
-    the types of ``head`` (cupy arrays and numpy scalars, the example this launch was planned from).
+    arguments ``tail``, the same on every call. A call passes the stream and the values of the leading
+    arguments, of the types of ``head`` (the example this launch was planned from: cupy arrays and numpy
+    scalars); an array is passed as its address (``a.data.ptr``), which the caller has usually read
+    already to check its alignment.
 
     The launch goes through the driver directly, the parameters packed in one call
     (:mod:`tapegrad.kernels.direct_launch`), or through CuPy's own ``RawKernel`` call when
     ``DIRECT_LAUNCH`` is off or the driver refuses the direct one (a thread with no current context, for
-    instance: CuPy's call sets one up, or raises the error CuPy would raise).
+    instance: CuPy's call sets one up, or raises the error CuPy would raise). CuPy passes an address given
+    as a Python int as the same 8 bytes.
     """
 
-    __slots__ = ("fn", "grid", "block", "shared", "tail", "params", "_pack", "_args")
+    __slots__ = ("fn", "grid", "block", "shared", "tail", "params", "_pack_into", "_launch", "_args")
 
     def __init__(self, fn, grid: tuple, block: tuple, head: tuple, tail: tuple = (), shared: int = 0):
         self.fn, self.shared, self.tail = fn, int(shared), tuple(tail)
@@ -148,20 +151,21 @@ class Launch:
         codes = [dl.code_of(v) for v in head]
         self.params = dl.Params(codes + [dl.code_of(v) for v in self.tail],
                                 {len(codes) + i: v for i, v in enumerate(self.tail)})
-        self._pack = dl.packer("".join(codes))
+        self._pack_into = self.params.head.pack_into
+        self._launch = dl.driver().launchKernel
         g, b = self.grid, self.block
         self._args = (getattr(fn, "kernel", fn).ptr, g[0], g[1], g[2], b[0], b[1], b[2], self.shared)
 
-    def __call__(self, stream: int, *head) -> None:
+    def __call__(self, stream: int, *values) -> None:
         if DIRECT_LAUNCH:
             buf, params, _ = self.params.buffer()
-            self._pack(self.params.head.pack_into, buf, *head)
+            self._pack_into(buf, 0, *values)
             try:
-                dl.driver().launchKernel(*self._args, stream, params, 0)
+                self._launch(*self._args, stream, params, 0)
                 return
             except dl.driver().CUDADriverError:
                 pass  # CuPy's own launch below: it either succeeds or raises the error as CuPy reports it
-        self.fn(self.grid, self.block, head + self.tail, shared_mem=self.shared)
+        self.fn(self.grid, self.block, values + self.tail, shared_mem=self.shared)
 
 
 _PLANS: dict = {}
@@ -175,9 +179,10 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
     fixes (hashable: they are part of its key), ``scalars`` values that change from call to call.
     Everything but the arrays' addresses and the scalars is looked up once per (name, dtype, F, n, tail,
     alignment, device), since this runs once per recurrent step when a loop is not replayed as a graph."""
+    addresses = [a.data.ptr for a in arrays]
     ptrs = 0
-    for a in arrays:
-        ptrs |= a.data.ptr
+    for p in addresses:
+        ptrs |= p
     key = (name, dtype, F, n, ptrs & 15, block, max_blocks, get_device(), tail)
     plan = _PLANS.get(key)
     if plan is None:
@@ -191,7 +196,7 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
         blocks, threads = launch_shape(-(-n // vec), block, max_blocks)
         plan = _PLANS[key] = Launch(kernel(source, f"tapegrad_{name}_{sfx}"), (blocks,), (threads,),
                                     tuple(arrays) + tuple(scalars), tail)
-    plan(current_stream().ptr, *arrays, *scalars)
+    plan(current_stream().ptr, *addresses, *scalars)
 
 
 PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle
@@ -201,13 +206,8 @@ def stream_key():
     """The current stream, as a key for per-stream state (scratch buffers reused call after call): its
     handle, and the host thread too for the per-thread default stream, whose handle is 2 in every thread
     but which is a different stream in each."""
-    return stream_and_key()[1]
-
-
-def stream_and_key() -> tuple:
-    """(the current stream's handle, :func:`stream_key`)."""
     ptr = current_stream().ptr
-    return ptr, ((ptr, threading.get_ident()) if ptr == PER_THREAD_STREAM else ptr)
+    return (ptr, threading.get_ident()) if ptr == PER_THREAD_STREAM else ptr
 
 
 def data_ptr(a) -> int:

@@ -20,6 +20,7 @@ The launch constants are read at every launch (tests patch them small).
 from __future__ import annotations
 
 import functools
+import threading
 
 import cupy
 import numpy as np
@@ -393,10 +394,16 @@ def spmm(indptr, indices, data, x, out=None):
     The number of stored entries is taken as ``len(indices)`` (no device-to-host read of indptr). One
     launch; deterministic (see the kernel: pieces of long rows are added in a fixed order).
     """
-    x, indptr, indices = _contig(x), _contig(indptr), _contig(indices)
+    nd = cc.ndarray  # the engine's calls pass C-contiguous cupy arrays: checked inline, no conversion
+    if not (type(x) is nd and x._c_contiguous):
+        x = _contig(x)
+    if not (type(indptr) is nd and indptr._c_contiguous):
+        indptr = _contig(indptr)
+    if not (type(indices) is nd and indices._c_contiguous):
+        indices = _contig(indices)
     dtype = x.dtype
+    n_x, F = x.shape
     n_rows = indptr.shape[0] - 1
-    F = x.shape[1]
     y, user = _result(out, (n_rows, F), dtype)
     nnz = indices.shape[0]
     if n_rows <= 0 or F == 0:
@@ -407,19 +414,21 @@ def spmm(indptr, indices, data, x, out=None):
     has_data = data is not None
     if not has_data:
         d = x  # not read
-    elif type(data) is cupy.ndarray and data.dtype == dtype and cc._c_contiguous(data):
+    elif type(data) is nd and data.dtype == dtype and data._c_contiguous:
         d = data
     else:
         d = _contig(data).astype(dtype, copy=False)
     dev = cc.get_device()
-    ptr, stream = cc.stream_and_key()
-    key = (dtype, indices.dtype, indptr.dtype, n_rows, x.shape[0], F, nnz, has_data,
-           (x.data.ptr | y.data.ptr) & 15, SPMM_SEGMENT, BLOCK, MAX_BLOCKS, dev, stream)
+    ptr = cc.current_stream().ptr
+    stream = (ptr, threading.get_ident()) if ptr == cc.PER_THREAD_STREAM else ptr  # cc.stream_key(), inline
+    x_at, y_at = x.data.ptr, y.data.ptr
+    key = (dtype, indices.dtype, indptr.dtype, n_rows, n_x, F, nnz, has_data, (x_at | y_at) & 15,
+           SPMM_SEGMENT, BLOCK, MAX_BLOCKS, dev, stream)
     plan = _SPMM_PLANS.get(key)
     if plan is None:
         plan = _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, has_data, dev, stream)
-    plan(ptr, indptr, indices, d, x, y)
-    return y if user is None else cc.finish(y, user)
+    plan(ptr, indptr.data.ptr, indices.data.ptr, d.data.ptr, x_at, y_at)
+    return y if user is None or user is y else cc.finish(y, user)
 
 
 def sddmm(indptr, indices, a, b, out=None):
