@@ -96,6 +96,9 @@ def csr_structure(indptr: Any, indices: Any, n_rows: int | None = None, n_cols: 
         raise ValueError(f"indptr must have length n_rows + 1 = {n_rows + 1}, got {len(indptr)}")
     if rows == 0:
         raise ValueError("the matrix has zero rows (a graph with zero nodes)")
+    if xp is not np and indptr.dtype.itemsize in (4, 8) and indices.dtype.itemsize in (4, 8) \
+            and indptr.dtype.kind == indices.dtype.kind == "i":
+        return _csr_structure_on_gpu(indptr, indices, rows, n_cols)
     if int(indptr[0]) != 0:
         raise ValueError(f"indptr must start at 0, got {int(indptr[0])}")
     if rows and bool((indptr[1:] < indptr[:-1]).any()):
@@ -110,6 +113,25 @@ def csr_structure(indptr: Any, indices: Any, n_rows: int | None = None, n_cols: 
         if n_cols is not None and hi >= n_cols:
             raise ValueError(f"indices must be < n_cols = {n_cols}, got {hi}")
     _ = xp
+    return rows, nnz
+
+
+def _csr_structure_on_gpu(indptr: Any, indices: Any, rows: int, n_cols: int | None) -> tuple[int, int]:
+    """csr_structure's value checks for cupy arrays, with one host sync (kernels/cupy/sparse.csr_stats);
+    the same errors, in the same order."""
+    from .cupy.sparse import csr_stats
+    first, decreasing, nnz, negative, top = csr_stats(indptr, indices)
+    if first != 0:
+        raise ValueError(f"indptr must start at 0, got {first}")
+    if decreasing:
+        raise ValueError("indptr must be non-decreasing")
+    if nnz != len(indices):
+        raise ValueError(f"indptr must end at nnz = len(indices) = {len(indices)}, got {nnz}")
+    if nnz:
+        if negative:
+            raise ValueError(f"indices must be non-negative, got {int(indices.min())}")
+        if n_cols is not None and top - 1 >= n_cols:
+            raise ValueError(f"indices must be < n_cols = {n_cols}, got {top - 1}")
     return rows, nnz
 
 

@@ -414,6 +414,58 @@ def test_numba_fast_launch_matches_numba_launch_and_is_used(cp, monkeypatch):
         assert kernel in planned, kernel
 
 
+@pytest.mark.parametrize("idx,ptr", [(np.int32, np.int64), (np.int64, np.int32)])
+def test_csr_stats_match_numpy(cp, idx, ptr):
+    """The one-launch CSR checks (kernels/cupy/sparse.csr_stats) against numpy: a valid power-law pattern,
+    then one decreasing step, a negative index, a start off zero, an empty pattern and one row."""
+    from tapegrad.kernels.cupy import sparse as csp
+
+    def want(ip, ix):
+        neg = bool((ix < 0).any())
+        top = int(ix[ix >= 0].max()) + 1 if (ix >= 0).any() else 0
+        return int(ip[0]), bool((np.diff(ip) < 0).any()), int(ip[-1]), neg, top
+    indptr, indices, _ = _power_law_csr(3000, 2500, seed=9, idx_dtype=idx, ptr_dtype=ptr)
+    cases = [(indptr, indices)]
+    dec = indptr.copy()
+    dec[1700] = dec[1701] + 1
+    cases.append((dec, indices))
+    neg = indices.copy()
+    neg[-1] = -4
+    cases.append((indptr, neg))
+    cases.append((indptr + 2, indices))
+    cases.append((np.zeros(6, ptr), np.zeros(0, idx)))
+    cases.append((np.array([0, 3], ptr), np.array([9, 2, 0], idx)))
+    for ip, ix in cases:
+        assert csp.csr_stats(cp.asarray(ip), cp.asarray(ix)) == want(ip, ix)
+
+
+@pytest.mark.parametrize("case", ["start", "decreasing", "end", "negative", "too_few_cols"])
+def test_public_kernels_reject_bad_gpu_csr_as_on_the_cpu(cp, case):
+    """tapegrad.kernels.spmm checks a cupy CSR pattern (one launch and one read back) and raises the error
+    it raises for the same pattern on the host."""
+    from tapegrad import kernels
+    indptr, indices, data = _power_law_csr(400, 300, seed=2)
+    x = np.random.default_rng(2).standard_normal((300, 8))
+    if case == "start":
+        indptr = indptr + 1
+    elif case == "decreasing":
+        indptr = indptr.copy()
+        indptr[200] = indptr[201] + 1
+    elif case == "end":
+        indptr = indptr.copy()
+        indptr[-1] += 1
+    elif case == "negative":
+        indices = indices.copy()
+        indices[5] = -3
+    else:
+        x = x[:100].copy()
+    with pytest.raises(ValueError) as on_cpu:
+        kernels.spmm(indptr, indices, data, x)
+    with pytest.raises(ValueError) as on_gpu:
+        kernels.spmm(*_to(cp, indptr, indices, data, x))
+    assert str(on_gpu.value) == str(on_cpu.value)
+
+
 def test_numba_planned_launches_match_numba_launch_and_are_used(cp, monkeypatch):
     """The engine's calls of the numba-cuda spmm and cell kernels (every array given, C-contiguous) take
     planned launches (kernels/cuda/_device.py::Planned) from their third call on, and give the bits

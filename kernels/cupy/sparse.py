@@ -218,6 +218,43 @@ extern "C" __global__ void tapegrad_transpose_indptr_$SFX(
 }
 """
 
+_CSR_STATS = r"""
+typedef $I I; typedef $P P;
+
+// What a CSR pattern's checks need, in one pass and one read back: out[0] = indptr[0], out[1] = 1 where
+// some indptr[r + 1] < indptr[r], out[2] = indptr[n_rows], out[3] = 1 where an index is negative, out[4] =
+// 1 + the largest non-negative index (0 if none). out[1], out[3] and out[4] start at 0. Whole warps.
+extern "C" __global__ void tapegrad_csr_stats_$SFX(
+        const P* __restrict__ indptr, const I* __restrict__ indices, long long n_rows, long long nnz,
+        unsigned long long* __restrict__ out) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long decreasing = 0, negative = 0, top = 0;
+    for (long long r = start; r < n_rows; r += stride)
+        if ((long long)indptr[r + 1] < (long long)indptr[r]) decreasing = 1;
+    for (long long k = start; k < nnz; k += stride) {
+        const long long v = (long long)indices[k];
+        if (v < 0) negative = 1;
+        else if ((unsigned long long)v + 1 > top) top = (unsigned long long)v + 1;
+    }
+    for (int o = 16; o > 0; o >>= 1) {  // one atomic per warp
+        decreasing |= __shfl_down_sync(0xffffffffu, decreasing, o);
+        negative |= __shfl_down_sync(0xffffffffu, negative, o);
+        const unsigned long long t = __shfl_down_sync(0xffffffffu, top, o);
+        if (t > top) top = t;
+    }
+    if ((threadIdx.x & 31) == 0) {
+        if (decreasing) atomicMax(&out[1], 1ull);
+        if (negative) atomicMax(&out[3], 1ull);
+        if (top) atomicMax(&out[4], top);
+    }
+    if (start == 0) {
+        out[0] = (unsigned long long)(long long)indptr[0];
+        out[2] = (unsigned long long)(long long)indptr[n_rows];
+    }
+}
+"""
+
 _GCN = r"""
 typedef $T T; typedef $I I; typedef $P P;
 
@@ -478,6 +515,24 @@ def csr_transpose(indptr, indices, data, n_cols):
             (blocks,), (threads,),
             (indptr, perm, d, np.int32(has_data), rows_t, data_t if has_data else d, _i64(n_rows), _i64(nnz)))
     return indptr_t, rows_t, data_t, perm
+
+
+_STATS_BLOCK = 256  # whole warps: the kernel reduces with full-mask shuffles
+
+
+def csr_stats(indptr, indices):
+    """What :func:`tapegrad.kernels.validate.csr_structure` checks, for a CSR pattern on the GPU, in one
+    launch and one read back (instead of a host sync per check): (indptr[0], whether indptr decreases
+    anywhere, indptr[-1], whether an index is negative, 1 + the largest non-negative index or 0).
+    indptr [n_rows + 1] with n_rows >= 0, indices [nnz]; both C-contiguous integer cupy arrays."""
+    n_rows, nnz = indptr.shape[0] - 1, indices.shape[0]
+    out = cupy.zeros(5, np.uint64)
+    blocks, threads = cc.launch_shape(max(n_rows, nnz, 1), _STATS_BLOCK, MAX_BLOCKS)
+    source, sfx = _source(_CSR_STATS, np.dtype(np.float32), np.dtype(indices.dtype), np.dtype(indptr.dtype), 1)
+    cc.kernel(source, f"tapegrad_csr_stats_{sfx}")((blocks,), (threads,), (indptr, indices, _i64(n_rows), _i64(nnz),
+                                                                           out))
+    v = out.get().view(np.int64)
+    return int(v[0]), bool(v[1]), int(v[2]), bool(v[3]), int(v[4])
 
 
 def gcn_norm(indptr, indices, data, num_nodes, add_self_loops=True, fill_value=1.0, dtype=np.float32):
