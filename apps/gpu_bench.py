@@ -330,9 +330,10 @@ def rnn_cases(rep: Report, sizes, cupy, torch) -> None:
 def launch_cases(rep: Report, cupy, torch) -> None:
     """Host microseconds per call on a tiny graph (64 nodes, F=32): the cost of getting a kernel queued.
 
-    Each kernel is timed with its backend's lean launch (the default) and with the framework's own launch
-    (CuPy's ``RawKernel`` call, Numba's ``kernel[grid, block]``), and beside them the floor: an empty kernel
-    launched through the driver with its parameters packed beforehand, and through CuPy's call."""
+    Each kernel is timed with its backend's lean launch (the default; for numba-cuda also with a pointer per
+    parameter instead of one parameter block) and with the framework's own launch (CuPy's ``RawKernel``
+    call, Numba's ``kernel[grid, block]``), and beside them the floors: empty kernels launched through the
+    driver with their parameters packed beforehand, through our launch objects and through CuPy's call."""
     import tapegrad as tg
     from tapegrad.kernels import direct_launch as dl
     from tapegrad.kernels import registry
