@@ -330,8 +330,7 @@ def rnn_cases(rep: Report, sizes, cupy, torch) -> None:
 def launch_cases(rep: Report, cupy, torch) -> None:
     """Host microseconds per call on a tiny graph (64 nodes, F=32): the cost of getting a kernel queued.
 
-    Each kernel is timed with its backend's lean launch (the default; for numba-cuda also with a pointer per
-    parameter instead of one parameter block) and with the framework's own launch (CuPy's ``RawKernel``
+    Each kernel is timed with its backend's lean launch (the default) and with the framework's own launch (CuPy's ``RawKernel``
     call, Numba's ``kernel[grid, block]``), and beside them the floors: empty kernels launched through the
     driver with their parameters packed beforehand, through our launch objects and through CuPy's call."""
     import tapegrad as tg
@@ -357,10 +356,8 @@ def launch_cases(rep: Report, cupy, torch) -> None:
             c = cupy.zeros((8, 32), cupy.float32)
             bufs = [cupy.empty((8, 32), cupy.float32) for _ in range(2)]
             gates = cupy.empty((8, 128), cupy.float32)
-            modes = [("", True)] + ([(", a pointer per parameter", "pointers")] if backend == "numba-cuda" else [])
-            for how, on in modes + [(", framework's launch", False)]:
-                setattr(module, flag, bool(on))
-                dv.PARAM_BLOCK = on != "pointers"
+            for how, on in (("", True), (", framework's launch", False)):
+                setattr(module, flag, on)
                 calls = 300 if on or backend == "cupy" else 30
                 rows[f"spmm kernel ({backend}{how})"] = _host_per_call(lambda: k(ip, ix, dv_, x, out), sync, calls)
                 rows[f"lstm_cell_fwd kernel ({backend}{how})"] = _host_per_call(
@@ -371,7 +368,6 @@ def launch_cases(rep: Report, cupy, torch) -> None:
             rows[f"{backend}"] = f"error {type(e).__name__}: {e}"
         finally:
             setattr(module, flag, True)
-            dv.PARAM_BLOCK = True
     try:  # the floor: an empty kernel with one pointer argument
         empty = cupy.RawKernel('extern "C" __global__ void tapegrad_empty(float* p) {}', "tapegrad_empty")
         rows["empty kernel, CuPy's call (floor)"] = _host_per_call(lambda: empty((1,), (32,), (x,)), sync)
@@ -398,22 +394,13 @@ def launch_cases(rep: Report, cupy, torch) -> None:
         args = arrays + (256, 32, np.float32(1))
         dv.launch(empty5, 1, 256, dv.CUPY, *args)
         planned = dv.plan(empty5, 1, 256, args, (0, 1, 2, 3, 4))
-        for block in (True, False):
-            dv.PARAM_BLOCK = block
-            how = "one block" if block else "a pointer per parameter"
-            rows[f"empty numba kernel, 5 arrays, planned, {how} (floor)"] = _host_per_call(
-                lambda: planned(*arrays), sync)
-        dv.PARAM_BLOCK = True
+        rows["empty numba kernel, 5 arrays, planned (floor + packing)"] = _host_per_call(lambda: planned(*arrays), sync)
         buf, params, _ = planned.params.buffer()
         planned.pack(planned.params.head.pack_into, buf, *arrays)
         launch = dl.driver().launchKernel
         stream = cupy.cuda.get_current_stream().ptr
         rows["empty numba kernel, 5 arrays, driver with packed params (floor)"] = _host_per_call(
             lambda: launch(planned.handle, 1, 1, 1, 256, 1, 1, 0, stream, params, 0), sync)
-        words, extra, _ = planned.block.buffer()
-        planned.block.put(words, *arrays)
-        rows["empty numba kernel, 5 arrays, driver with a packed block (floor)"] = _host_per_call(
-            lambda: launch(planned.handle, 1, 1, 1, 256, 1, 1, 0, stream, 0, extra), sync)
     except Exception as e:
         rows["numba floor"] = f"error {type(e).__name__}: {e}"
     import cupyx.scipy.sparse as csp

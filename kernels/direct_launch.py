@@ -81,47 +81,6 @@ class Params:
         return buf, ctypes.addressof(pointers), pointers
 
 
-class ParamBlock:
-    """The parameters of one kernel as one block, laid out as the kernel declares them (each at its natural
-    alignment, in order), for ``cuLaunchKernel``'s ``extra`` (CU_LAUNCH_PARAM_BUFFER_POINTER): the driver
-    copies the block as it is, rather than each parameter through its own pointer. ``codes`` and ``fixed``
-    as for :class:`Params`; the other parameters must be device arrays (code P), written per call by
-    ``put(words, *arrays)`` in parameter order, as their addresses."""
-
-    __slots__ = ("put", "_size", "_template", "_local", "__weakref__")
-
-    def __init__(self, codes: Sequence[str], fixed: Mapping[int, Any] | None = None) -> None:
-        codes, fixed = list(codes), dict(fixed or {})
-        layout = struct.Struct("@" + "".join(codes))
-        offsets = _offsets(codes)
-        varying = [i for i in range(len(codes)) if i not in fixed]
-        if any(codes[i] != POINTER or offsets[i] % 8 for i in varying):
-            raise ValueError("the parameters a call writes must be device addresses (code P)")
-        self._size = layout.size
-        values = [0 if i not in fixed else
-                  (fixed[i].data.ptr if codes[i] == POINTER and hasattr(fixed[i], "data") else fixed[i])
-                  for i in range(len(codes))]
-        self._template = layout.pack(*values) if codes else b""
-        names = [f"a{k}" for k in range(len(varying))]
-        body = "".join(f"    w[{offsets[i] // 8}] = {n}.data.ptr\n" for i, n in zip(varying, names)) or "    pass\n"
-        namespace: dict = {}
-        exec(f"def put(w, {', '.join(names)}):\n{body}", namespace)  # one store per value, nothing else
-        self.put = namespace["put"]
-        self._local = threading.local()
-
-    def buffer(self) -> tuple:
-        """(this thread's block as 64-bit words, address of the ``extra`` array that hands it over, the
-        objects that must live as long as it)."""
-        entry = getattr(self._local, "entry", None)
-        if entry is None:
-            words = (ctypes.c_uint64 * max(-(-self._size // 8), 1))()
-            ctypes.memmove(words, self._template, len(self._template))
-            size = ctypes.c_size_t(self._size)
-            extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(words), 2, ctypes.addressof(size), 0)
-            entry = self._local.entry = (words, ctypes.addressof(extra), (size, extra))
-        return entry
-
-
 def code_of(value: Any) -> str:
     """The struct code a launch passes ``value`` with: a device array's address, or a scalar of the
     numpy type it has (Python ints as int64 and floats as float64, as CuPy passes them)."""

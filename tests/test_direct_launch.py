@@ -158,32 +158,3 @@ def test_numba_planned_layout_packs_only_the_varying_addresses(monkeypatch):
         dv._planned_layout(argtypes, args, (4, 0))  # the head is packed in parameter order
     with pytest.raises(ValueError):
         dv._planned_layout(argtypes, args, (1,))  # a scalar has no address to vary
-
-
-def test_param_block_lays_out_parameters_as_declared_and_hands_them_over_in_extra():
-    """ParamBlock: the whole parameter list in declaration order at natural alignment (a 1-byte bool and
-    a 4-byte float before 8-byte values), reached as cuLaunchKernel's ``extra`` would reach it:
-    {BUFFER_POINTER, buffer, BUFFER_SIZE, &size, END}; a call writes the arrays' addresses only."""
-    import struct
-
-    codes = "P?qfPdPi"
-    fixed = {1: True, 2: -5, 3: np.float32(1.5), 5: 0.25, 7: 7}
-    block = dl.ParamBlock(list(codes), fixed)
-    words, extra_address, _ = block.buffer()
-    arrays = [_FakeDeviceArray(np.zeros(k + 1)) for k in range(3)]
-    block.put(words, *arrays)
-    extra = (ctypes.c_void_p * 5).from_address(extra_address)
-    assert (extra[0], extra[2], extra[4]) == (1, 2, None)  # POINTER, SIZE, END (a null reads as None)
-    size = ctypes.c_size_t.from_address(extra[3]).value
-    assert size == struct.calcsize("@" + codes)
-    got = struct.unpack("@" + codes, ctypes.string_at(extra[1], size))
-    assert got == (arrays[0].data.ptr, True, -5, 1.5, arrays[1].data.ptr, 0.25, arrays[2].data.ptr, 7)
-    later = [_FakeDeviceArray(np.zeros(2)) for _ in range(3)]
-    block.put(words, *later)
-    got = struct.unpack("@" + codes, ctypes.string_at(extra[1], size))
-    assert got[0::2][:3] == (later[0].data.ptr, -5, later[1].data.ptr) and got[6] == later[2].data.ptr
-
-
-def test_param_block_refuses_varying_scalars():
-    with pytest.raises(ValueError):
-        dl.ParamBlock(["P", "q"], {0: 0})

@@ -466,15 +466,12 @@ def test_public_kernels_reject_bad_gpu_csr_as_on_the_cpu(cp, case):
     assert str(on_gpu.value) == str(on_cpu.value)
 
 
-@pytest.mark.parametrize("param_block", [True, False], ids=["one block", "pointer per parameter"])
-def test_numba_planned_launches_match_numba_launch_and_are_used(cp, monkeypatch, param_block):
+def test_numba_planned_launches_match_numba_launch_and_are_used(cp, monkeypatch):
     """The engine's calls of the numba-cuda spmm and cell kernels (every array given, C-contiguous) take
     planned launches (kernels/cuda/_device.py::Planned) from their third call on, and give the bits
     Numba's own launch gives: spmm with and without values and out, at two index widths, the four cell
-    kernels, float32 and float64, with the parameters handed over as one block and as a pointer each.
-    A call of other sizes gets a plan of its own."""
+    kernels, float32 and float64. A call of other sizes gets a plan of its own."""
     from tapegrad.kernels.cuda import _device as dv
-    monkeypatch.setattr(dv, "PARAM_BLOCK", param_block)
     from tapegrad.kernels.cuda import recurrent as nrec
     from tapegrad.kernels.cuda import sparse as nsp
     rng = np.random.default_rng(8)

@@ -282,11 +282,6 @@ def device() -> int:
     return _get_device()
 
 
-# Planned launches hand the driver their parameters as one block (``extra``) rather than a pointer per
-# parameter (a Numba kernel has 9 parameters per 2-D array): 0 turns the block off.
-PARAM_BLOCK = os.environ.get("TAPEGRAD_NUMBA_PARAM_BLOCK", "1") != "0"
-
-
 class Planned:
     """A launch of one compiled kernel with all but some arrays' addresses fixed: the grid, the block, the
     scalars, the other arrays and every array's shape and strides are those of the call it was planned
@@ -294,31 +289,22 @@ class Planned:
     which must have the planned shapes, dtypes and layouts: the wrapper's key guarantees it. Returns
     False, launching nothing, where the driver refuses the launch (the caller then launches as usual)."""
 
-    __slots__ = ("handle", "blocks", "threads", "shared", "params", "pack", "keep", "_launch", "_pack_into",
-                 "block")
+    __slots__ = ("handle", "blocks", "threads", "shared", "params", "pack", "keep", "_launch", "_pack_into")
 
     def __init__(self, handle: int, blocks: int, threads: int, shared: int, params: dl.Params, n_varying: int,
-                 keep: tuple, block: dl.ParamBlock | None = None) -> None:
+                 keep: tuple) -> None:
         self.handle, self.blocks, self.threads, self.shared, self.params = handle, blocks, threads, shared, params
         self.pack = dl.packer(dl.POINTER * n_varying)
         self.keep = keep  # the fixed arrays, alive as long as their addresses are packed
         self._launch = dl.driver().launchKernel
         self._pack_into = params.head.pack_into
-        self.block = block
 
     def __call__(self, *arrays: Any) -> bool:
-        block = self.block
+        buf, params, _ = self.params.buffer()
+        self.pack(self._pack_into, buf, *arrays)
         try:
-            if block is not None and PARAM_BLOCK:
-                words, extra, _ = block.buffer()
-                block.put(words, *arrays)
-                self._launch(self.handle, self.blocks, 1, 1, self.threads, 1, 1, self.shared, _current_stream().ptr,
-                             0, extra)
-            else:
-                buf, params, _ = self.params.buffer()
-                self.pack(self._pack_into, buf, *arrays)
-                self._launch(self.handle, self.blocks, 1, 1, self.threads, 1, 1, self.shared, _current_stream().ptr,
-                             params, 0)
+            self._launch(self.handle, self.blocks, 1, 1, self.threads, 1, 1, self.shared, _current_stream().ptr,
+                         params, 0)
         except dl.driver().CUDADriverError:
             return False
         return True
@@ -362,8 +348,7 @@ def plan(kernel: Any, blocks: int, threads: int, args: tuple, varying: tuple, sh
         return None
     codes, fixed, keep = layout
     handle = int(compiled._codelibrary.get_cufunc().handle)
-    return Planned(handle, int(blocks), int(threads), int(shared), dl.Params(codes, fixed), len(varying), keep,
-                   dl.ParamBlock(codes, fixed))
+    return Planned(handle, int(blocks), int(threads), int(shared), dl.Params(codes, fixed), len(varying), keep)
 
 
 def remember(plans: dict, key: Any, planned: Planned | None, limit: int = 256) -> None:
