@@ -158,3 +158,38 @@ def test_numba_planned_layout_packs_only_the_varying_addresses(monkeypatch):
         dv._planned_layout(argtypes, args, (4, 0))  # the head is packed in parameter order
     with pytest.raises(ValueError):
         dv._planned_layout(argtypes, args, (1,))  # a scalar has no address to vary
+
+
+def test_numba_planned_launch_gate_takes_only_plain_arrays_of_the_planned_shapes(monkeypatch):
+    """What decides that a numba-cuda cell call may reuse a planned launch (kernels/cuda/recurrent.py::
+    _lean_key): every array given, of the cupy type, C-contiguous, of one dtype and of the expected shape.
+    Any other call gets no key and takes the general path; the key holds dtype, sizes, activation and
+    device, so calls that differ in any of them never share a plan."""
+    pytest.importorskip("numba")
+    from tapegrad.kernels.cuda import _device as dv
+    from tapegrad.kernels.cuda import recurrent as nrec
+
+    class Plain(_FakeDeviceArray):
+        _c_contiguous = True
+
+    class Strided(_FakeDeviceArray):
+        _c_contiguous = False
+    monkeypatch.setattr(dv, "_cupy_ndarray", Plain)
+    monkeypatch.setattr(dv, "_get_device", lambda: 3)
+    monkeypatch.setattr(dv, "FAST_LAUNCH", True)
+    monkeypatch.setattr(dv, "_simulated", lambda: False)
+    B, H = 4, 5
+    shapes = ((B, H), (B, H))
+
+    def arrays(dtype=np.float32, shape=(B, H), kind=Plain):
+        return kind(np.zeros(shape, dtype)), Plain(np.zeros((B, H), np.float32))
+    key = nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, True)
+    assert key == (nrec._rnn_fwd, np.dtype(np.float32), (B, H), True, 3)
+    assert nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, False) != key
+    assert nrec._lean_key(nrec._rnn_fwd, arrays(np.float64), shapes, True) is None  # mixed dtypes
+    assert nrec._lean_key(nrec._rnn_fwd, arrays(shape=(B, H + 1)), shapes, True) is None
+    assert nrec._lean_key(nrec._rnn_fwd, arrays(kind=Strided), shapes, True) is None
+    assert nrec._lean_key(nrec._rnn_fwd, (arrays()[0], None), shapes, True) is None
+    assert nrec._lean_key(nrec._rnn_fwd, (np.zeros((B, H), np.float32),) * 2, shapes, True) is None  # host
+    monkeypatch.setattr(dv, "FAST_LAUNCH", False)
+    assert nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, True) is None

@@ -244,8 +244,16 @@ def _spmm_scratch(kind, n_seg, F, dtype):
 
 
 # Planned launches of spmm on cupy arrays (see _device.Planned), per (dtypes, sizes, launch constants,
-# device, stream): a call that matches one passes the five arrays' addresses and nothing else.
+# device, stream): a call that matches one passes the five arrays' addresses and nothing else. A plan
+# keeps the scratch it was made with alive, so at most _MAX_SPMM_PLANS are kept (the oldest go first).
 _SPMM_PLANS: dict = {}
+_MAX_SPMM_PLANS = 64
+
+
+def release_scratch() -> None:
+    """Free spmm's planned launches and scratch buffers on cupy arrays (the next call makes them again)."""
+    _SPMM_PLANS.clear()
+    _SCRATCH.clear()
 
 
 def spmm(indptr, indices, data, x, out=None):
@@ -294,7 +302,8 @@ def spmm(indptr, indices, data, x, out=None):
     if key is not None and key not in _SPMM_PLANS:
         # the first call of these sizes: the next ones take its planned launch (d: x's first row stands in
         # for absent values, at x's address, which is what a planned call passes)
-        dv.remember(_SPMM_PLANS, key, dv.plan(_spmm_pass, blocks, threads, args, varying=(0, 1, 2, 4, 5)))
+        dv.remember(_SPMM_PLANS, key, dv.plan(_spmm_pass, blocks, threads, args, varying=(0, 1, 2, 4, 5)),
+                    _MAX_SPMM_PLANS)
     return res.result()
 
 
