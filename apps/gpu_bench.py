@@ -330,9 +330,10 @@ def rnn_cases(rep: Report, sizes, cupy, torch) -> None:
 def launch_cases(rep: Report, cupy, torch) -> None:
     """Host microseconds per call on a tiny graph (64 nodes, F=32): the cost of getting a kernel queued.
 
-    Each kernel is timed with its backend's lean launch (the default) and with the framework's own launch (CuPy's ``RawKernel``
-    call, Numba's ``kernel[grid, block]``), and beside them the floors: empty kernels launched through the
-    driver with their parameters packed beforehand, through our launch objects and through CuPy's call."""
+    Each kernel is timed with its backend's lean launch (the default) and with the framework's own launch
+    (CuPy's ``RawKernel`` call, Numba's ``kernel[grid, block]``), and beside them the floors: empty kernels
+    launched through the driver with their parameters packed beforehand, through our launch objects and
+    through CuPy's call."""
     import tapegrad as tg
     from tapegrad.kernels import direct_launch as dl
     from tapegrad.kernels import registry
@@ -349,6 +350,7 @@ def launch_cases(rep: Report, cupy, torch) -> None:
     lean = {"cupy": (cc, "DIRECT_LAUNCH"), "numba-cuda": (dv, "FAST_LAUNCH")}
     for backend in ("cupy", "numba-cuda"):
         module, flag = lean[backend]
+        setting = getattr(module, flag)  # restored after: the user may have turned it off
         try:
             k = registry.get("spmm", backend)
             out = cupy.empty((64, 32), cupy.float32)
@@ -367,7 +369,7 @@ def launch_cases(rep: Report, cupy, torch) -> None:
         except Exception as e:
             rows[f"{backend}"] = f"error {type(e).__name__}: {e}"
         finally:
-            setattr(module, flag, True)
+            setattr(module, flag, setting)
     try:  # the floor: an empty kernel with one pointer argument
         empty = cupy.RawKernel('extern "C" __global__ void tapegrad_empty(float* p) {}', "tapegrad_empty")
         rows["empty kernel, CuPy's call (floor)"] = _host_per_call(lambda: empty((1,), (32,), (x,)), sync)

@@ -110,6 +110,16 @@ def packer(codes: str):
     return namespace["pack"]
 
 
+def evict_oldest(plans: dict, limit: int) -> None:
+    """Drop a plan cache's oldest entries until there is room for one more under ``limit``; safe when two
+    threads evict at once (each drops what is still there)."""
+    while len(plans) >= limit:
+        try:
+            plans.pop(next(iter(plans)), None)
+        except (RuntimeError, StopIteration):  # another thread changed the cache meanwhile: look again
+            continue
+
+
 _driver = None
 
 

@@ -184,7 +184,11 @@ def test_numba_planned_launch_gate_takes_only_plain_arrays_of_the_planned_shapes
     def arrays(dtype=np.float32, shape=(B, H), kind=Plain):
         return kind(np.zeros(shape, dtype)), Plain(np.zeros((B, H), np.float32))
     key = nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, True)
-    assert key == (nrec._rnn_fwd, np.dtype(np.float32), (B, H), True, 3)
+    assert key == (nrec._rnn_fwd, np.dtype(np.float32), (B, H), True, nrec.BLOCK, nrec.MAX_BLOCKS, 3)
+    block = nrec.BLOCK
+    monkeypatch.setattr(nrec, "BLOCK", 32)  # tests patch the launch constants small: a plan of their own
+    assert nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, True) != key
+    monkeypatch.setattr(nrec, "BLOCK", block)
     assert nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, False) != key
     assert nrec._lean_key(nrec._rnn_fwd, arrays(np.float64), shapes, True) is None  # mixed dtypes
     assert nrec._lean_key(nrec._rnn_fwd, arrays(shape=(B, H + 1)), shapes, True) is None
@@ -193,3 +197,30 @@ def test_numba_planned_launch_gate_takes_only_plain_arrays_of_the_planned_shapes
     assert nrec._lean_key(nrec._rnn_fwd, (np.zeros((B, H), np.float32),) * 2, shapes, True) is None  # host
     monkeypatch.setattr(dv, "FAST_LAUNCH", False)
     assert nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, True) is None
+
+
+def test_evict_oldest_keeps_a_plan_cache_under_its_limit_in_insertion_order():
+    plans = {k: k for k in range(10)}
+    dl.evict_oldest(plans, 4)
+    assert list(plans) == [7, 8, 9]  # room for one more under the limit
+    dl.evict_oldest(plans, 4)
+    assert list(plans) == [7, 8, 9]
+
+
+def test_evict_oldest_from_many_threads_at_once_never_raises():
+    plans: dict = {}
+    errors = []
+
+    def churn(base):
+        try:
+            for k in range(2000):
+                dl.evict_oldest(plans, 8)
+                plans[(base, k)] = k
+        except Exception as e:  # noqa: BLE001 - any error is the failure
+            errors.append(e)
+    threads = [threading.Thread(target=churn, args=(b,)) for b in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(plans) <= 8 + len(threads)

@@ -435,6 +435,7 @@ def test_csr_stats_match_numpy(cp, idx, ptr):
     cases.append((indptr + 2, indices))
     cases.append((np.zeros(6, ptr), np.zeros(0, idx)))
     cases.append((np.array([0, 3], ptr), np.array([9, 2, 0], idx)))
+    cases.append((np.array([0, 2], ptr), np.array([np.iinfo(idx).max, 1], idx)))  # the bound past int64's top
     for ip, ix in cases:
         assert csp.csr_stats(cp.asarray(ip), cp.asarray(ix)) == want(ip, ix)
 

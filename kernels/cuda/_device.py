@@ -235,8 +235,8 @@ def launch(kernel: Any, blocks: int, threads: int, kind: str, *args: Any, shared
                 dl.driver().launchKernel(plan.handle, blocks, 1, 1, threads, 1, 1, shared, _current_stream().ptr,
                                          params, 0)
                 return
-            except dl.driver().CUDADriverError:  # refused before it ran: Numba launches this one from now on
-                _plans[key] = None
+            except dl.driver().CUDADriverError:  # refused before it ran (a thread with no context, say):
+                pass  # Numba launches this call, and reports the error if it is a real one
         kernel[blocks, threads, stream(kind), shared](*args)
         if plan is False:  # first call with these types: Numba compiled it; plan the next ones
             try:
@@ -340,21 +340,26 @@ def _planned_layout(argtypes: tuple, args: tuple, varying: tuple) -> tuple | Non
 
 def plan(kernel: Any, blocks: int, threads: int, args: tuple, varying: tuple, shared: int = 0) -> Planned | None:
     """The :class:`Planned` launch of ``kernel`` for a call with ``args`` that Numba has already compiled
-    it for (by :func:`launch`), or None where it cannot be planned."""
-    argtypes = tuple(kernel.typeof_pyval(a) for a in args)
-    compiled = kernel.overloads.get(argtypes)
-    layout = _planned_layout(argtypes, args, varying) if compiled is not None else None
-    if layout is None:
+    it for (by :func:`launch`), or None where it cannot be planned (Numba's internals included: a
+    version that lays them out otherwise keeps Numba's own launch)."""
+    try:
+        argtypes = tuple(kernel.typeof_pyval(a) for a in args)
+        compiled = kernel.overloads.get(argtypes)
+        layout = _planned_layout(argtypes, args, varying) if compiled is not None else None
+        if layout is None:
+            return None
+        codes, fixed, keep = layout
+        handle = int(compiled._codelibrary.get_cufunc().handle)
+    except ValueError:
+        raise  # a wrapper's mistake (varying positions), not Numba's
+    except Exception:
         return None
-    codes, fixed, keep = layout
-    handle = int(compiled._codelibrary.get_cufunc().handle)
     return Planned(handle, int(blocks), int(threads), int(shared), dl.Params(codes, fixed), len(varying), keep)
 
 
 def remember(plans: dict, key: Any, planned: Planned | None, limit: int = 256) -> None:
     """plans[key] = planned (None too: not plannable, do not try again), dropping the oldest past limit."""
-    while len(plans) >= limit:
-        del plans[next(iter(plans))]
+    dl.evict_oldest(plans, limit)
     plans[key] = planned
 
 

@@ -111,7 +111,7 @@ def _launch(n):
 
 
 # Planned launches of the cell kernels on cupy arrays (see _device.Planned), per (kernel, dtype, B, H,
-# activation, device): the engine's per-step calls pass their arrays' addresses and nothing else.
+# activation, launch constants, device): the engine's per-step calls pass their arrays' addresses and nothing else.
 _PLANS: dict = {}
 
 
@@ -119,7 +119,7 @@ def _lean_key(kernel, arrays, shapes, extra=None):
     """The plan key of a call whose arrays are all given, C-contiguous cupy arrays of one dtype and of the
     expected shapes; None for any other call (it takes the general path)."""
     dtype = dv.lean_dtype(arrays, shapes)
-    return None if dtype is None else (kernel, dtype, shapes[-1], extra, dv.device())
+    return None if dtype is None else (kernel, dtype, shapes[-1], extra, BLOCK, MAX_BLOCKS, dv.device())
 
 
 def _planned(key, arrays) -> bool:

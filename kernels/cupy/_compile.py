@@ -130,7 +130,8 @@ DIRECT_LAUNCH = os.environ.get("TAPEGRAD_CUPY_DIRECT_LAUNCH", "1") != "0"
 
 class Launch:
     """A compiled kernel with its launch worked out: grid, block, dynamic shared memory and the trailing
-    arguments ``tail``, the same on every call. A call passes the stream and the values of the leading
+    arguments ``tail``, the same on every call. A call passes the current stream's handle (CuPy's own
+    call, the fallback, launches on the current stream) and the values of the leading
     arguments, of the types of ``head`` (the example this launch was planned from: cupy arrays and numpy
     scalars); an array is passed as its address (``a.data.ptr``), which the caller has usually read
     already to check its alignment.

@@ -25,6 +25,7 @@ import threading
 import cupy
 import numpy as np
 
+from .. import direct_launch as dl
 from . import _compile as cc
 
 BLOCK = 256          # threads per block (rounded up to a multiple of 32 where shuffles need it)
@@ -418,8 +419,7 @@ def _spmm_plan(key, indptr, indices, x, y, dtype, n_rows, F, nnz, has_data, dev,
     fn = cc.kernel(source, f"tapegrad_spmm_{sfx}")
     carry, tickets = _spmm_scratch(dev, stream, dtype, n_seg * 2 * F, n_seg * n_tiles)
     tail = (carry, tickets, _i64(n_rows), _i64(x.shape[0]), _i64(nnz))
-    while len(_SPMM_PLANS) >= _MAX_SPMM_PLANS:
-        del _SPMM_PLANS[next(iter(_SPMM_PLANS))]
+    dl.evict_oldest(_SPMM_PLANS, _MAX_SPMM_PLANS)
     plan = _SPMM_PLANS[key] = cc.Launch(fn, (blocks,), (threads,), (indptr, indices, x, x, y), tail)
     return plan
 
@@ -531,8 +531,9 @@ def csr_stats(indptr, indices):
     source, sfx = _source(_CSR_STATS, np.dtype(np.float32), np.dtype(indices.dtype), np.dtype(indptr.dtype), 1)
     cc.kernel(source, f"tapegrad_csr_stats_{sfx}")((blocks,), (threads,), (indptr, indices, _i64(n_rows), _i64(nnz),
                                                                            out))
-    v = out.get().view(np.int64)
-    return int(v[0]), bool(v[1]), int(v[2]), bool(v[3]), int(v[4])
+    u = out.get()
+    v = u.view(np.int64)  # indptr's ends as signed values; the index bound stays unsigned (up to 2^63)
+    return int(v[0]), bool(v[1]), int(v[2]), bool(v[3]), int(u[4])
 
 
 def gcn_norm(indptr, indices, data, num_nodes, add_self_loops=True, fill_value=1.0, dtype=np.float32):
