@@ -70,21 +70,41 @@ def _timed_rounds(fns: dict, sync, rounds: int = 5, sample_s: float = 0.02, max_
             for k, v in samples.items()}
 
 
-def _host_per_call(f, sync, calls: int = 300, rounds: int = 9) -> float:
-    """Median over rounds of the host seconds per call, with no synchronisation inside a round (the launch
-    cost); the host is shared, so a round that another process disturbed counts once among nine."""
-    for _ in range(3):
-        f()
+def _host_per_call(cases: dict, sync, rounds: int = 9) -> dict:
+    """Host seconds per call of each case, with no synchronisation inside a round (the cost of getting a
+    kernel queued). ``cases`` maps a name to (f, calls per round, mode): ``mode()`` is a context manager
+    that sets the case up (a launch path switched on or off) around each of its rounds.
+
+    The cases take turns round by round, because the shared host's speed drifts from one second to the
+    next: the cases of one round saw the same host. Returns name -> the per-round samples."""
+    for f, _, mode in cases.values():
+        with mode():
+            for _ in range(3):
+                f()
     sync()
-    out = []
+    samples: dict = {name: [] for name in cases}
     for _ in range(rounds):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            f()
-        out.append((time.perf_counter() - t0) / calls)
-        sync()
-    return float(np.median(out))
+        for name, (f, calls, mode) in cases.items():
+            with mode():
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    f()
+                samples[name].append((time.perf_counter() - t0) / calls)
+                sync()
+    return samples
+
+
+def _launch_rows(samples: dict, peer: str) -> dict:
+    """Per case: the median microseconds per call, and the median over rounds of its ratio to ``peer``'s
+    time in the same round (above 1: slower than the peer)."""
+    rows = {}
+    for name, v in samples.items():
+        row = {"median_us": float(np.median(v)) * 1e6, "min_us": float(np.min(v)) * 1e6, "rounds": len(v)}
+        if peer in samples and name != peer:
+            row[f"per-round ratio to {peer}"] = float(np.median(np.divide(v, samples[peer])))
+        rows[name] = row
+    return rows
 
 
 class Report:
@@ -333,59 +353,74 @@ def launch_cases(rep: Report, cupy, torch) -> None:
     Each kernel is timed with its backend's lean launch (the default) and with the framework's own launch
     (CuPy's ``RawKernel`` call, Numba's ``kernel[grid, block]``), and beside them the floors: empty kernels
     launched through the driver with their parameters packed beforehand, through our launch objects and
-    through CuPy's call."""
+    through CuPy's call, and the peers. All rows take turns round by round (:func:`_host_per_call`); each
+    row also gets the median of its per-round ratio to ``torch.relu``."""
+    import contextlib
+
     import tapegrad as tg
     from tapegrad.kernels import direct_launch as dl
     from tapegrad.kernels import registry
     from tapegrad.kernels.cuda import _device as dv
     from tapegrad.kernels.cupy import _compile as cc
-    sync = cupy.cuda.Device().synchronize
+
+    def sync():
+        cupy.cuda.Device().synchronize()
+        if torch is not None:
+            torch.cuda.synchronize()
+
+    def switched(module, flag, value):
+        @contextlib.contextmanager
+        def mode():
+            setting = getattr(module, flag)  # restored after: the user may have turned it off
+            setattr(module, flag, value)
+            try:
+                yield
+            finally:
+                setattr(module, flag, setting)
+        return mode
+    plain = contextlib.nullcontext
     A = tg.CSR.from_edge_index(np.stack([np.arange(64), (np.arange(64) + 1) % 64]), num_nodes=64)
     ip, ix = cupy.asarray(A.indptr), cupy.asarray(A.indices)
     dv_ = cupy.ones(A.nnz, dtype=cupy.float32)
     x = cupy.ones((64, 32), dtype=cupy.float32)
     h = cupy.ones((8, 32), dtype=cupy.float32)
     z = cupy.ones((8, 128), dtype=cupy.float32)
-    rows = {}
+    c = cupy.zeros((8, 32), cupy.float32)
+    bufs = [cupy.empty((8, 32), cupy.float32) for _ in range(2)]
+    gates = cupy.empty((8, 128), cupy.float32)
+    out = cupy.empty((64, 32), cupy.float32)
+    cases, errors = {}, {}
     lean = {"cupy": (cc, "DIRECT_LAUNCH"), "numba-cuda": (dv, "FAST_LAUNCH")}
     for backend in ("cupy", "numba-cuda"):
         module, flag = lean[backend]
-        setting = getattr(module, flag)  # restored after: the user may have turned it off
         try:
             k = registry.get("spmm", backend)
-            out = cupy.empty((64, 32), cupy.float32)
             cell = registry.get("lstm_cell_fwd", backend)
-            c = cupy.zeros((8, 32), cupy.float32)
-            bufs = [cupy.empty((8, 32), cupy.float32) for _ in range(2)]
-            gates = cupy.empty((8, 128), cupy.float32)
             for how, on in (("", True), (", framework's launch", False)):
-                setattr(module, flag, on)
                 calls = 300 if on or backend == "cupy" else 30
-                rows[f"spmm kernel ({backend}{how})"] = _host_per_call(lambda: k(ip, ix, dv_, x, out), sync, calls)
-                rows[f"lstm_cell_fwd kernel ({backend}{how})"] = _host_per_call(
-                    lambda: cell(z, c, gates, bufs[0], bufs[1]), sync, calls)
-            rows[f"tapegrad.kernels.spmm, validated ({backend})"] = _host_per_call(
-                lambda: tg.kernels.spmm(ip, ix, dv_, x, out, backend=backend), sync)
+                mode = switched(module, flag, on)
+                cases[f"spmm kernel ({backend}{how})"] = (lambda k=k: k(ip, ix, dv_, x, out), calls, mode)
+                cases[f"lstm_cell_fwd kernel ({backend}{how})"] = (
+                    lambda cell=cell: cell(z, c, gates, bufs[0], bufs[1]), calls, mode)
+            cases[f"tapegrad.kernels.spmm, validated ({backend})"] = (
+                lambda backend=backend: tg.kernels.spmm(ip, ix, dv_, x, out, backend=backend), 100, plain)
         except Exception as e:
-            rows[f"{backend}"] = f"error {type(e).__name__}: {e}"
-        finally:
-            setattr(module, flag, setting)
+            errors[backend] = f"error {type(e).__name__}: {e}"
     try:  # the floor: an empty kernel with one pointer argument
         empty = cupy.RawKernel('extern "C" __global__ void tapegrad_empty(float* p) {}', "tapegrad_empty")
-        rows["empty kernel, CuPy's call (floor)"] = _host_per_call(lambda: empty((1,), (32,), (x,)), sync)
         direct = cc.Launch(empty, (1,), (32,), (x,))
         stream = cupy.cuda.get_current_stream().ptr
         buf, params, _ = direct.params.buffer()
         direct.params.head.pack_into(buf, 0, x.data.ptr)  # packed once: the driver's own cost alone
         launch = dl.driver().launchKernel
         handle = empty.kernel.ptr
-        rows["empty kernel, driver with packed params (floor)"] = _host_per_call(
-            lambda: launch(handle, 1, 1, 1, 32, 1, 1, 0, stream, params, 0), sync)
-        rows["empty kernel, cc.Launch (floor + packing)"] = _host_per_call(
-            lambda: direct(cupy.cuda.get_current_stream().ptr, x.data.ptr), sync)
-        rows["cupy.cuda.get_current_stream().ptr"] = _host_per_call(lambda: cupy.cuda.get_current_stream().ptr, sync)
+        cases["empty kernel, CuPy's call (floor)"] = (lambda: empty((1,), (32,), (x,)), 300, plain)
+        cases["empty kernel, driver with packed params (floor)"] = (
+            lambda: launch(handle, 1, 1, 1, 32, 1, 1, 0, stream, params, 0), 300, plain)
+        cases["empty kernel, cc.Launch (floor + packing)"] = (
+            lambda: direct(cupy.cuda.get_current_stream().ptr, x.data.ptr), 300, plain)
     except Exception as e:
-        rows["floor"] = f"error {type(e).__name__}: {e}"
+        errors["floor"] = f"error {type(e).__name__}: {e}"
     try:  # the floor of a numba-cuda launch: an empty kernel with the cell kernel's parameters
         from numba import cuda
 
@@ -396,30 +431,44 @@ def launch_cases(rep: Report, cupy, torch) -> None:
         args = arrays + (256, 32, np.float32(1))
         dv.launch(empty5, 1, 256, dv.CUPY, *args)
         planned = dv.plan(empty5, 1, 256, args, (0, 1, 2, 3, 4))
-        rows["empty numba kernel, 5 arrays, planned (floor + packing)"] = _host_per_call(lambda: planned(*arrays), sync)
-        buf, params, _ = planned.params.buffer()
-        planned.pack(planned.params.head.pack_into, buf, *arrays)
-        launch = dl.driver().launchKernel
-        stream = cupy.cuda.get_current_stream().ptr
-        rows["empty numba kernel, 5 arrays, driver with packed params (floor)"] = _host_per_call(
-            lambda: launch(planned.handle, 1, 1, 1, 256, 1, 1, 0, stream, params, 0), sync)
+        if planned is None:
+            raise RuntimeError("the empty kernel could not be planned")
+        nbuf, nparams, _ = planned.params.buffer()
+        planned.pack(planned.params.head.pack_into, nbuf, *arrays)
+        launch, stream = dl.driver().launchKernel, cupy.cuda.get_current_stream().ptr
+        cases["empty numba kernel, 5 arrays, planned (floor + packing)"] = (lambda: planned(*arrays), 300, plain)
+        cases["empty numba kernel, 5 arrays, driver with packed params (floor)"] = (
+            lambda: launch(planned.handle, 1, 1, 1, 256, 1, 1, 0, stream, nparams, 0), 300, plain)
     except Exception as e:
-        rows["numba floor"] = f"error {type(e).__name__}: {e}"
+        errors["numba floor"] = f"error {type(e).__name__}: {e}"
     import cupyx.scipy.sparse as csp
     m = csp.csr_matrix((dv_, ix, ip), shape=(64, 64))
-    rows["cuSPARSE via cupyx (peer)"] = _host_per_call(lambda: m @ x, sync)
-    rows["cupy elementwise h * 2 (peer)"] = _host_per_call(lambda: h * 2, sync)
+    cases["cuSPARSE via cupyx (peer)"] = (lambda: m @ x, 100, plain)
+    cases["cupy elementwise h * 2 (peer)"] = (lambda: h * 2, 300, plain)
     if torch is not None:
         tx = torch.ones((64, 32), device="cuda")
-        rows["torch.relu (peer)"] = _host_per_call(lambda: torch.relu(tx), torch.cuda.synchronize)
         tout = torch.empty((64, 32), device="cuda")
-        rows["torch.clamp_min with out= (peer)"] = _host_per_call(lambda: torch.clamp_min(tx, 0, out=tout),
-                                                                  torch.cuda.synchronize)
-    rep.cases.append({"name": "launch/host_us_per_call", "rows": {k: (v * 1e6 if isinstance(v, float) else v)
-                                                                    for k, v in rows.items()}})
+        cases["torch.relu (peer)"] = (lambda: torch.relu(tx), 300, plain)
+        cases["torch.clamp_min with out= (peer)"] = (lambda: torch.clamp_min(tx, 0, out=tout), 300, plain)
+    for name in list(cases):  # a case that fails is reported as such, and the others are still timed
+        f, _, mode = cases[name]
+        try:
+            with mode():
+                f()
+        except Exception as e:
+            errors[name] = f"error {type(e).__name__}: {e}"
+            del cases[name]
+    rows = {**_launch_rows(_host_per_call(cases, sync), "torch.relu (peer)"), **errors}
+    rep.cases.append({"name": "launch/host_us_per_call", "rows": rows})
     rep.save()
-    print("launch/host_us_per_call:\n" + "\n".join(
-        f"  {k}: {v * 1e6:.1f} us" if isinstance(v, float) else f"  {k}: {v}" for k, v in rows.items()), flush=True)
+    lines = []
+    for k, v in rows.items():
+        if isinstance(v, str):
+            lines.append(f"  {k}: {v}")
+            continue
+        ratio = v.get("per-round ratio to torch.relu (peer)")
+        lines.append(f"  {k}: {v['median_us']:.1f} us" + (f" ({ratio:.2f}x torch.relu's)" if ratio else ""))
+    print("launch/host_us_per_call (median of 9 interleaved rounds):\n" + "\n".join(lines), flush=True)
 
 
 def summary(rep: Report) -> dict:
