@@ -253,10 +253,15 @@ def launch(kernel: Any, blocks: int, threads: int, kind: str, *args: Any, shared
 # arrays' addresses, so it keys a :class:`Planned` launch on those numbers and a later call packs the
 # addresses alone: no per-argument typing, no Numba ABI flattening of shapes and strides.
 
+def _planning() -> bool:
+    """Whether planned launches apply at all: the fast path on, a cupy array seen, not simulated."""
+    return FAST_LAUNCH and _cupy_ndarray is not None and not _simulated()
+
+
 def lean(*arrays: Any) -> bool:
-    """Whether a wrapper may take a planned launch for these arrays: the fast path on, not simulated, and
-    every array (None aside) a C-contiguous cupy ndarray."""
-    if not FAST_LAUNCH or _cupy_ndarray is None or _simulated():
+    """Whether a wrapper may take a planned launch for these arrays (:func:`_planning`), every array (None
+    aside) a C-contiguous cupy ndarray."""
+    if not _planning():
         return False
     for a in arrays:
         if a is not None and (type(a) is not _cupy_ndarray or not a._c_contiguous):
@@ -267,7 +272,7 @@ def lean(*arrays: Any) -> bool:
 def lean_dtype(arrays: tuple, shapes: tuple) -> Any:
     """The dtype of a call whose arrays may take a planned launch (:func:`lean`) and are all of one dtype
     and of the expected shapes; None for any other call. One pass over the arrays."""
-    if not FAST_LAUNCH or _cupy_ndarray is None or _simulated():
+    if not _planning():
         return None
     nd = _cupy_ndarray
     dtype = arrays[0].dtype if type(arrays[0]) is nd else None

@@ -101,12 +101,8 @@ get_device = cupy.cuda.runtime.getDevice
 current_stream = cupy.cuda.get_current_stream
 
 
-# ``_c_contiguous`` is a plain attribute of a cupy array (CuPy 13 and later): ``flags`` builds an object
-# per call, and these checks run on every launch.
-def _c_contiguous(a) -> bool:
-    return a._c_contiguous
-
-
+# The checks below read ``_c_contiguous``, a plain attribute of a cupy array (CuPy 13 and later):
+# ``flags`` builds an object per call, and these checks run on every launch.
 def contiguous(a):
     """``a`` as a C-contiguous cupy array: itself when it already is one (the common, fast case)."""
     if type(a) is ndarray and a._c_contiguous:
@@ -200,15 +196,17 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
     plan(current_stream().ptr, *addresses, *scalars)
 
 
-PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle
+_PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle
 
 
-def stream_key():
-    """The current stream, as a key for per-stream state (scratch buffers reused call after call): its
-    handle, and the host thread too for the per-thread default stream, whose handle is 2 in every thread
-    but which is a different stream in each."""
-    ptr = current_stream().ptr
-    return (ptr, threading.get_ident()) if ptr == PER_THREAD_STREAM else ptr
+def stream_key(ptr: int | None = None):
+    """The current stream (of handle ``ptr`` when the caller has read it already), as a key for
+    per-stream state (scratch buffers reused call after call): its handle, and the host thread too for
+    the per-thread default stream, whose handle is 2 in every thread but which is a different stream in
+    each."""
+    if ptr is None:
+        ptr = current_stream().ptr
+    return (ptr, threading.get_ident()) if ptr == _PER_THREAD_STREAM else ptr
 
 
 def data_ptr(a) -> int:

@@ -20,7 +20,6 @@ The launch constants are read at every launch (tests patch them small).
 from __future__ import annotations
 
 import functools
-import threading
 
 import cupy
 import numpy as np
@@ -360,7 +359,7 @@ def _result(out, shape, dtype):
     if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
         raise ValueError(f"out must have shape {tuple(shape)} and dtype {np.dtype(dtype)}, "
                          f"got {tuple(out.shape)} {out.dtype}")
-    if type(out) is cupy.ndarray and cc._c_contiguous(out):
+    if type(out) is cupy.ndarray and out._c_contiguous:
         return out, out
     return cupy.empty(shape, dtype), out
 
@@ -457,7 +456,7 @@ def spmm(indptr, indices, data, x, out=None):
         d = _contig(data).astype(dtype, copy=False)
     dev = cc.get_device()
     ptr = cc.current_stream().ptr
-    stream = (ptr, threading.get_ident()) if ptr == cc.PER_THREAD_STREAM else ptr  # cc.stream_key(), inline
+    stream = cc.stream_key(ptr)
     x_at, y_at = x.data.ptr, y.data.ptr
     key = (dtype, indices.dtype, indptr.dtype, n_rows, n_x, F, nnz, has_data, (x_at | y_at) & 15,
            SPMM_SEGMENT, BLOCK, MAX_BLOCKS, dev, stream)
