@@ -320,10 +320,17 @@ def test_two_threads_training_at_once_match_training_one_after_the_other(pair):
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    # A small GCN trains in about 2 ms, less than the interpreter's 5 ms thread switch interval: switch
+    # often, so that the two trainings do interleave rather than run one after the other by chance.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(interval)
     assert not errors, errors
     (s0, e0), (s1, e1) = spans
     assert s0 < e1 and s1 < e0, "the two trainings did not overlap"
