@@ -434,9 +434,11 @@ def launch_cases(rep: Report, cupy, torch) -> None:
         if planned is None:
             raise RuntimeError("the empty kernel could not be planned")
         nbuf, nparams, _ = planned.params.buffer()
-        planned.pack(planned.params.head.pack_into, nbuf, *arrays)
+        planned.params.head.pack_into(nbuf, 0, *[a.data.ptr for a in arrays])
         launch, stream = dl.driver().launchKernel, cupy.cuda.get_current_stream().ptr
-        cases["empty numba kernel, 5 arrays, planned (floor + packing)"] = (lambda: planned(*arrays), 300, plain)
+        cases["empty numba kernel, 5 arrays, planned (floor + packing)"] = (
+            lambda: planned(cupy.cuda.get_current_stream().ptr, z.data.ptr, c.data.ptr, gates.data.ptr,
+                            bufs[0].data.ptr, bufs[1].data.ptr), 300, plain)
         cases["empty numba kernel, 5 arrays, driver with packed params (floor)"] = (
             lambda: launch(planned.handle, 1, 1, 1, 256, 1, 1, 0, stream, nparams, 0), 300, plain)
     except Exception as e:

@@ -43,7 +43,7 @@ class Params:
     parameters: the driver finds each parameter through its own pointer, so one ``pack_into`` writes all
     that changes from call to call."""
 
-    __slots__ = ("head", "_fixed", "_size", "_offsets", "_local", "__weakref__")
+    __slots__ = ("head", "_fixed", "_size", "_offsets", "local", "__weakref__")
 
     def __init__(self, codes: Sequence[str], fixed: Mapping[int, Any] | None = None) -> None:
         codes, fixed = list(codes), dict(fixed or {})
@@ -61,13 +61,13 @@ class Params:
         offsets.update(zip(tail, (start + o for o in _offsets([codes[i] for i in tail]))))
         self._offsets = [offsets[i] for i in range(len(codes))]
         self._size = max(start + tail_struct.size, 1)
-        self._local = threading.local()  # each host thread packs its calls into a buffer of its own
+        self.local = threading.local()  # each host thread packs its calls into a buffer of its own: .entry
 
     def buffer(self) -> tuple:
         """(this thread's parameter buffer, address of its array of pointers to each parameter, the array)."""
-        entry = getattr(self._local, "entry", None)
+        entry = getattr(self.local, "entry", None)
         if entry is None:
-            entry = self._local.entry = self._new_buffer()
+            entry = self.local.entry = self._new_buffer()
         return entry
 
     def _new_buffer(self) -> tuple:
@@ -99,15 +99,36 @@ def code_of(value: Any) -> str:
 
 
 @functools.cache
-def packer(codes: str):
-    """pack(pack_into, buffer, a0, a1, ...): the values of a call's head, packed in one ``pack_into``; an
-    argument of code P is a device array, packed as its address, any other a scalar, packed as it is."""
-    names = [f"a{i}" for i in range(len(codes))]
-    values = [f"{n}.data.ptr" if c == POINTER else n for n, c in zip(names, codes)]
-    source = f"def pack(pack_into, buf, {', '.join(names)}):\n    pack_into(buf, 0, {', '.join(values)})\n"
+def lean_call(n_arrays: int):
+    """The hot path of a kernel wrapper that launches through a plan cache, for calls of ``n_arrays``
+    arrays: ``lean(plans, ndarray, device, stream, extra, a0, a1, ...)`` returns
+
+    - None when the arrays cannot take a plan: not every one a C-contiguous array of class ``ndarray``
+      (a missing optional array, None, is not one);
+    - True when ``plans`` holds a plan for them and it launched: ``plan(stream, address0, address1, ...)``;
+    - else the key a plan for them is kept under: ``extra`` (whatever else decides the launch: kernel,
+      launch constants, flags), ``device()``, the alignment of their addresses mod 16, and each array's
+      dtype and shape. The caller checks such a call in full, launches it and keeps the plan it made
+      under this key, so that a hit needs no other check: the key holds everything the plan was made for.
+
+    Straight-line code, made once per number of arrays: at the rate a recurrent loop launches, a loop
+    over the arrays and a function call per check cost the host more than the checks themselves."""
+    a = [f"a{i}" for i in range(n_arrays)]
+    p = [f"p{i}" for i in range(n_arrays)]
+    source = "\n".join([
+        f"def lean(plans, nd, device, stream, extra, {', '.join(a)}):",
+        f"    if not ({' and '.join(f'type({x}) is nd and {x}._c_contiguous' for x in a)}):",
+        "        return None",
+        *(f"    {q} = {x}.data.ptr" for x, q in zip(a, p)),
+        f"    key = (extra, device(), ({' | '.join(p)}) & 15, {', '.join(f'{x}.dtype, {x}.shape' for x in a)})",
+        "    plan = plans.get(key)",
+        f"    if plan is not None and plan(stream, {', '.join(p)}):",
+        "        return True",
+        "    return key",
+        ""])
     namespace: dict = {}
-    exec(source, namespace)  # one expression per argument: the per-call work is this and nothing else
-    return namespace["pack"]
+    exec(source, namespace)
+    return namespace["lean"]
 
 
 def evict_oldest(plans: dict, limit: int) -> None:

@@ -149,7 +149,7 @@ def test_numba_planned_layout_packs_only_the_varying_addresses(monkeypatch):
     params = dl.Params(codes, fixed)
     later = [np.empty((4, 6), np.float32), np.empty((2, 3, 5))]
     buf, address, _ = params.buffer()
-    dl.packer("PP")(params.head.pack_into, buf, *(_FakeDeviceArray(a) for a in later))
+    params.head.pack_into(buf, 0, *(a.ctypes.data for a in later))
     want = []
     for a in (later[0], 12, first[1], False, later[1], 0.25):
         want += [0, 0, a.size, a.itemsize, a.ctypes.data, *a.shape, *a.strides] if isinstance(a, np.ndarray) else [a]
@@ -160,43 +160,107 @@ def test_numba_planned_layout_packs_only_the_varying_addresses(monkeypatch):
         dv._planned_layout(argtypes, args, (1,))  # a scalar has no address to vary
 
 
-def test_numba_planned_launch_gate_takes_only_plain_arrays_of_the_planned_shapes(monkeypatch):
-    """What decides that a numba-cuda cell call may reuse a planned launch (kernels/cuda/recurrent.py::
-    _lean_key): every array given, of the cupy type, C-contiguous, of one dtype and of the expected shape.
-    Any other call gets no key and takes the general path; the key holds dtype, sizes, activation and
-    device, so calls that differ in any of them never share a plan."""
+class _Plain(_FakeDeviceArray):
+    _c_contiguous = True
+
+
+class _Strided(_FakeDeviceArray):
+    _c_contiguous = False
+
+
+class _Recorder:
+    """A plan that records what it was launched with; ``ok``: what it returns (False: the driver refused)."""
+
+    def __init__(self, ok=True):
+        self.ok, self.calls = ok, []
+
+    def __call__(self, stream, *addresses):
+        self.calls.append((stream, addresses))
+        return self.ok
+
+
+def test_lean_call_keys_plain_arrays_by_dtype_shape_alignment_and_launches_a_kept_plan():
+    """direct_launch.lean_call, the hot path of the planned launches: None for arrays that cannot take a
+    plan (another class, not C-contiguous, missing); the key otherwise, which tells apart every dtype,
+    shape, address alignment mod 16, device and ``extra``; True once a plan is kept under the key, which
+    it launches with the stream and the arrays' addresses in order."""
+    lean = dl.lean_call(2)
+    device = [0]
+    a, b = _Plain(np.zeros((4, 6), np.float32)), _Plain(np.zeros((4, 6), np.float32))
+    plans: dict = {}
+
+    def call(*arrays, extra="x"):
+        return lean(plans, _Plain, lambda: device[0], 7, extra, *arrays)
+    key = call(a, b)
+    assert key == ("x", 0, (a.data.ptr | b.data.ptr) & 15, a.dtype, (4, 6), b.dtype, (4, 6))
+    plan = plans[key] = _Recorder()
+    assert call(a, b) is True and plan.calls == [(7, (a.data.ptr, b.data.ptr))]
+    assert call(b, a) is True and plan.calls[-1] == (7, (b.data.ptr, a.data.ptr))
+    others = {
+        "dtype": call(a, _Plain(np.zeros((4, 6), np.float64))),
+        "shape": call(a, _Plain(np.zeros((6, 4), np.float32))),
+        "extra": call(a, b, extra="y"),
+        "alignment": call(a, _Plain(np.zeros(25, np.float32)[1:].reshape(4, 6))),
+    }
+    device[0] = 1
+    others["device"] = call(a, b)
+    for why, other in others.items():
+        assert other not in (None, True, key), why
+    assert len(plan.calls) == 2  # none of those took the plan
+    device[0] = 0
+    assert call(a, _Strided(np.zeros((4, 6), np.float32))) is None
+    assert call(a, _FakeDeviceArray(np.zeros((4, 6), np.float32))) is None  # not the class asked for
+    assert call(a, None) is None
+    plans[key] = _Recorder(ok=False)  # the driver refused: the caller launches as usual, with the key
+    assert call(a, b) == key
+
+
+def test_numba_lean_applies_only_with_the_fast_path_on_a_cupy_array_seen_and_no_simulator(monkeypatch):
+    """kernels/cuda/_device.py::lean: the planned launch of the numba-cuda wrappers, on cupy's current
+    stream and device; off (None) where the fast path is off, no cupy array has come in, or the
+    simulator runs."""
     pytest.importorskip("numba")
     from tapegrad.kernels.cuda import _device as dv
-    from tapegrad.kernels.cuda import recurrent as nrec
 
-    class Plain(_FakeDeviceArray):
-        _c_contiguous = True
-
-    class Strided(_FakeDeviceArray):
-        _c_contiguous = False
-    monkeypatch.setattr(dv, "_cupy_ndarray", Plain)
+    class Stream:
+        ptr = 5
+    monkeypatch.setattr(dv, "_cupy_ndarray", _Plain)
     monkeypatch.setattr(dv, "_get_device", lambda: 3)
+    monkeypatch.setattr(dv, "_current_stream", lambda: Stream)
     monkeypatch.setattr(dv, "FAST_LAUNCH", True)
     monkeypatch.setattr(dv, "_simulated", lambda: False)
-    B, H = 4, 5
-    shapes = ((B, H), (B, H))
+    a = _Plain(np.zeros((2, 3), np.float32))
+    plans: dict = {}
+    key = dv.lean(plans, ("k", True), a)
+    assert key == (("k", True), 3, a.data.ptr & 15, a.dtype, (2, 3))
+    plan = plans[key] = _Recorder()
+    assert dv.lean(plans, ("k", True), a) is True and plan.calls == [(5, (a.data.ptr,))]
+    for setting, value in (("FAST_LAUNCH", False), ("_cupy_ndarray", None), ("_simulated", lambda: True)):
+        with monkeypatch.context() as m:
+            m.setattr(dv, setting, value)
+            assert dv.lean(plans, ("k", True), a) is None, setting
+    assert len(plan.calls) == 1
 
-    def arrays(dtype=np.float32, shape=(B, H), kind=Plain):
-        return kind(np.zeros(shape, dtype)), Plain(np.zeros((B, H), np.float32))
-    key = nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, True)
-    assert key == (nrec._rnn_fwd, np.dtype(np.float32), (B, H), True, nrec.BLOCK, nrec.MAX_BLOCKS, 3)
-    block = nrec.BLOCK
-    monkeypatch.setattr(nrec, "BLOCK", 32)  # tests patch the launch constants small: a plan of their own
-    assert nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, True) != key
-    monkeypatch.setattr(nrec, "BLOCK", block)
-    assert nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, False) != key
-    assert nrec._lean_key(nrec._rnn_fwd, arrays(np.float64), shapes, True) is None  # mixed dtypes
-    assert nrec._lean_key(nrec._rnn_fwd, arrays(shape=(B, H + 1)), shapes, True) is None
-    assert nrec._lean_key(nrec._rnn_fwd, arrays(kind=Strided), shapes, True) is None
-    assert nrec._lean_key(nrec._rnn_fwd, (arrays()[0], None), shapes, True) is None
-    assert nrec._lean_key(nrec._rnn_fwd, (np.zeros((B, H), np.float32),) * 2, shapes, True) is None  # host
-    monkeypatch.setattr(dv, "FAST_LAUNCH", False)
-    assert nrec._lean_key(nrec._rnn_fwd, arrays(), shapes, True) is None
+
+def test_numba_launch_and_plan_keeps_a_plan_only_for_calls_that_launched_the_given_arrays(monkeypatch):
+    """kernels/cuda/_device.py::launch_and_plan keeps a planned launch under the key of the arrays a
+    wrapper was given only when those are the arrays it launched (a converted or newly allocated array
+    sits at another address, and the plan would be for its dtype, not the one the key names), and
+    never without a key."""
+    pytest.importorskip("numba")
+    from tapegrad.kernels.cuda import _device as dv
+    launched, planned = [], []
+    monkeypatch.setattr(dv, "launch", lambda kernel, blocks, threads, kind, *args: launched.append(args))
+    monkeypatch.setattr(dv, "plan", lambda kernel, blocks, threads, args, varying: planned.append(varying) or "plan")
+    a, b = _Plain(np.zeros(4, np.float32)), _Plain(np.zeros(4, np.float32))
+    converted = _Plain(np.zeros(4, np.float64))
+    plans: dict = {}
+    dv.launch_and_plan(plans, "k1", "kernel", 1, 32, "cupy", (a, 3, b), (0, 2), (a, b))
+    dv.launch_and_plan(plans, "k2", "kernel", 1, 32, "cupy", (a, 3, converted), (0, 2), (a, b))
+    dv.launch_and_plan(plans, None, "kernel", 1, 32, "cupy", (a, 3, b), (0, 2), (a, b))
+    assert len(launched) == 3 and plans == {"k1": "plan"} and planned == [(0, 2)]
+    dv.launch_and_plan(plans, "k1", "kernel", 1, 32, "cupy", (a, 3, b), (0, 2), (a, b))
+    assert planned == [(0, 2)]  # a key that has its plan is not planned again
 
 
 def test_evict_oldest_keeps_a_plan_cache_under_its_limit_in_insertion_order():

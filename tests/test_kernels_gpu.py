@@ -592,8 +592,9 @@ def test_cupy_direct_launch_matches_cupy_launch_and_is_used(cp, monkeypatch):
 
     def no_fallback(self, stream, *values):
         before = direct[0]
-        call(self, stream, *values)
+        launched = call(self, stream, *values)
         fallback[0] += direct[0] == before
+        return launched
     monkeypatch.setattr(cc.Launch, "__call__", no_fallback)
     for _ in range(2):
         for k, f in calls.items():

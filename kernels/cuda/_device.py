@@ -248,20 +248,26 @@ def launch(kernel: Any, blocks: int, threads: int, kind: str, *args: Any, shared
 
 
 # ---- planned launches -----------------------------------------------------------------------------------------
-# The kernel wrappers the engine calls once per step (spmm, the cell kernels) go one step further: the
-# wrapper knows from a few numbers (dtype, sizes, device) every argument's type and every value but the
-# arrays' addresses, so it keys a :class:`Planned` launch on those numbers and a later call packs the
+# The kernel wrappers the engine calls once per step (spmm, the cell kernels) go one step further: every
+# argument's type and every value but the arrays' addresses follow from the arrays' dtypes and shapes and a
+# few constants, so :func:`lean` keys a :class:`Planned` launch on those and a later call packs the
 # addresses alone: no per-argument typing, no Numba ABI flattening of shapes and strides.
 
-def _planning() -> bool:
-    """Whether planned launches apply at all: the fast path on, a cupy array seen, not simulated."""
-    return FAST_LAUNCH and _cupy_ndarray is not None and not _simulated()
+def lean(plans: dict, extra: Any, *arrays: Any) -> Any:
+    """A wrapper's planned launch (:func:`direct_launch.lean_call` on cupy's current stream and device):
+    True when ``plans`` held a plan for these arrays and it launched; else the key to keep a plan for
+    them under, or None where planned launches do not apply (the fast path off, no cupy array seen yet,
+    the simulator) or these arrays cannot take one. ``extra``: what else decides the launch (kernel,
+    launch constants, flags)."""
+    if not (FAST_LAUNCH and _cupy_ndarray is not None) or _simulated():
+        return None
+    return dl.lean_call(len(arrays))(plans, _cupy_ndarray, _get_device, _current_stream().ptr, extra, *arrays)
 
 
-def lean(*arrays: Any) -> bool:
-    """Whether a wrapper may take a planned launch for these arrays (:func:`_planning`), every array (None
-    aside) a C-contiguous cupy ndarray."""
-    if not _planning():
+def plannable(*arrays: Any) -> bool:
+    """Whether planned launches apply (as in :func:`lean`) to a call of these arrays: every one (None
+    aside) a C-contiguous cupy ndarray. For a wrapper that keys its plans itself (spmm)."""
+    if not (FAST_LAUNCH and _cupy_ndarray is not None) or _simulated():
         return False
     for a in arrays:
         if a is not None and (type(a) is not _cupy_ndarray or not a._c_contiguous):
@@ -269,47 +275,40 @@ def lean(*arrays: Any) -> bool:
     return True
 
 
-def lean_dtype(arrays: tuple, shapes: tuple) -> Any:
-    """The dtype of a call whose arrays may take a planned launch (:func:`lean`) and are all of one dtype
-    and of the expected shapes; None for any other call. One pass over the arrays."""
-    if not _planning():
-        return None
-    nd = _cupy_ndarray
-    dtype = arrays[0].dtype if type(arrays[0]) is nd else None
-    for a, shape in zip(arrays, shapes):
-        if type(a) is not nd or not a._c_contiguous or a.dtype != dtype or a.shape != shape:
-            return None
-    return dtype
-
-
-def device() -> int:
-    """The current CUDA device (cupy's), for plan keys; needs a cupy array to have come in (:func:`lean`)."""
-    return _get_device()
+def launch_and_plan(plans: dict, key: Any, kernel: Any, blocks: int, threads: int, kind: str, args: tuple,
+                    varying: tuple, given: tuple, limit: int = 256) -> None:
+    """:func:`launch`, then keep the planned launch of this call under ``key`` (from :func:`lean`, None:
+    none) for the next calls: only when the arrays launched at positions ``varying`` are at the addresses
+    of the arrays ``given`` to the wrapper, that is when the call converted, copied or allocated none of
+    them (a plan is made for the dtypes and shapes its key names)."""
+    launch(kernel, blocks, threads, kind, *args)
+    if key is not None and key not in plans and all(
+            args[i].data.ptr == a.data.ptr for i, a in zip(varying, given)):
+        remember(plans, key, plan(kernel, blocks, threads, args, varying), limit)
 
 
 class Planned:
     """A launch of one compiled kernel with all but some arrays' addresses fixed: the grid, the block, the
     scalars, the other arrays and every array's shape and strides are those of the call it was planned
-    from. ``planned(*arrays)`` launches it with the arrays at the positions ``varying`` (in that order),
-    which must have the planned shapes, dtypes and layouts: the wrapper's key guarantees it. Returns
-    False, launching nothing, where the driver refuses the launch (the caller then launches as usual)."""
+    from. ``planned(stream, *addresses)`` launches it on that stream with the arrays at the positions
+    ``varying`` at those addresses; the arrays there must have the planned shapes, dtypes and layouts:
+    the wrapper's key guarantees it. Returns False, launching nothing, where the driver refuses the
+    launch (the caller then launches as usual)."""
 
-    __slots__ = ("handle", "blocks", "threads", "shared", "params", "pack", "keep", "_launch", "_pack_into")
+    __slots__ = ("handle", "blocks", "threads", "shared", "params", "keep", "_launch", "_pack_into", "_local")
 
-    def __init__(self, handle: int, blocks: int, threads: int, shared: int, params: dl.Params, n_varying: int,
-                 keep: tuple) -> None:
+    def __init__(self, handle: int, blocks: int, threads: int, shared: int, params: dl.Params, keep: tuple) -> None:
         self.handle, self.blocks, self.threads, self.shared, self.params = handle, blocks, threads, shared, params
-        self.pack = dl.packer(dl.POINTER * n_varying)
         self.keep = keep  # the fixed arrays, alive as long as their addresses are packed
         self._launch = dl.driver().launchKernel
         self._pack_into = params.head.pack_into
+        self._local = params.local
 
-    def __call__(self, *arrays: Any) -> bool:
-        buf, params, _ = self.params.buffer()
-        self.pack(self._pack_into, buf, *arrays)
+    def __call__(self, stream: int, *addresses: int) -> bool:
+        entry = getattr(self._local, "entry", None) or self.params.buffer()
+        self._pack_into(entry[0], 0, *addresses)
         try:
-            self._launch(self.handle, self.blocks, 1, 1, self.threads, 1, 1, self.shared, _current_stream().ptr,
-                         params, 0)
+            self._launch(self.handle, self.blocks, 1, 1, self.threads, 1, 1, self.shared, stream, entry[1], 0)
         except dl.driver().CUDADriverError:
             return False
         return True
@@ -359,7 +358,7 @@ def plan(kernel: Any, blocks: int, threads: int, args: tuple, varying: tuple, sh
         raise  # a wrapper's mistake (varying positions), not Numba's
     except Exception:
         return None
-    return Planned(handle, int(blocks), int(threads), int(shared), dl.Params(codes, fixed), len(varying), keep)
+    return Planned(handle, int(blocks), int(threads), int(shared), dl.Params(codes, fixed), keep)
 
 
 def remember(plans: dict, key: Any, planned: Planned | None, limit: int = 256) -> None:

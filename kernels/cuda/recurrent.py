@@ -110,38 +110,21 @@ def _launch(n):
     return dv.launch_shape(n, BLOCK, MAX_BLOCKS)
 
 
-# Planned launches of the cell kernels on cupy arrays (see _device.Planned), per (kernel, dtype, B, H,
-# activation, launch constants, device): the engine's per-step calls pass their arrays' addresses and nothing else.
+# Planned launches of the cell kernels on cupy arrays (see _device.lean): the engine's per-step calls pass
+# their arrays' addresses and nothing else.
 _PLANS: dict = {}
 
 
-def _lean_key(kernel, arrays, shapes, extra=None):
-    """The plan key of a call whose arrays are all given, C-contiguous cupy arrays of one dtype and of the
-    expected shapes; None for any other call (it takes the general path)."""
-    dtype = dv.lean_dtype(arrays, shapes)
-    return None if dtype is None else (kernel, dtype, shapes[-1], extra, BLOCK, MAX_BLOCKS, dv.device())
-
-
-def _planned(key, arrays) -> bool:
-    """Launch a call with key through its plan; False where there is none yet (or the driver refused)."""
-    if key is None:
-        return False
-    planned = _PLANS.get(key)
-    return planned is not None and planned(*arrays)
-
-
-def _launch_and_plan(key, kernel, blocks, threads, kind, args, n_arrays):
-    dv.launch(kernel, blocks, threads, kind, *args)
-    if key is not None and key not in _PLANS:
-        dv.remember(_PLANS, key, dv.plan(kernel, blocks, threads, args, tuple(range(n_arrays))))
+def _launch_and_plan(key, kernel, blocks, threads, kind, args, given):
+    dv.launch_and_plan(_PLANS, key, kernel, blocks, threads, kind, args, tuple(range(len(given))), given)
 
 
 def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
     """z [B, 4H] (gate order i, f, g, o), c_prev [B, H] -> (gates [B, 4H], c [B, H], h [B, H])."""
-    B, H = c_prev.shape
-    key = _lean_key(_lstm_fwd, (z, c_prev, gates, c, h), ((B, 4 * H), (B, H), (B, 4 * H), (B, H), (B, H)))
-    if _planned(key, (z, c_prev, gates, c, h)):
+    key = dv.lean(_PLANS, (_lstm_fwd, BLOCK, MAX_BLOCKS), z, c_prev, gates, c, h)
+    if key is True:
         return gates, c, h
+    B, H = c_prev.shape
     kind = dv.kind_of(z)
     _check("z", z, (B, 4 * H))
     dtype = np.dtype(z.dtype)
@@ -151,17 +134,17 @@ def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
     if B * H > 0:
         blocks, threads = _launch(B * H)
         _launch_and_plan(key, _lstm_fwd, blocks, threads, kind,
-                         (dv.as_device(z), dv.as_device(c_prev), og.dev, oc.dev, oh.dev, B * H, H, dtype.type(1)), 5)
+                         (dv.as_device(z), dv.as_device(c_prev), og.dev, oc.dev, oh.dev, B * H, H, dtype.type(1)),
+                         (z, c_prev, gates, c, h))
     return og.result(), oc.result(), oh.result()
 
 
 def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=None):
     """Backward of one LSTM step -> (grad_z [B, 4H], grad_c_prev [B, H])."""
-    B, H = c.shape
-    arrays = (gates, c_prev, c, grad_h, grad_c, grad_z, grad_c_prev)
-    key = _lean_key(_lstm_bwd, arrays, ((B, 4 * H),) + ((B, H),) * 4 + ((B, 4 * H), (B, H)))
-    if _planned(key, arrays):
+    key = dv.lean(_PLANS, (_lstm_bwd, BLOCK, MAX_BLOCKS), gates, c_prev, c, grad_h, grad_c, grad_z, grad_c_prev)
+    if key is True:
         return grad_z, grad_c_prev
+    B, H = c.shape
     kind = dv.kind_of(gates)
     _check("gates", gates, (B, 4 * H))
     for name, a in (("c_prev", c_prev), ("grad_h", grad_h), ("grad_c", grad_c)):
@@ -173,34 +156,35 @@ def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=Non
         blocks, threads = _launch(B * H)
         _launch_and_plan(key, _lstm_bwd, blocks, threads, kind,
                          (dv.as_device(gates), dv.as_device(c_prev), dv.as_device(c), dv.as_device(grad_h),
-                          dv.as_device(grad_c), oz.dev, oc.dev, B * H, H, dtype.type(1)), 7)
+                          dv.as_device(grad_c), oz.dev, oc.dev, B * H, H, dtype.type(1)),
+                         (gates, c_prev, c, grad_h, grad_c, grad_z, grad_c_prev))
     return oz.result(), oc.result()
 
 
 def rnn_cell_fwd(z, h=None, relu=False):
     """h = tanh(z) (or relu(z)); z [B, H]."""
-    B, H = z.shape
     relu = bool(relu)
-    key = _lean_key(_rnn_fwd, (z, h), ((B, H), (B, H)), relu)
-    if _planned(key, (z, h)):
+    key = dv.lean(_PLANS, (_rnn_fwd, relu, BLOCK, MAX_BLOCKS), z, h)
+    if key is True:
         return h
+    B, H = z.shape
     kind = dv.kind_of(z)
     dtype = np.dtype(z.dtype)
     oh = dv.Output((B, H), dtype, kind, h)
     if B * H > 0:
         blocks, threads = _launch(B * H)
         _launch_and_plan(key, _rnn_fwd, blocks, threads, kind,
-                         (dv.as_device(z), oh.dev, B * H, H, relu, dtype.type(0)), 2)
+                         (dv.as_device(z), oh.dev, B * H, H, relu, dtype.type(0)), (z, h))
     return oh.result()
 
 
 def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
     """grad_z = grad_h * act'(z) from the output h: 1 - h^2 for tanh, [h > 0] for relu."""
-    B, H = h.shape
     relu = bool(relu)
-    key = _lean_key(_rnn_bwd, (h, grad_h, grad_z), ((B, H),) * 3, relu)
-    if _planned(key, (h, grad_h, grad_z)):
+    key = dv.lean(_PLANS, (_rnn_bwd, relu, BLOCK, MAX_BLOCKS), h, grad_h, grad_z)
+    if key is True:
         return grad_z
+    B, H = h.shape
     kind = dv.kind_of(h)
     _check("grad_h", grad_h, (B, H))
     dtype = np.dtype(h.dtype)
@@ -209,5 +193,5 @@ def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
         blocks, threads = _launch(B * H)
         _launch_and_plan(key, _rnn_bwd, blocks, threads, kind,
                          (dv.as_device(h), dv.as_device(grad_h), oz.dev, B * H, H, relu, dtype.type(0),
-                          dtype.type(1)), 3)
+                          dtype.type(1)), (h, grad_h, grad_z))
     return oz.result()

@@ -264,17 +264,21 @@ def spmm(indptr, indices, data, x, out=None):
     n_rows = indptr.shape[0] - 1
     F = x.shape[1]
     key = None
-    if dv.lean(x, indptr, indices, data, out) and (data is None or data.dtype == x.dtype) and n_rows > 0 and F > 0:
+    if dv.plannable(x, indptr, indices, data, out) and n_rows > 0 and F > 0:
+        # every value of the launch but the five addresses follows from these (the sizes of 1-D indptr,
+        # indices and data are n_rows + 1, nnz and nnz); out, when given, is checked against them
         has_data = data is not None
         if _cc is None:
             _import_cc()
-        key = (x.dtype, indices.dtype, indptr.dtype, n_rows, x.shape[0], F, indices.shape[0], has_data,
-               SPMM_SEGMENT, BLOCK, MAX_BLOCKS, _cc.get_device(), _cc.stream_key())
+        ptr = _cc.current_stream().ptr
+        key = (x.dtype, indices.dtype, indptr.dtype, data.dtype if has_data else None, n_rows, x.shape[0], F,
+               indices.shape[0], SPMM_SEGMENT, BLOCK, MAX_BLOCKS, _cc.get_device(), _cc.stream_key(ptr))
         planned = _SPMM_PLANS.get(key)
         if planned is not None:
             y = out if out is not None else _cc.cupy.empty((n_rows, F), x.dtype)
             if out is None or (y.shape == (n_rows, F) and y.dtype == x.dtype):
-                if planned(indptr, indices, data if has_data else x, x, y):
+                if planned(ptr, indptr.data.ptr, indices.data.ptr, (data if has_data else x).data.ptr, x.data.ptr,
+                           y.data.ptr):
                     return y
     kind = dv.kind_of(x)
     dtype = np.dtype(x.dtype)
@@ -298,12 +302,10 @@ def spmm(indptr, indices, data, x, out=None):
     blocks, threads = dv.launch_shape(n_seg * n_tiles * group, _group_block(group), MAX_BLOCKS)
     args = (ip, ix, d, has_data, xd, y, carry, tickets, n_rows, nnz, seg, group, n_tiles, dtype.type(0),
             dtype.type(1))
-    dv.launch(_spmm_pass, blocks, threads, kind, *args)
-    if key is not None and key not in _SPMM_PLANS:
-        # the first call of these sizes: the next ones take its planned launch (d: x's first row stands in
-        # for absent values, at x's address, which is what a planned call passes)
-        dv.remember(_SPMM_PLANS, key, dv.plan(_spmm_pass, blocks, threads, args, varying=(0, 1, 2, 4, 5)),
-                    _MAX_SPMM_PLANS)
+    # the next calls of these dtypes and sizes take this call's planned launch (d: x's first row stands in
+    # for absent values, at x's address, which is what a planned call passes)
+    dv.launch_and_plan(_SPMM_PLANS, key, _spmm_pass, blocks, threads, kind, args, (0, 1, 2, 4, 5),
+                       (indptr, indices, data if has_data else x, x, y), _MAX_SPMM_PLANS)
     return res.result()
 
 

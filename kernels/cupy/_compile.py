@@ -139,7 +139,7 @@ class Launch:
     as a Python int as the same 8 bytes.
     """
 
-    __slots__ = ("fn", "grid", "block", "shared", "tail", "params", "_pack_into", "_launch", "_args")
+    __slots__ = ("fn", "grid", "block", "shared", "tail", "params", "_pack_into", "_launch", "_args", "_local")
 
     def __init__(self, fn, grid: tuple, block: tuple, head: tuple, tail: tuple = (), shared: int = 0):
         self.fn, self.shared, self.tail = fn, int(shared), tuple(tail)
@@ -149,23 +149,69 @@ class Launch:
         self.params = dl.Params(codes + [dl.code_of(v) for v in self.tail],
                                 {len(codes) + i: v for i, v in enumerate(self.tail)})
         self._pack_into = self.params.head.pack_into
+        self._local = self.params.local  # this thread's buffer, read without a call on the hot path
         self._launch = dl.driver().launchKernel
         g, b = self.grid, self.block
         self._args = (getattr(fn, "kernel", fn).ptr, g[0], g[1], g[2], b[0], b[1], b[2], self.shared)
 
-    def __call__(self, stream: int, *values) -> None:
+    def __call__(self, stream: int, *values) -> bool:
+        """Launch on the stream of handle ``stream`` (the current one); True, as it always launches."""
         if DIRECT_LAUNCH:
-            buf, params, _ = self.params.buffer()
-            self._pack_into(buf, 0, *values)
+            entry = getattr(self._local, "entry", None) or self.params.buffer()
+            self._pack_into(entry[0], 0, *values)
             try:
-                self._launch(*self._args, stream, params, 0)
-                return
+                self._launch(*self._args, stream, entry[1], 0)
+                return True
             except dl.driver().CUDADriverError:
                 pass  # CuPy's own launch below: it either succeeds or raises the error as CuPy reports it
         self.fn(self.grid, self.block, values + self.tail, shared_mem=self.shared)
+        return True
 
 
+# Launch plans of the elementwise kernels: under lean's keys for the cell kernels, under launch_elementwise's
+# for Adam.
 _PLANS: dict = {}
+
+
+def lean(extra, *arrays):
+    """A cell kernel's launch through its plan (:func:`direct_launch.lean_call` over ``_PLANS``, on the
+    current stream and device): True when launched; else the key a plan for these arrays is kept under
+    (:func:`plan_elementwise` makes it), or None when they are not all C-contiguous cupy arrays."""
+    return dl.lean_call(len(arrays))(_PLANS, ndarray, get_device, current_stream().ptr, extra, *arrays)
+
+
+def _elementwise(source_of, name: str, dtype, F: int, n: int, block: int, max_blocks: int, example, tail,
+                 ptrs: int) -> Launch:
+    """The Launch of a grid-stride kernel over n elements of rows of width F, vectorised as widely as F
+    and ``ptrs`` (the arrays' addresses or-ed together) allow; ``example``: its leading arguments."""
+    itemsize = np.dtype(dtype).itemsize
+    vec = 1
+    for width in (16 // itemsize, 8 // itemsize):
+        if width > 1 and F % width == 0 and ptrs % (itemsize * width) == 0:
+            vec = width
+            break
+    source, sfx = source_of(np.dtype(dtype), vec)
+    blocks, threads = launch_shape(-(-n // vec), block, max_blocks)
+    return Launch(kernel(source, f"tapegrad_{name}_{sfx}"), (blocks,), (threads,), tuple(example), tail)
+
+
+def plan_elementwise(key, source_of, name: str, dtype, F: int, n: int, block: int, max_blocks: int, arrays,
+                     tail=()) -> None:
+    """Launch a call that :func:`lean` keyed (``key``, not None) and that the caller has checked in full,
+    and keep its plan for the next calls with that key. Arguments as :func:`launch_elementwise`'s."""
+    if n <= 0:
+        return
+    addresses = [a.data.ptr for a in arrays]
+    ptrs = 0
+    for p in addresses:
+        ptrs |= p
+    plan = _elementwise(source_of, name, dtype, F, n, block, max_blocks, arrays, tail, ptrs)
+    dl.evict_oldest(_PLANS, _MAX_PLANS)
+    _PLANS[key] = plan
+    plan(current_stream().ptr, *addresses)
+
+
+_MAX_PLANS = 256
 
 
 def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, max_blocks: int, arrays,
@@ -175,24 +221,21 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
     suffix). The kernel's arguments are ``arrays + scalars + tail``: ``tail`` holds values that a plan
     fixes (hashable: they are part of its key), ``scalars`` values that change from call to call.
     Everything but the arrays' addresses and the scalars is looked up once per (name, dtype, F, n, tail,
-    alignment, device), since this runs once per recurrent step when a loop is not replayed as a graph."""
-    addresses = [a.data.ptr for a in arrays]
+    alignment, device). Nothing is launched for n = 0."""
+    if n <= 0:
+        return
+    addresses = []
     ptrs = 0
-    for p in addresses:
+    for a in arrays:  # one pass, no comprehension: a call costs more than these few reads
+        p = a.data.ptr
+        addresses.append(p)
         ptrs |= p
     key = (name, dtype, F, n, ptrs & 15, block, max_blocks, get_device(), tail)
     plan = _PLANS.get(key)
     if plan is None:
-        itemsize = np.dtype(dtype).itemsize
-        vec = 1
-        for width in (16 // itemsize, 8 // itemsize):
-            if width > 1 and F % width == 0 and ptrs % (itemsize * width) == 0:
-                vec = width
-                break
-        source, sfx = source_of(np.dtype(dtype), vec)
-        blocks, threads = launch_shape(-(-n // vec), block, max_blocks)
-        plan = _PLANS[key] = Launch(kernel(source, f"tapegrad_{name}_{sfx}"), (blocks,), (threads,),
-                                    tuple(arrays) + tuple(scalars), tail)
+        dl.evict_oldest(_PLANS, _MAX_PLANS)
+        plan = _PLANS[key] = _elementwise(source_of, name, dtype, F, n, block, max_blocks,
+                                          tuple(arrays) + tuple(scalars), tail, ptrs)
     plan(current_stream().ptr, *addresses, *scalars)
 
 

@@ -198,23 +198,22 @@ def _launch(name, dtype, H, n, arrays, args):
 
 _I32 = (np.int32(0), np.int32(1))
 
-
-def _fast(name, dtype, H, n, arrays, tail):
-    """The launch of an engine call (every array given, C-contiguous, one dtype): no conversions. The
-    kernel's arguments are ``arrays + tail``, with ``tail`` fixed for (name, dtype, H, n)."""
-    if n > 0:
-        cc.launch_elementwise(_source, name, dtype, H, n, BLOCK, MAX_BLOCKS, arrays, tail=tail)
+# An engine call (every array given, C-contiguous, one dtype) launches through its plan (cc.lean), made by
+# the first such call (cc.plan_elementwise): no conversions, the kernel's arguments the arrays and a tail
+# fixed for (name, dtype, H, n).
 
 
 def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
     """z [B, 4H] (gate order i, f, g, o), c_prev [B, H] -> (gates [B, 4H], c [B, H], h [B, H])."""
-    if h is not None and gates is not None and c is not None:
-        arrays = (z, c_prev, gates, c, h)
-        if cc.plain(arrays, z.dtype):
-            B, H = shape = c_prev.shape
-            if z.shape == gates.shape == (B, 4 * H) and c.shape == h.shape == shape:
-                _fast("lstm_cell_fwd", z.dtype, H, B * H, arrays, (B * H, H))
-                return gates, c, h
+    key = cc.lean(("lstm_cell_fwd", BLOCK, MAX_BLOCKS), z, c_prev, gates, c, h)
+    if key is True:
+        return gates, c, h
+    if key is not None and cc.plain((z, c_prev, gates, c, h), z.dtype):
+        B, H = shape = c_prev.shape
+        if z.shape == gates.shape == (B, 4 * H) and c.shape == h.shape == shape:
+            cc.plan_elementwise(key, _source, "lstm_cell_fwd", z.dtype, H, B * H, BLOCK, MAX_BLOCKS,
+                                (z, c_prev, gates, c, h), tail=(B * H, H))
+            return gates, c, h
     z, c_prev = _contig(z), _contig(c_prev)
     B, H = c_prev.shape
     _check("z", z, (B, 4 * H))
@@ -232,14 +231,17 @@ def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None):
 
 def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=None):
     """Backward of one LSTM step -> (grad_z [B, 4H], grad_c_prev [B, H])."""
-    if grad_z is not None and grad_c_prev is not None:
-        arrays = (gates, c_prev, c, grad_h, grad_c, grad_z, grad_c_prev)
-        if cc.plain(arrays, gates.dtype):
-            B, H = shape = c.shape
-            if gates.shape == grad_z.shape == (B, 4 * H) and \
-                    c_prev.shape == grad_h.shape == grad_c.shape == grad_c_prev.shape == shape:
-                _fast("lstm_cell_bwd", gates.dtype, H, B * H, arrays, (B * H, H))
-                return grad_z, grad_c_prev
+    arrays = (gates, c_prev, c, grad_h, grad_c, grad_z, grad_c_prev)
+    key = cc.lean(("lstm_cell_bwd", BLOCK, MAX_BLOCKS), *arrays)
+    if key is True:
+        return grad_z, grad_c_prev
+    if key is not None and cc.plain(arrays, gates.dtype):
+        B, H = shape = c.shape
+        if gates.shape == grad_z.shape == (B, 4 * H) and \
+                c_prev.shape == grad_h.shape == grad_c.shape == grad_c_prev.shape == shape:
+            cc.plan_elementwise(key, _source, "lstm_cell_bwd", gates.dtype, H, B * H, BLOCK, MAX_BLOCKS, arrays,
+                                tail=(B * H, H))
+            return grad_z, grad_c_prev
     gates = _contig(gates)
     dtype = gates.dtype
     c_prev, c, grad_h, grad_c = (_contig(a).astype(dtype, copy=False) for a in (c_prev, c, grad_h, grad_c))
@@ -258,8 +260,13 @@ def lstm_cell_bwd(gates, c_prev, c, grad_h, grad_c, grad_z=None, grad_c_prev=Non
 
 def rnn_cell_fwd(z, h=None, relu=False):
     """h = tanh(z) (or relu(z)); z [B, H]."""
-    if h is not None and cc.plain((z, h), z.dtype) and z.shape == h.shape and z.ndim:
-        _fast("rnn_cell_fwd", z.dtype, z.shape[-1], z.size, (z, h), (z.size, _I32[bool(relu)]))
+    relu = _I32[bool(relu)]
+    key = cc.lean(("rnn_cell_fwd", relu, BLOCK, MAX_BLOCKS), z, h)
+    if key is True:
+        return h
+    if key is not None and cc.plain((z, h), z.dtype) and z.shape == h.shape and z.ndim:
+        cc.plan_elementwise(key, _source, "rnn_cell_fwd", z.dtype, z.shape[-1], z.size, BLOCK, MAX_BLOCKS, (z, h),
+                            tail=(z.size, relu))
         return h
     z = _contig(z)
     hb, hu = _result(h, z.shape, z.dtype)
@@ -271,9 +278,14 @@ def rnn_cell_fwd(z, h=None, relu=False):
 
 def rnn_cell_bwd(h, grad_h, grad_z=None, relu=False):
     """grad_z = grad_h * act'(z) from the output h: 1 - h^2 for tanh, [h > 0] for relu."""
-    if grad_z is not None and cc.plain((h, grad_h, grad_z), h.dtype) and h.shape == grad_h.shape == grad_z.shape \
+    relu = _I32[bool(relu)]
+    key = cc.lean(("rnn_cell_bwd", relu, BLOCK, MAX_BLOCKS), h, grad_h, grad_z)
+    if key is True:
+        return grad_z
+    if key is not None and cc.plain((h, grad_h, grad_z), h.dtype) and h.shape == grad_h.shape == grad_z.shape \
             and h.ndim:
-        _fast("rnn_cell_bwd", h.dtype, h.shape[-1], h.size, (h, grad_h, grad_z), (h.size, _I32[bool(relu)]))
+        cc.plan_elementwise(key, _source, "rnn_cell_bwd", h.dtype, h.shape[-1], h.size, BLOCK, MAX_BLOCKS,
+                            (h, grad_h, grad_z), tail=(h.size, relu))
         return grad_z
     h = _contig(h)
     grad_h = _contig(grad_h).astype(h.dtype, copy=False)
