@@ -24,6 +24,14 @@ def array_module(a: Any):
     return np
 
 
+def host_values(xp, *scalars: Any) -> list:
+    """The values of 0-d arrays as Python numbers. On the GPU they come back in one transfer (one host
+    sync for all of them: the checks of an op read their results together); numpy's need none."""
+    if xp is np:
+        return [s.item() for s in scalars]
+    return xp.stack(scalars).tolist()
+
+
 def device_of(a: Any) -> str:
     return "cuda" if is_cupy(a) else "cpu"
 

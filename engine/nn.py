@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from . import random as _random
-from .backend import array_module
+from .backend import array_module, host_values
 from .ops import as_tensor
 from .tensor import Tensor, make_result
 
@@ -19,25 +19,12 @@ def _targets(target: Any, xp) -> Any:
     return t
 
 
-def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str = "mean",
-                  ignore_index: int = -100) -> Tensor:
-    """Softmax cross-entropy with integer targets, fused: loss_n = logsumexp(z_n) - z_n[y_n].
-
-    logits: [N, C]; target: [N] class ids. ``index`` ([M] row ids or a boolean mask of length N) restricts
-    the loss to those rows (a GCN's training nodes). Rows whose target is ``ignore_index`` add nothing
-    and do not count in the mean. ``reduction``: 'mean', 'sum' or 'none'.
-    """
-    logits = as_tensor(logits)
-    xp = array_module(logits.data)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be 2-D [N, C], got shape {logits.shape}")
-    n, c = logits.shape
-    y = _targets(target, xp)
-    if y.shape != (n,):
-        raise ValueError(f"target must have shape ({n},) to match logits {logits.shape}, got {y.shape}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    rows = xp.arange(n) if index is None else xp.asarray(index.data if isinstance(index, Tensor) else index)
+def _row_ids(index: Any, n: int, xp) -> Any:
+    """``index`` of cross_entropy as 1-D integer row ids (a boolean mask of length n as the ids it marks),
+    or None for all rows. Ids are checked against n by the caller."""
+    if index is None:
+        return None
+    rows = xp.asarray(index.data if isinstance(index, Tensor) else index)
     if rows.size == 0 and rows.dtype.kind == "f":  # an empty list: no rows, not a float index
         rows = rows.astype(np.int64)
     if rows.ndim != 1:
@@ -45,23 +32,63 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
     if rows.dtype == bool:
         if rows.shape != (n,):
             raise ValueError(f"a boolean index must have length {n}, got shape {rows.shape}")
-        rows = xp.nonzero(rows)[0]
-    elif rows.dtype.kind not in "iu":
+        return xp.flatnonzero(rows)
+    if rows.dtype.kind not in "iu":
         raise TypeError(f"index must hold integer row ids or booleans, got dtype {rows.dtype}")
-    if rows.size and (int(rows.min()) < -n or int(rows.max()) >= n):
+    return rows
+
+
+def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str = "mean",
+                  ignore_index: int = -100) -> Tensor:
+    """Softmax cross-entropy with integer targets, fused: loss_n = logsumexp(z_n) - z_n[y_n].
+
+    logits: [N, C]; target: [N] class ids. ``index`` ([M] row ids or a boolean mask of length N) restricts
+    the loss to those rows (a GCN's training nodes). Rows whose target is ``ignore_index`` add nothing
+    and do not count in the mean. ``reduction``: 'mean', 'sum' or 'none'.
+
+    The checks of the row ids and targets read their results back from the GPU in one transfer, the
+    one host sync of the op (a boolean ``index`` adds the one its row ids need).
+    """
+    logits = as_tensor(logits)
+    xp = array_module(logits.data)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D [N, C], got shape {logits.shape}")
+    n, c = logits.shape
+    if c == 0:
+        raise ValueError(f"logits must have at least one class, got shape {logits.shape}")
+    y = _targets(target, xp)
+    if y.shape != (n,):
+        raise ValueError(f"target must have shape ({n},) to match logits {logits.shape}, got {y.shape}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    ids = _row_ids(index, n, xp)
+    rows = ids
+    if ids is None:
+        z, ys = logits.data, y
+    elif ids.size and n == 0:
         raise ValueError(f"index holds row ids outside [0, {n})")
-    ys = y[rows]
+    else:
+        if ids.size:
+            rows = ids % n  # negative ids count from the end; ids outside [-n, n) are reported below
+        z, ys = logits.data[rows], y[rows]
     valid = ys != ignore_index
-    if bool(((ys < 0) | (ys >= c))[valid].any()):
+    safe_y = xp.where(valid, ys, 0)
+    stats = [valid.sum()]
+    if ys.size:
+        stats += [safe_y.min(), safe_y.max()]
+    if ids is not None and ids.size:
+        stats += [ids.min(), ids.max()]
+    stats = host_values(xp, *stats)
+    if len(stats) == 5 and (stats[3] < -n or stats[4] >= n):
+        raise ValueError(f"index holds row ids outside [0, {n})")
+    if len(stats) >= 3 and (stats[1] < 0 or stats[2] >= c):
         raise ValueError(f"target holds class ids outside [0, {c})")
-    z = logits.data[rows]
-    if len(rows):  # max over no rows has no identity
+    count = int(stats[0])
+    if len(ys):  # max over no rows has no identity
         z = z - z.max(axis=1, keepdims=True)
     logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-    safe_y = xp.where(valid, ys, 0)
     picked = xp.take_along_axis(logp, safe_y[:, None], axis=1)[:, 0]
     losses = xp.where(valid, -picked, logp.dtype.type(0))
-    count = int(valid.sum())
     if reduction == "mean":
         if count == 0:
             raise ValueError("cross_entropy with reduction='mean' over no rows (empty index or all ignored)")
@@ -73,7 +100,7 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
 
     def backward(g):
         grad_rows = xp.exp(logp)
-        grad_rows[xp.arange(len(rows)), safe_y] -= 1
+        grad_rows[xp.arange(len(ys)), safe_y] -= 1
         grad_rows *= valid[:, None]
         if reduction == "mean":
             grad_rows *= g / count
@@ -81,6 +108,8 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
             grad_rows *= g
         else:
             grad_rows *= g[:, None]
+        if rows is None:  # every row: nothing to scatter
+            return (grad_rows,)
         full = xp.zeros(logits.shape, dtype=logits.dtype)
         xp.add.at(full, rows, grad_rows)
         return (full,)

@@ -84,6 +84,10 @@ def _op_cases():
                               [m, pos]),
         "softmax_log_softmax": (lambda a: a.softmax(axis=1) * 3.0 + a.log_softmax(axis=0), [m]),
         "cross_entropy": (lambda a: tg.cross_entropy(a, tg.tensor(labels)), [m]),
+        "cross_entropy_index_ignore": (lambda a: tg.cross_entropy(
+            a, tg.tensor(np.array([0, -100, 4, 1])), index=tg.tensor(np.array([3, -1, 1, 3])), reduction="sum"), [m]),
+        "cross_entropy_mask_none": (lambda a: tg.cross_entropy(
+            a, tg.tensor(labels), index=tg.tensor(np.array([True, False, True, True])), reduction="none"), [m]),
         "mse": (lambda a, b: tg.mse(a, b), [m, pos]),
     }
 
@@ -117,6 +121,24 @@ def test_op_matches_cpu(cp, name):
     for a, b in zip(gpu_in, cpu_in):
         assert isinstance(a.grad, cp.ndarray)
         _close(a.grad, b.grad)
+
+
+def test_cross_entropy_errors_on_gpu_are_the_cpu_errors(cp):
+    """cross_entropy checks row ids and targets on the GPU (read back in one transfer) and raises what it
+    raises for the same input on the CPU."""
+    z = np.random.default_rng(3).standard_normal((4, 3))
+    labels = np.array([0, 2, 1, 0])
+    cases = {"id too large": dict(target=labels, index=np.array([1, 4])),
+             "id too negative": dict(target=labels, index=np.array([-5])),
+             "class id": dict(target=np.array([0, 3, 1, 0])),
+             "negative class id": dict(target=np.array([0, -2, 1, -100]), index=np.array([True, True, False, True])),
+             "every row ignored": dict(target=np.full(4, -100))}
+    for name, kwargs in cases.items():
+        with pytest.raises(ValueError) as on_cpu:
+            tg.cross_entropy(tg.tensor(z), **kwargs)
+        with pytest.raises(ValueError) as on_gpu:
+            tg.cross_entropy(tg.tensor(z, device="cuda"), **{k: cp.asarray(v) for k, v in kwargs.items()})
+        assert str(on_gpu.value) == str(on_cpu.value), name
 
 
 def test_dropout_and_embedding_on_gpu(cp):

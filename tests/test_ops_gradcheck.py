@@ -108,6 +108,8 @@ CASES = [
     ("cross_entropy_bool_index", lambda z: tg.cross_entropy(z, Y3, index=np.array([1, 0, 1, 1], bool)),
      (rand(4, 3),)),
     ("cross_entropy_ignore", lambda z: tg.cross_entropy(z, np.array([2, -100, 1, 0])), (rand(4, 3),)),
+    ("cross_entropy_negative_index", lambda z: tg.cross_entropy(z, np.array([2, -100, 1, 0]), index=[-1, 1, -4, -1],
+                                                                 reduction="sum"), (rand(4, 3),)),
     ("mse_mean", lambda a: tg.mse(a, np.ones((2, 3))), (rand(2, 3),)),
     ("mse_sum", lambda a: tg.mse(a, np.ones((2, 3)), reduction="sum"), (rand(2, 3),)),
     ("mse_none", lambda a: tg.mse(a, np.ones((2, 3)), reduction="none"), (rand(2, 3),)),
@@ -331,6 +333,37 @@ def test_cross_entropy_errors():
         tg.cross_entropy(z, Y3, index=[])
     with pytest.raises(ValueError, match="length"):
         tg.cross_entropy(z, Y3, index=np.array([True, False]))
+    with pytest.raises(ValueError, match="row ids"):
+        tg.cross_entropy(z, Y3, index=[-5, 0])
+    with pytest.raises(ValueError, match="row ids"):
+        tg.cross_entropy(z, Y3, index=np.array([0, 2**64 - 1], np.uint64))
+    with pytest.raises(ValueError, match="class ids"):
+        tg.cross_entropy(z, np.array([0, 1, -3, -100]))  # -100 is ignored, -3 is not
+    # a row outside index is not read, as torch's cross_entropy(x[index], y[index]) does not read it
+    assert np.isfinite(tg.cross_entropy(z, np.array([0, 1, 2, 5]), index=[0, 1, 2]).item())
+    with pytest.raises(ValueError, match="at least one class"):
+        tg.cross_entropy(tg.tensor(rand(4, 0)), Y3)
+    with pytest.raises(ValueError, match="row ids"):
+        tg.cross_entropy(tg.tensor(rand(0, 3)), np.zeros(0, np.int64), index=[0])
+
+
+def test_cross_entropy_reads_every_check_back_at_once(monkeypatch):
+    """cross_entropy's checks of row ids and targets, and its count of rows, come back from the device
+    in one transfer (engine/backend.py::host_values): on the GPU, one host sync per call."""
+    from tapegrad.engine import nn
+    reads = []
+
+    def counted(xp, *scalars):
+        reads.append(len(scalars))
+        return host_values(xp, *scalars)
+    host_values = nn.host_values
+    monkeypatch.setattr(nn, "host_values", counted)
+    z = tg.tensor(rand(4, 3))
+    for index in (None, [3, -1], np.array([1, 0, 1, 1], bool), []):
+        reads.clear()
+        tg.cross_entropy(z, Y3, index=index, reduction="sum")
+        assert len(reads) == 1, index
+    assert reads == [1]  # no rows: the count alone
 
 
 def test_cross_entropy_over_no_rows_with_sum_is_zero():
