@@ -169,8 +169,9 @@ class Launch:
 
 
 # Launch plans of the elementwise kernels: under lean's keys for the cell kernels, under launch_elementwise's
-# for Adam.
+# for Adam; at most _MAX_PLANS, the oldest dropped first.
 _PLANS: dict = {}
+_MAX_PLANS = 256
 
 
 def lean(extra, *arrays):
@@ -209,9 +210,6 @@ def plan_elementwise(key, source_of, name: str, dtype, F: int, n: int, block: in
     dl.evict_oldest(_PLANS, _MAX_PLANS)
     _PLANS[key] = plan
     plan(current_stream().ptr, *addresses)
-
-
-_MAX_PLANS = 256
 
 
 def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, max_blocks: int, arrays,
