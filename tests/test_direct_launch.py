@@ -245,11 +245,12 @@ def test_numba_lean_applies_only_with_the_fast_path_on_a_cupy_array_seen_and_no_
 def test_numba_launch_and_plan_keeps_a_plan_only_for_calls_that_launched_the_given_arrays(monkeypatch):
     """kernels/cuda/_device.py::launch_and_plan keeps a planned launch under the key of the arrays a
     wrapper was given only when those are the arrays it launched (a converted or newly allocated array
-    sits at another address, and the plan would be for its dtype, not the one the key names), and
-    never without a key."""
+    sits at another address, and the plan would be for its dtype, not the one the key names; another kind
+    of device array is not planned), and never without a key."""
     pytest.importorskip("numba")
     from tapegrad.kernels.cuda import _device as dv
     launched, planned = [], []
+    monkeypatch.setattr(dv, "_cupy_ndarray", _Plain)
     monkeypatch.setattr(dv, "launch", lambda kernel, blocks, threads, kind, *args: launched.append(args))
     monkeypatch.setattr(dv, "plan", lambda kernel, blocks, threads, args, varying: planned.append(varying) or "plan")
     a, b = _Plain(np.zeros(4, np.float32)), _Plain(np.zeros(4, np.float32))
@@ -258,7 +259,8 @@ def test_numba_launch_and_plan_keeps_a_plan_only_for_calls_that_launched_the_giv
     dv.launch_and_plan(plans, "k1", "kernel", 1, 32, "cupy", (a, 3, b), (0, 2), (a, b))
     dv.launch_and_plan(plans, "k2", "kernel", 1, 32, "cupy", (a, 3, converted), (0, 2), (a, b))
     dv.launch_and_plan(plans, None, "kernel", 1, 32, "cupy", (a, 3, b), (0, 2), (a, b))
-    assert len(launched) == 3 and plans == {"k1": "plan"} and planned == [(0, 2)]
+    dv.launch_and_plan(plans, "k3", "kernel", 1, 32, "cupy", (a, 3, _FakeDeviceArray(b.a)), (0, 2), (a, b))
+    assert len(launched) == 4 and plans == {"k1": "plan"} and planned == [(0, 2)]
     dv.launch_and_plan(plans, "k1", "kernel", 1, 32, "cupy", (a, 3, b), (0, 2), (a, b))
     assert planned == [(0, 2)]  # a key that has its plan is not planned again
 

@@ -283,7 +283,7 @@ def launch_and_plan(plans: dict, key: Any, kernel: Any, blocks: int, threads: in
     them (a plan is made for the dtypes and shapes its key names)."""
     launch(kernel, blocks, threads, kind, *args)
     if key is not None and key not in plans and all(
-            args[i].data.ptr == a.data.ptr for i, a in zip(varying, given)):
+            type(args[i]) is _cupy_ndarray and args[i].data.ptr == a.data.ptr for i, a in zip(varying, given)):
         remember(plans, key, plan(kernel, blocks, threads, args, varying), limit)
 
 
