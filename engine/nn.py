@@ -69,7 +69,9 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
         raise ValueError(f"index holds row ids outside [0, {n})")
     else:
         if ids.size:
-            rows = ids % n  # negative ids count from the end; ids outside [-n, n) are reported below
+            # negative ids count from the end; ids outside [-n, n) are reported below (int64: n may not fit
+            # a narrow id dtype, and a huge unsigned id only has to land somewhere before that error)
+            rows = ids.astype(np.int64, copy=False) % n
         z, ys = logits.data[rows], y[rows]
     valid = ys != ignore_index
     safe_y = xp.where(valid, ys, 0)

@@ -105,7 +105,9 @@ def lean_call(n_arrays: int):
 
     - None when the arrays cannot take a plan: not every one a C-contiguous array of class ``ndarray``
       (a missing optional array, None, is not one);
-    - True when ``plans`` holds a plan for them and it launched: ``plan(stream, address0, address1, ...)``;
+    - True when ``plans`` holds a plan for them and it launched: ``plan(stream, address0, address1, ...)``,
+      which returns False only where the driver refused the launch (anything else counts as launched, so
+      that a call is never launched twice);
     - else the key a plan for them is kept under: ``extra`` (whatever else decides the launch: kernel,
       launch constants, flags), ``device()``, the alignment of their addresses mod 16, and each array's
       dtype and shape. The caller checks such a call in full, launches it and keeps the plan it made
@@ -122,7 +124,7 @@ def lean_call(n_arrays: int):
         *(f"    {q} = {x}.data.ptr" for x, q in zip(a, p)),
         f"    key = (extra, device(), ({' | '.join(p)}) & 15, {', '.join(f'{x}.dtype, {x}.shape' for x in a)})",
         "    plan = plans.get(key)",
-        f"    if plan is not None and plan(stream, {', '.join(p)}):",
+        f"    if plan is not None and plan(stream, {', '.join(p)}) is not False:",
         "        return True",
         "    return key",
         ""])

@@ -213,6 +213,8 @@ def test_lean_call_keys_plain_arrays_by_dtype_shape_alignment_and_launches_a_kep
     assert call(a, None) is None
     plans[key] = _Recorder(ok=False)  # the driver refused: the caller launches as usual, with the key
     assert call(a, b) == key
+    plans[key] = _Recorder(ok=None)  # only False means refused: a launch is never repeated
+    assert call(a, b) is True
 
 
 def test_numba_lean_applies_only_with_the_fast_path_on_a_cupy_array_seen_and_no_simulator(monkeypatch):
@@ -260,9 +262,11 @@ def test_numba_launch_and_plan_keeps_a_plan_only_for_calls_that_launched_the_giv
     dv.launch_and_plan(plans, "k2", "kernel", 1, 32, "cupy", (a, 3, converted), (0, 2), (a, b))
     dv.launch_and_plan(plans, None, "kernel", 1, 32, "cupy", (a, 3, b), (0, 2), (a, b))
     dv.launch_and_plan(plans, "k3", "kernel", 1, 32, "cupy", (a, 3, _FakeDeviceArray(b.a)), (0, 2), (a, b))
-    assert len(launched) == 4 and plans == {"k1": "plan"} and planned == [(0, 2)]
-    dv.launch_and_plan(plans, "k1", "kernel", 1, 32, "cupy", (a, 3, b), (0, 2), (a, b))
-    assert planned == [(0, 2)]  # a key that has its plan is not planned again
+    # k2 and k3 are kept as not plannable (None): their calls take the general path without a retry
+    assert len(launched) == 4 and plans == {"k1": "plan", "k2": None, "k3": None} and planned == [(0, 2)]
+    for key in ("k1", "k2"):
+        dv.launch_and_plan(plans, key, "kernel", 1, 32, "cupy", (a, 3, b), (0, 2), (a, b))
+    assert planned == [(0, 2)]  # a key seen before is not planned again
 
 
 def test_evict_oldest_keeps_a_plan_cache_under_its_limit_in_insertion_order():

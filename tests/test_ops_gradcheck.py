@@ -347,6 +347,22 @@ def test_cross_entropy_errors():
         tg.cross_entropy(tg.tensor(rand(0, 3)), np.zeros(0, np.int64), index=[0])
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.int32, np.uint64])
+def test_cross_entropy_takes_row_ids_of_any_integer_dtype_on_any_graph_size(dtype):
+    """Row ids in a dtype narrower than the row count (int8 ids of a 300-row input), negative ones
+    counting from the end, give the loss and gradient of the same ids in int64."""
+    z = tg.tensor(rand(300, 3), requires_grad=True)
+    y = np.arange(300) % 3
+    ids = [0, 7, 120] + ([-1, -2] if np.dtype(dtype).kind == "i" else [])
+    want = tg.cross_entropy(z, y, index=np.array(ids, np.int64), reduction="sum")
+    want.backward()
+    want_grad, z.grad = z.grad.copy(), None
+    got = tg.cross_entropy(z, y, index=np.array(ids, dtype), reduction="sum")
+    got.backward()
+    assert got.item() == want.item()
+    np.testing.assert_array_equal(z.grad, want_grad)
+
+
 def test_cross_entropy_reads_every_check_back_at_once(monkeypatch):
     """cross_entropy's checks of row ids and targets, and its count of rows, come back from the device
     in one transfer (engine/backend.py::host_values): on the GPU, one host sync per call."""

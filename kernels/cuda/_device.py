@@ -280,11 +280,13 @@ def launch_and_plan(plans: dict, key: Any, kernel: Any, blocks: int, threads: in
     """:func:`launch`, then keep the planned launch of this call under ``key`` (from :func:`lean`, None:
     none) for the next calls: only when the arrays launched at positions ``varying`` are at the addresses
     of the arrays ``given`` to the wrapper, that is when the call converted, copied or allocated none of
-    them (a plan is made for the dtypes and shapes its key names)."""
+    them (a plan is made for the dtypes and shapes its key names); otherwise None is kept, and calls with
+    that key take the general path without trying again."""
     launch(kernel, blocks, threads, kind, *args)
-    if key is not None and key not in plans and all(
-            type(args[i]) is _cupy_ndarray and args[i].data.ptr == a.data.ptr for i, a in zip(varying, given)):
-        remember(plans, key, plan(kernel, blocks, threads, args, varying), limit)
+    if key is not None and key not in plans:
+        same = all(type(args[i]) is _cupy_ndarray and args[i].data.ptr == a.data.ptr for i, a in zip(varying, given))
+        # None: calls with this key are not planned, and not looked at again
+        remember(plans, key, plan(kernel, blocks, threads, args, varying) if same else None, limit)
 
 
 class Planned:

@@ -264,15 +264,16 @@ def spmm(indptr, indices, data, x, out=None):
     n_rows = indptr.shape[0] - 1
     F = x.shape[1]
     key = None
-    if dv.plannable(x, indptr, indices, data, out) and n_rows > 0 and F > 0:
-        # every value of the launch but the five addresses follows from these (the sizes of 1-D indptr,
-        # indices and data are n_rows + 1, nnz and nnz); out, when given, is checked against them
+    if dv.plannable(x, indptr, indices, data, out) and n_rows > 0 and F > 0 and indptr.ndim == indices.ndim == 1 \
+            and x.ndim == 2 and (data is None or (data.ndim == 1 and data.size == indices.size)):
+        # every value of the launch but the five addresses follows from these; out, when given, is checked
+        # against them
         has_data = data is not None
         if _cc is None:
             _import_cc()
         ptr = _cc.current_stream().ptr
         key = (x.dtype, indices.dtype, indptr.dtype, data.dtype if has_data else None, n_rows, x.shape[0], F,
-               indices.shape[0], SPMM_SEGMENT, BLOCK, MAX_BLOCKS, _cc.get_device(), _cc.stream_key(ptr))
+               indices.size, SPMM_SEGMENT, BLOCK, MAX_BLOCKS, _cc.get_device(), _cc.stream_key(ptr))
         planned = _SPMM_PLANS.get(key)
         if planned is not None:
             y = out if out is not None else _cc.cupy.empty((n_rows, F), x.dtype)

@@ -169,9 +169,10 @@ class Launch:
 
 
 # Launch plans of the elementwise kernels: under lean's keys for the cell kernels, under launch_elementwise's
-# for Adam; at most _MAX_PLANS, the oldest dropped first.
+# for Adam (one per parameter size and alignment); at most _MAX_PLANS, a bound far above a model's needs
+# (a plan is a few hundred bytes), the oldest dropped first.
 _PLANS: dict = {}
-_MAX_PLANS = 256
+_MAX_PLANS = 4096
 
 
 def lean(extra, *arrays):
