@@ -238,7 +238,7 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
     plan(current_stream().ptr, *addresses, *scalars)
 
 
-_PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle
+PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle
 
 
 def stream_key(ptr: int | None = None):
@@ -248,7 +248,7 @@ def stream_key(ptr: int | None = None):
     each."""
     if ptr is None:
         ptr = current_stream().ptr
-    return (ptr, threading.get_ident()) if ptr == _PER_THREAD_STREAM else ptr
+    return (ptr, threading.get_ident()) if ptr == PER_THREAD_STREAM else ptr
 
 
 def data_ptr(a) -> int:
