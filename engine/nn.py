@@ -80,12 +80,12 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
         stats += [safe_y.min(), safe_y.max()]
     if ids is not None and ids.size:
         stats += [ids.min(), ids.max()]
-    stats = host_values(xp, *stats)
-    if len(stats) == 5 and (stats[3] < -n or stats[4] >= n):
+    count, *bounds = host_values(xp, *stats)  # bounds: the targets' (when any rows), then the ids'
+    if len(bounds) == 4 and (bounds[2] < -n or bounds[3] >= n):
         raise ValueError(f"index holds row ids outside [0, {n})")
-    if len(stats) >= 3 and (stats[1] < 0 or stats[2] >= c):
+    if bounds and (bounds[0] < 0 or bounds[1] >= c):
         raise ValueError(f"target holds class ids outside [0, {c})")
-    count = int(stats[0])
+    count = int(count)
     if len(ys):  # max over no rows has no identity
         z = z - z.max(axis=1, keepdims=True)
     logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))

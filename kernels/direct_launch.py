@@ -154,8 +154,3 @@ def driver() -> Any:
         _driver = d
     return _driver
 
-
-def launch(handle: int, grid: tuple, block: tuple, shared: int, stream: int, params: int) -> None:
-    """cuLaunchKernel(handle, grid, block, shared, stream, params); raises CuPy's CUDADriverError."""
-    driver().launchKernel(handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared, stream,
-                          params, 0)

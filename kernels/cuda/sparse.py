@@ -273,8 +273,7 @@ def spmm(indptr, indices, data, x, out=None):
             _import_cc()
         ptr = _cc.current_stream().ptr
         key = (x.dtype, indices.dtype, indptr.dtype, data.dtype if has_data else None, n_rows, x.shape[0], F,
-               indices.size, SPMM_SEGMENT, BLOCK, MAX_BLOCKS, _cc.get_device(),
-               ptr if ptr != _cc.PER_THREAD_STREAM else _cc.stream_key(ptr))
+               indices.size, SPMM_SEGMENT, BLOCK, MAX_BLOCKS, _cc.get_device(), _cc.stream_key(ptr))
         planned = _SPMM_PLANS.get(key)
         if planned is not None:
             y = out if out is not None else _cc.cupy.empty((n_rows, F), x.dtype)

@@ -186,12 +186,7 @@ def _elementwise(source_of, name: str, dtype, F: int, n: int, block: int, max_bl
                  ptrs: int) -> Launch:
     """The Launch of a grid-stride kernel over n elements of rows of width F, vectorised as widely as F
     and ``ptrs`` (the arrays' addresses or-ed together) allow; ``example``: its leading arguments."""
-    itemsize = np.dtype(dtype).itemsize
-    vec = 1
-    for width in (16 // itemsize, 8 // itemsize):
-        if width > 1 and F % width == 0 and ptrs % (itemsize * width) == 0:
-            vec = width
-            break
+    vec = _vec_of(dtype, F, ptrs)
     source, sfx = source_of(np.dtype(dtype), vec)
     blocks, threads = launch_shape(-(-n // vec), block, max_blocks)
     return Launch(kernel(source, f"tapegrad_{name}_{sfx}"), (blocks,), (threads,), tuple(example), tail)
@@ -203,10 +198,7 @@ def plan_elementwise(key, source_of, name: str, dtype, F: int, n: int, block: in
     and keep its plan for the next calls with that key. Arguments as :func:`launch_elementwise`'s."""
     if n <= 0:
         return
-    addresses = [a.data.ptr for a in arrays]
-    ptrs = 0
-    for p in addresses:
-        ptrs |= p
+    addresses, ptrs = _addresses(arrays)
     plan = _elementwise(source_of, name, dtype, F, n, block, max_blocks, arrays, tail, ptrs)
     dl.evict_oldest(_PLANS, _MAX_PLANS)
     _PLANS[key] = plan
@@ -223,12 +215,7 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
     alignment, device). Nothing is launched for n = 0."""
     if n <= 0:
         return
-    addresses = []
-    ptrs = 0
-    for a in arrays:  # one pass, no comprehension: a call costs more than these few reads
-        p = a.data.ptr
-        addresses.append(p)
-        ptrs |= p
+    addresses, ptrs = _addresses(arrays)
     key = (name, dtype, F, n, ptrs & 15, block, max_blocks, get_device(), tail)
     plan = _PLANS.get(key)
     if plan is None:
@@ -238,7 +225,7 @@ def launch_elementwise(source_of, name: str, dtype, F: int, n: int, block: int, 
     plan(current_stream().ptr, *addresses, *scalars)
 
 
-PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle
+_PER_THREAD_STREAM = 2  # cudaStreamPerThread's handle
 
 
 def stream_key(ptr: int | None = None):
@@ -248,21 +235,34 @@ def stream_key(ptr: int | None = None):
     each."""
     if ptr is None:
         ptr = current_stream().ptr
-    return (ptr, threading.get_ident()) if ptr == PER_THREAD_STREAM else ptr
+    return (ptr, threading.get_ident()) if ptr == _PER_THREAD_STREAM else ptr
 
 
-def data_ptr(a) -> int:
-    return a.data.ptr
+def _addresses(arrays) -> tuple[list, int]:
+    """(the arrays' addresses, those addresses or-ed together: aligned to k bytes when every one is)."""
+    addresses = []
+    ptrs = 0
+    for a in arrays:  # one pass, no comprehension: a call costs more than these few reads
+        p = a.data.ptr
+        addresses.append(p)
+        ptrs |= p
+    return addresses, ptrs
+
+
+def _vec_of(dtype, F: int, ptrs: int) -> int:
+    """Widest vector (16 bytes: float4 / double2, else 8 bytes, else 1) that divides F and to which
+    ``ptrs`` (addresses or-ed together) is aligned."""
+    itemsize = np.dtype(dtype).itemsize
+    for width in (16 // itemsize, 8 // itemsize):
+        if width > 1 and F % width == 0 and ptrs % (itemsize * width) == 0:
+            return width
+    return 1
 
 
 def vec_width(dtype, F: int, *arrays) -> int:
     """Widest vector (16 bytes: float4 / double2, else 8 bytes, else 1) that divides F and to which
     every array's base pointer is aligned."""
-    itemsize = np.dtype(dtype).itemsize
-    for width in (16 // itemsize, 8 // itemsize):
-        if width > 1 and F % width == 0 and all(data_ptr(a) % (itemsize * width) == 0 for a in arrays):
-            return width
-    return 1
+    return _vec_of(dtype, F, _addresses(arrays)[1])
 
 
 def launch_shape(n_threads: int, block: int, max_blocks: int) -> tuple[int, int]:

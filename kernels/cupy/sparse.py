@@ -440,10 +440,7 @@ def spmm(indptr, indices, data, x, out=None):
     dtype = x.dtype
     n_x, F = x.shape
     n_rows = indptr.shape[0] - 1
-    if type(out) is nd and out._c_contiguous and out.dtype == dtype and out.shape == (n_rows, F):
-        y = user = out  # the engine's case with an out, checked inline
-    else:
-        y, user = _result(out, (n_rows, F), dtype)
+    y, user = _result(out, (n_rows, F), dtype)
     nnz = indices.shape[0]
     if n_rows <= 0 or F == 0:
         return cc.finish(y, user)
@@ -459,7 +456,7 @@ def spmm(indptr, indices, data, x, out=None):
         d = _contig(data).astype(dtype, copy=False)
     dev = cc.get_device()
     ptr = cc.current_stream().ptr
-    stream = ptr if ptr != cc.PER_THREAD_STREAM else cc.stream_key(ptr)
+    stream = cc.stream_key(ptr)
     x_at, y_at = x.data.ptr, y.data.ptr
     key = (dtype, indices.dtype, indptr.dtype, n_rows, n_x, F, nnz, has_data, (x_at | y_at) & 15,
            SPMM_SEGMENT, BLOCK, MAX_BLOCKS, dev, stream)
