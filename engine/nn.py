@@ -7,7 +7,7 @@ import numpy as np
 
 from . import random as _random
 from .backend import array_module, host_values
-from .ops import as_tensor
+from .ops import _pair, as_tensor
 from .tensor import Tensor, make_result
 
 
@@ -50,6 +50,8 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
     one host sync of the op (a boolean ``index`` adds the one its row ids need).
     """
     logits = as_tensor(logits)
+    if logits.dtype.kind != "f":  # as torch: no silent truncation of the loss to an integer
+        raise TypeError(f"cross_entropy: logits must be float32 or float64, got dtype {logits.dtype}")
     xp = array_module(logits.data)
     if logits.ndim != 2:
         raise ValueError(f"logits must be 2-D [N, C], got shape {logits.shape}")
@@ -121,30 +123,33 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
 def mse(pred: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     """Mean squared error: mean((pred - target)^2), ``target`` of pred's shape.
 
-    A ``target`` tensor that requires grad gets the opposite gradient (as torch's mse_loss gives it).
+    ``pred`` and ``target`` promote as the binary ops do (float32 with float64 gives float64, an integer
+    with a float gives the float), as torch's mse_loss; two integer operands are a TypeError. A
+    ``target`` tensor that requires grad gets the opposite gradient. The mean over no elements is NaN.
     """
     pred = as_tensor(pred)
-    target_t = target if isinstance(target, Tensor) else None
-    t = target.data if isinstance(target, Tensor) else target
-    xp = array_module(pred.data)
-    t = xp.asarray(t, dtype=pred.dtype)
-    if t.shape != pred.shape:
-        raise ValueError(f"target shape {t.shape} does not match prediction shape {pred.shape}")
+    p, t = _pair(pred, target if isinstance(target, Tensor) else as_tensor(target))
+    if t.shape != p.shape:
+        raise ValueError(f"target shape {t.shape} does not match prediction shape {p.shape}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    d = pred.data - t
+    d = p.data - t.data
+    if d.dtype.kind != "f":
+        raise TypeError(f"mse needs a float prediction or target, got dtypes {pred.dtype} and {t.dtype}")
+    xp = array_module(d)
     sq = d * d
     if reduction == "none":
         out = sq
+    elif reduction == "sum":
+        out = sq.sum()
     else:
-        out = sq.sum() if reduction == "sum" else sq.sum() / max(sq.size, 1)
+        out = sq.sum() / sq.size if sq.size else xp.asarray(np.nan, dtype=d.dtype)
     scale = 2.0 if reduction != "mean" else 2.0 / max(sq.size, 1)
 
     def backward(g):
         grad_pred = g * (scale * d)
-        return (grad_pred,) if target_t is None else (grad_pred, -grad_pred)
-    parents = (pred,) if target_t is None else (pred, target_t)
-    return make_result(xp.asarray(out, dtype=pred.dtype), parents, backward, "mse")
+        return grad_pred, (-grad_pred if t.requires_grad else None)
+    return make_result(xp.asarray(out, dtype=d.dtype), (p, t), backward, "mse")
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -154,6 +159,8 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     x = as_tensor(x)
     if not training or p == 0.0:
         return x
+    if x.dtype.kind != "f":  # as torch: the scaled survivors are not integers
+        raise TypeError(f"dropout: input must be float32 or float64, got dtype {x.dtype}")
     xp = array_module(x.data)
     if p == 1.0:
         mask = xp.zeros(x.shape, dtype=x.dtype)

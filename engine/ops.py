@@ -11,50 +11,186 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .backend import array_module, check_device, to_device
-from .tensor import Tensor, make_result
+from .backend import array_module, check_device, is_cupy, to_device
+from .tensor import Tensor, _to_array, make_result
+
+_F32 = np.dtype(np.float32)
+_I64 = np.dtype(np.int64)
+_BOOL = np.dtype(bool)
+_NUMBERS = (int, float, np.integer, np.floating, np.bool_)  # bool is an int
 
 
 def as_tensor(x: Any, like: Tensor | None = None) -> Tensor:
-    """Tensors pass through; numbers and integer arrays take ``like``'s dtype; arrays become constants.
+    """Tensors pass through; numbers, lists and arrays become constants (arrays are not copied).
 
-    As in torch, a float32 tensor stays float32 next to a Python float or an integer array, and an
-    integer tensor next to a Python float becomes float32 (never truncates the number).
+    With ``like``, ``x`` is the other operand of a binary op with ``like`` and comes back in the dtype
+    of their result (see :func:`result_dtype`).
     """
     if isinstance(x, Tensor):
         return x
-    if like is not None and isinstance(x, (int, float, bool, np.number)):
-        xp = array_module(like.data)
-        return Tensor(xp.asarray(x, dtype=_scalar_dtype(x, like.data.dtype)))
-    if like is not None and isinstance(x, np.ndarray):
-        if like.device != "cpu":
-            x = to_device(x, like.device)
-        if like.dtype.kind == "f" and x.dtype.kind in "biu":
-            x = x.astype(like.dtype)
-    return Tensor(x)
+    if like is not None:
+        return _pair(like, x)[1]
+    return Tensor(_operand_array(x, "operand"))
 
 
-def _scalar_dtype(x: Any, like: np.dtype) -> np.dtype:
-    """The dtype a Python/NumPy number takes next to a tensor of dtype ``like``."""
-    if like.kind == "f":
-        return like
-    if isinstance(x, (float, np.floating)):
-        return np.dtype(np.float32)
-    if like.kind == "b" and not isinstance(x, (bool, np.bool_)):
-        return np.dtype(np.int64)
-    return like
+def _operand_array(x: Any, name: str) -> Any:
+    """``x`` (a number, list or array) as an array of real numbers, or a TypeError naming ``name``."""
+    if isinstance(x, np.ndarray) or is_cupy(x):
+        arr = x
+    elif isinstance(x, (_NUMBERS, list, tuple)):
+        arr = _to_array(x, None)
+    else:
+        raise TypeError(f"{name} must be a Tensor, an array or a number, got {type(x).__name__}")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: tapegrad tensors hold real numbers or booleans, got dtype {arr.dtype}")
+    return arr
+
+
+def _input(a: Any, op: str) -> Tensor:
+    """The tensor argument of a unary op or reduction: Tensors pass, numbers and arrays become constants."""
+    if isinstance(a, Tensor):
+        return a
+    return Tensor(_operand_array(a, f"{op}: the input"))
+
+
+def _float_data(a: Tensor) -> Any:
+    """The data of ``a`` for a float-valued op (exp, log, softmax, ...): integers and bools become float32,
+    torch's default dtype. Integer tensors never require grad, so nothing flows back through the cast."""
+    d = a.data
+    return d if d.dtype.kind == "f" else d.astype(_F32)
+
+
+# ---- type promotion (torch's rules) ------------------------------------------------------------------------
+
+def _promote(a: np.dtype, b: np.dtype) -> np.dtype:
+    """torch.promote_types: a float beats any integer or bool as it is (int64 with float32 is float32);
+    otherwise numpy's lattice, which agrees with torch's for floats, integers and bools."""
+    if a == b:
+        return a
+    if a.kind == "f" and b.kind != "f":
+        return a
+    if b.kind == "f" and a.kind != "f":
+        return b
+    return np.promote_types(a, b)
+
+
+def _combine(higher: np.dtype | None, lower: np.dtype | None) -> np.dtype | None:
+    """torch's combine_categories: a lower-priority operand only counts when its category (bool < integer
+    < float) is above the higher-priority one's."""
+    if higher is None:
+        return lower
+    if lower is None or higher.kind == "f":
+        return higher
+    if higher.kind == "b" or lower.kind == "f":
+        return _promote(higher, lower)
+    return higher
+
+
+def _scalar_dtype(x: Any) -> np.dtype:
+    """The dtype a Python or numpy number stands for in promotion (torch's wrapped numbers)."""
+    if isinstance(x, (bool, np.bool_)):
+        return _BOOL
+    if isinstance(x, (int, np.integer)):
+        return _I64
+    return _F32  # a float: torch's default dtype
+
+
+def result_dtype(*operands: Any) -> np.dtype:
+    """The dtype of an elementwise op on ``operands`` (Tensors, arrays, numbers) by torch's rules.
+
+    Three priorities: tensors/arrays with dimensions, then 0-d ones, then numbers; each group promotes
+    within itself, and a lower group only raises the category (int64 tensor * 0.5 -> float32; float32
+    tensor * 0-d float64 -> float32; int / int is left to the caller). Integer with float gives that
+    float (int64 + float32 -> float32), never numpy's float64.
+    """
+    groups: list = [None, None, None]  # numbers, 0-d, dimensioned
+    for x in operands:
+        _, dt, g = _operand(x)
+        groups[g] = dt if groups[g] is None else _promote(groups[g], dt)
+    return _combine(groups[2], _combine(groups[1], groups[0]))
+
+
+def _operand(x: Any) -> tuple:
+    """(data, dtype, priority) of an operand: 2 for a dimensioned tensor or array, 1 for a 0-d one, 0 for
+    a number (whose data stays the number)."""
+    if isinstance(x, Tensor):
+        d = x.data
+        return d, d.dtype, (2 if d.ndim else 1)
+    if isinstance(x, _NUMBERS):
+        return x, _scalar_dtype(x), 0
+    d = _operand_array(x, "operand")
+    return d, d.dtype, (2 if d.ndim else 1)
+
+
+_PLANS: dict = {}  # (dtype, priority, dtype, priority) -> (result dtype, cast first?, cast second?)
+
+
+def _plan(da: np.dtype, ga: int, db: np.dtype, gb: int) -> tuple:
+    """What a binary op on these operands does: memoised, a few hundred keys at most (real dtypes x 3)."""
+    key = (da, ga, db, gb)
+    plan = _PLANS.get(key)
+    if plan is None:
+        for dt in (da, db):
+            if dt.kind not in "biuf":
+                raise TypeError(f"tapegrad tensors hold real numbers or booleans; an operand has dtype {dt}")
+        groups: list = [None, None, None]
+        for dt, g in ((da, ga), (db, gb)):
+            groups[g] = dt if groups[g] is None else _promote(groups[g], dt)
+        target = _combine(groups[2], _combine(groups[1], groups[0]))
+        # an operand is cast only where numpy's own promotion would not land on torch's result
+        plan = _PLANS[key] = (target, np.promote_types(da, target) != target,
+                              np.promote_types(db, target) != target)
+    return plan
+
+
+def _cast(t: Tensor, dtype: np.dtype) -> Tensor:
+    """``t`` in ``dtype``: differentiably when it requires grad (its grad comes back in its own dtype)."""
+    if t.requires_grad:
+        return to(t, dtype)
+    return Tensor(t.data.astype(dtype))
 
 
 def _pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
+    """Both operands of a binary op as Tensors on one device, in torch's result dtype."""
     if isinstance(a, Tensor):
-        if not isinstance(b, Tensor):  # two tensors, the common case, skip the call
-            b = as_tensor(b, a)
-    else:
-        a = as_tensor(a, b)
-    # Same array type means same device; only mixed types (numpy and cupy, or subclasses) need a look.
+        ad = a.data
+        if isinstance(b, Tensor):
+            bd = b.data
+            # the common case: one dtype and one array type (so one device); nothing to decide
+            if ad.dtype is bd.dtype and type(ad) is type(bd):
+                return a, b
+        elif isinstance(b, (int, float)) and ad.dtype.kind == "f":
+            # a float tensor and a Python number: the number takes the tensor's dtype
+            return a, Tensor(array_module(ad).asarray(b, dtype=ad.dtype))
+    elif isinstance(a, (int, float)) and isinstance(b, Tensor) and b.data.dtype.kind == "f":
+        return Tensor(array_module(b.data).asarray(a, dtype=b.data.dtype)), b
+    return _promote_pair(a, b)
+
+
+def _promote_pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
+    """The general case of :func:`_pair`: numbers, arrays, mixed dtypes, mixed devices."""
+    a_data, a_dtype, a_prio = _operand(a)
+    b_data, b_dtype, b_prio = _operand(b)
+    target, cast_a, cast_b = _plan(a_dtype, a_prio, b_dtype, b_prio)
+    # the array that decides the device: a tensor's, else an array operand's (numbers have none)
+    ref = a_data if isinstance(a, Tensor) else b_data if isinstance(b, Tensor) else a_data if a_prio else b_data
+    a = _promoted(a, a_data, target, cast_a, ref)
+    b = _promoted(b, b_data, target, cast_b, ref)
     if type(a.data) is not type(b.data) and a.device != b.device:
         raise ValueError(f"operands are on different devices: {a.device} and {b.device}")
     return a, b
+
+
+def _promoted(x: Any, data: Any, target: np.dtype, cast: bool, ref: Any) -> Tensor:
+    if isinstance(x, Tensor):
+        return _cast(x, target) if cast else x
+    if isinstance(x, _NUMBERS):
+        return Tensor(array_module(ref).asarray(data, dtype=target))
+    if cast:  # a constant array
+        data = data.astype(target)
+    if is_cupy(ref) and not is_cupy(data):
+        data = to_device(data, "cuda")  # host constants follow a GPU tensor
+    return Tensor(data)
 
 
 # ---- elementwise arithmetic ------------------------------------------------------------------------------
@@ -87,6 +223,8 @@ def mul(a: Any, b: Any) -> Tensor:
 def div(a: Any, b: Any) -> Tensor:
     a, b = _pair(a, b)
     ad, bd = a.data, b.data
+    if ad.dtype.kind != "f" and bd.dtype.kind != "f":  # true division of integers: float32, as torch
+        ad, bd = ad.astype(_F32), bd.astype(_F32)
     out = ad / bd
 
     def backward(g):
@@ -97,6 +235,8 @@ def div(a: Any, b: Any) -> Tensor:
 
 
 def neg(a: Tensor) -> Tensor:
+    a = _input(a, "neg")
+
     def backward(g):
         return (-g,)
     return make_result(-a.data, (a,), backward, "neg")
@@ -104,9 +244,12 @@ def neg(a: Tensor) -> Tensor:
 
 def pow(a: Tensor, exponent: float) -> Tensor:
     """a ** p for a scalar p: d/da = p a^(p-1)."""
-    if isinstance(exponent, Tensor) or not np.isscalar(exponent):
-        raise TypeError(f"pow takes a scalar exponent, got {type(exponent).__name__}")
+    a = _input(a, "pow")
+    if not isinstance(exponent, _NUMBERS):
+        raise TypeError(f"pow takes a real scalar exponent, got {type(exponent).__name__}")
     ad = a.data
+    if ad.dtype.kind != "f" and isinstance(exponent, (float, np.floating)):
+        ad = ad.astype(_F32)  # int ** 0.5 is float32, as torch; int ** 2 stays integer
     # in a float tensor's dtype, so float32 stays float32; an integer tensor must not truncate 0.5 to 0
     p = ad.dtype.type(exponent) if ad.dtype.kind == "f" else exponent
 
@@ -118,8 +261,9 @@ def pow(a: Tensor, exponent: float) -> Tensor:
 
 
 def exp(a: Tensor) -> Tensor:
+    a = _input(a, "exp")
     xp = array_module(a.data)
-    out = xp.exp(a.data)
+    out = xp.exp(_float_data(a))
 
     def backward(g):
         return (g * out,)
@@ -127,8 +271,9 @@ def exp(a: Tensor) -> Tensor:
 
 
 def log(a: Tensor) -> Tensor:
+    a = _input(a, "log")
     xp = array_module(a.data)
-    ad = a.data
+    ad = _float_data(a)
 
     def backward(g):
         return (g / ad,)
@@ -136,8 +281,9 @@ def log(a: Tensor) -> Tensor:
 
 
 def tanh(a: Tensor) -> Tensor:
+    a = _input(a, "tanh")
     xp = array_module(a.data)
-    out = xp.tanh(a.data)
+    out = xp.tanh(_float_data(a))
 
     def backward(g):
         return (g * (1 - out * out),)
@@ -145,10 +291,20 @@ def tanh(a: Tensor) -> Tensor:
 
 
 def sigmoid(a: Tensor) -> Tensor:
-    xp = array_module(a.data)
-    # 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x)) for large negative x.
-    half = a.data.dtype.type(0.5)
-    out = half * (1 + xp.tanh(half * a.data))
+    """1 / (1 + exp(-x)), accurate over the whole range: with e = exp(-|x|) (never overflows),
+    1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0 (no cancellation, unlike 0.5 * (1 + tanh(x / 2)),
+    which is exactly 0 below x = -17 in float32)."""
+    a = _input(a, "sigmoid")
+    ad = _float_data(a)
+    xp = array_module(ad)
+    e = xp.abs(ad)
+    if not ad.ndim:
+        e = xp.asarray(e)            # numpy gives a 0-d input's result as a scalar; out= needs an array
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)
+    out = xp.maximum(e, ad >= 0)     # the numerator, branch-free: e where x < 0, 1 where x >= 0 (NaN stays)
+    e += 1
+    out /= e
 
     def backward(g):
         return (g * out * (1 - out),)
@@ -156,6 +312,7 @@ def sigmoid(a: Tensor) -> Tensor:
 
 
 def relu(a: Tensor) -> Tensor:
+    a = _input(a, "relu")
     xp = array_module(a.data)
     ad = a.data
     out = xp.maximum(ad, 0)
@@ -198,21 +355,42 @@ def matmul(a: Any, b: Any) -> Tensor:
 
 # ---- reductions ---------------------------------------------------------------------------------------------
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _axis(axis: Any, ndim: int, op: str) -> int:
+    """One axis of an ``ndim``-dimensional tensor, negative counting from the end, or a clear error."""
+    if not _is_int(axis):
+        raise TypeError(f"{op}: axis must be an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dimensions")
+    return int(axis) % ndim
+
+
 def _norm_axes(axis: Any, ndim: int) -> tuple:
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if _is_int(axis):
+        axes = (axis,)
+    elif isinstance(axis, (tuple, list)) and all(_is_int(ax) for ax in axis):
+        axes = tuple(axis)
+    else:
+        raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}")
     out = []
     for ax in axes:
         # a 0-d tensor accepts axis 0 or -1, as in torch, and has nothing to reduce
         if not -max(ndim, 1) <= ax < max(ndim, 1):
             raise ValueError(f"axis {ax} is out of range for a tensor with {ndim} dimensions")
         if ndim:
+            if ax % ndim in out:
+                raise ValueError(f"axis {ax % ndim} appears more than once in axis={axis!r}")
             out.append(ax % ndim)
-    return tuple(sorted(set(out)))
+    return tuple(sorted(out))
 
 
 def sum(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    a = _input(a, "sum")
     xp = array_module(a.data)
     axes = _norm_axes(axis, a.ndim)
     shape = a.shape
@@ -224,6 +402,7 @@ def sum(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
 
 
 def mean(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    a = _input(a, "mean")
     axes = _norm_axes(axis, a.ndim)
     n = 1
     for ax in axes:
@@ -237,6 +416,7 @@ def mean(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
 # ---- shapes and indexing ------------------------------------------------------------------------------------
 
 def reshape(a: Tensor, shape: int | Sequence[int]) -> Tensor:
+    a = _input(a, "reshape")
     old = a.shape
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
@@ -246,23 +426,48 @@ def reshape(a: Tensor, shape: int | Sequence[int]) -> Tensor:
     return make_result(a.data.reshape(tuple(shape)), (a,), backward, "reshape")
 
 
-def transpose(a: Tensor, axes: Sequence[int] | None = None) -> Tensor:
-    """Reverse the axes (``a.T``), or permute them as ``axes`` says (numpy's rule; negative axes allowed).
+def transpose(a: Tensor, dim0: Any = None, dim1: Any = None) -> Tensor:
+    """Swap two axes, as torch: ``transpose(a, 0, 1)`` or ``transpose(a, (0, 1))``, for any ndim.
 
-    ``axes`` is a full permutation, never torch's pair of dims to swap: on a 2-D tensor ``(0, 1)``
-    would mean opposite things under the two rules, so only numpy's is accepted.
+    With no axes, reverse them all (``a.T``). A full permutation of more (or fewer) than two axes is
+    also accepted, with numpy's meaning (``transpose(a, (2, 0, 1))``); :func:`permute` is the torch
+    spelling of that.
     """
-    xp = array_module(a.data)
+    a = _input(a, "transpose")
     nd = a.ndim
-    if axes is None:
-        axes = tuple(reversed(range(nd)))
-    axes = tuple(axes)
-    if any(not -max(nd, 1) <= int(ax) < max(nd, 1) for ax in axes):
-        raise ValueError(f"transpose axes {axes} are out of range for a tensor with {nd} dimensions")
-    axes = tuple(int(ax) % nd for ax in axes) if nd else axes
+    if dim1 is not None:
+        pair = (dim0, dim1)
+    elif dim0 is None:
+        return _permute(a, tuple(reversed(range(nd))))
+    else:
+        pair = tuple(dim0) if isinstance(dim0, (tuple, list)) else (dim0,)
+    if len(pair) != 2:
+        if len(pair) == nd:
+            return permute(a, pair)
+        raise ValueError(f"transpose takes two axes to swap (or a full permutation of the {nd} axes), got {pair}")
+    d0, d1 = (_axis(d, max(nd, 1), "transpose") for d in pair)
+    if nd < 2:
+        return _permute(a, tuple(range(nd)))
+    axes = list(range(nd))
+    axes[d0], axes[d1] = d1, d0
+    return _permute(a, tuple(axes))
+
+
+def permute(a: Tensor, *dims: Any) -> Tensor:
+    """Reorder the axes: output axis i is input axis ``dims[i]`` (torch.permute; negative axes allowed).
+    ``permute(a, 2, 0, 1)`` and ``permute(a, (2, 0, 1))`` are the same."""
+    a = _input(a, "permute")
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    nd = a.ndim
+    axes = tuple(_axis(d, max(nd, 1), "permute") for d in dims)
     if sorted(axes) != list(range(nd)):
-        raise ValueError(f"transpose axes {axes} are not a permutation of the {nd} axes (numpy's rule: "
-                         f"to swap two axes, list all of them)")
+        raise ValueError(f"permute: {dims} is not a permutation of the {nd} axes")
+    return _permute(a, axes)
+
+
+def _permute(a: Tensor, axes: tuple) -> Tensor:
+    xp = array_module(a.data)
     inverse = tuple(int(i) for i in np.argsort(axes))
 
     def backward(g):
@@ -275,14 +480,48 @@ def _is_basic_index(key: Any) -> bool:
     return all(k is None or k is Ellipsis or isinstance(k, (slice, int, np.integer)) for k in keys)
 
 
+def _torch_index_steps(key: tuple) -> tuple | None:
+    """A key mixing integers with index arrays or masks, as two keys applied one after the other (the
+    integers first, then the rest), which is torch's meaning: its integers are basic indexing, so
+    ``x[0, :, [1, 2]]`` is ``x[0][:, [1, 2]]``, where numpy would move the indexed axis first.
+    None for any other key."""
+    ints = arrays = False
+    for k in key:
+        if _is_int(k):
+            ints = True
+        elif not (k is None or k is Ellipsis or isinstance(k, slice)):
+            arrays = True
+    if not (ints and arrays):
+        return None
+    first, rest = [], []
+    for k in key:
+        if _is_int(k):
+            first.append(k)                      # its axis is gone after the first step
+        elif k is None:
+            first.append(None)
+            rest.append(slice(None))             # the new axis is there in the second step
+        elif k is Ellipsis or isinstance(k, slice):
+            first.append(k)
+            rest.append(k if k is Ellipsis else slice(None))
+        else:                                    # an index array or mask: all of it in the second step
+            dtype, ndim = (k.dtype, k.ndim) if hasattr(k, "dtype") else (np.asarray(k).dtype, np.ndim(k))
+            first.extend([slice(None)] * (ndim if dtype == bool else 1))
+            rest.append(k)
+    return tuple(first), tuple(rest)
+
+
 def getitem(a: Tensor, key: Any) -> Tensor:
-    """a[key]; the backward scatters grad_out back, adding where an index repeats."""
+    """a[key] with torch's meaning; the backward scatters grad_out back, adding where an index repeats."""
     if isinstance(key, Tensor):
         key = key.data
     elif isinstance(key, tuple):
         key = tuple(k.data if isinstance(k, Tensor) else k for k in key)
-    xp = array_module(a.data)
     basic = _is_basic_index(key)
+    if not basic and isinstance(key, tuple):
+        steps = _torch_index_steps(key)
+        if steps is not None:
+            return getitem(getitem(a, steps[0]), steps[1])
+    xp = array_module(a.data)
     shape, dtype = a.shape, a.dtype
 
     def backward(g):
@@ -295,12 +534,24 @@ def getitem(a: Tensor, key: Any) -> Tensor:
     return make_result(a.data[key], (a,), backward, "getitem")
 
 
+def _tensor_list(tensors: Any, op: str) -> list:
+    if isinstance(tensors, (Tensor, np.ndarray)) or is_cupy(tensors):
+        raise TypeError(f"{op} takes a sequence of tensors, got a single {type(tensors).__name__}")
+    out = [t if isinstance(t, Tensor) else Tensor(_operand_array(t, f"{op}: tensor {i}"))
+           for i, t in enumerate(tensors)]
+    if not out:
+        raise ValueError(f"{op} needs at least one tensor")
+    return out
+
+
 def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    tensors = [as_tensor(t) for t in tensors]
-    if not tensors:
-        raise ValueError("concat needs at least one tensor")
+    tensors = _tensor_list(tensors, "concat")
+    for i, t in enumerate(tensors):
+        if t.ndim == 0:
+            raise ValueError(f"concat: tensor {i} is 0-d, and 0-d tensors cannot be concatenated (use stack)")
+    axis = _axis(axis, tensors[0].ndim, "concat")
     xp = array_module(tensors[0].data)
-    sizes = [t.shape[axis] for t in tensors]
+    sizes = [t.shape[axis] if t.ndim > axis else 0 for t in tensors]
     bounds = np.cumsum(sizes)[:-1]
 
     def backward(g):
@@ -309,9 +560,8 @@ def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 
 
 def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    tensors = [as_tensor(t) for t in tensors]
-    if not tensors:
-        raise ValueError("stack needs at least one tensor")
+    tensors = _tensor_list(tensors, "stack")
+    axis = _axis(axis, tensors[0].ndim + 1, "stack")
     xp = array_module(tensors[0].data)
     n = len(tensors)
 
@@ -320,17 +570,27 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     return make_result(xp.stack([t.data for t in tensors], axis=axis), tuple(tensors), backward, "stack")
 
 
-def split(a: Tensor, sections: int | Sequence[int], axis: int = 0) -> tuple[Tensor, ...]:
-    """Split along ``axis`` into ``sections`` equal parts, or into parts of the listed sizes."""
+def split(a: Tensor, split_size: int | Sequence[int], axis: int = 0) -> tuple[Tensor, ...]:
+    """Split along ``axis`` as torch.split: an int is the size of each chunk (the last one may be
+    smaller), a list gives the size of every part (non-negative, adding up to the axis length)."""
+    a = _input(a, "split")
+    if a.ndim == 0:
+        raise ValueError("split: cannot split a 0-d tensor")
+    axis = _axis(axis, a.ndim, "split")
     length = a.shape[axis]
-    if isinstance(sections, (int, np.integer)):
-        if sections <= 0 or length % sections:
-            raise ValueError(f"cannot split an axis of length {length} into {sections} equal parts")
-        sizes = [length // sections] * int(sections)
-    else:
-        sizes = list(sections)
+    if _is_int(split_size):
+        if split_size < 0 or (split_size == 0 and length):
+            raise ValueError(f"split: split_size must be a positive int (0 only for an empty axis), got {split_size}")
+        n = int(split_size)
+        sizes = [n] * (length // n) + ([length % n] if length % n else []) if length else [0]
+    elif isinstance(split_size, (tuple, list)) and all(_is_int(s) for s in split_size):
+        sizes = [int(s) for s in split_size]
+        if any(s < 0 for s in sizes):
+            raise ValueError(f"split: sizes must be non-negative, got {sizes}")
         if builtins.sum(sizes) != length:
-            raise ValueError(f"split sizes {sizes} do not add up to the axis length {length}")
+            raise ValueError(f"split: sizes {sizes} do not add up to the axis length {length}")
+    else:
+        raise TypeError(f"split: split_size must be an int or a list of ints, got {split_size!r}")
     out, start = [], 0
     index = [slice(None)] * a.ndim
     for s in sizes:
@@ -341,12 +601,17 @@ def split(a: Tensor, sections: int | Sequence[int], axis: int = 0) -> tuple[Tens
 
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:
-    """Elementwise ``a`` where ``cond`` holds, else ``b``; ``cond`` is a boolean array (no gradient)."""
+    """Elementwise ``a`` where ``cond`` holds, else ``b``; ``cond`` is a boolean mask (no gradient).
+
+    ``a`` and ``b`` promote as the binary ops do (an integer tensor with 0.5 gives float32)."""
     if isinstance(cond, Tensor):
         cond = cond.data
     a, b = _pair(a, b)
     xp = array_module(a.data)
-    cond = xp.asarray(cond, dtype=bool)
+    cond = xp.asarray(cond)
+    if cond.dtype != bool:
+        raise TypeError(f"where: the condition must be a boolean mask, got dtype {cond.dtype} "
+                        "(compare it, e.g. cond != 0)")
     zero = a.data.dtype.type(0)
 
     def backward(g):
@@ -354,16 +619,34 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     return make_result(xp.where(cond, a.data, b.data), (a, b), backward, "where")
 
 
-def masked_fill(a: Tensor, mask: Any, value: float) -> Tensor:
-    """``a`` with ``value`` where ``mask`` is true; no gradient flows to the filled places."""
+def masked_fill(a: Tensor, mask: Any, value: Any) -> Tensor:
+    """``a`` with ``value`` where ``mask`` is true; no gradient flows to the filled places.
+
+    The result keeps ``a``'s dtype, as in torch (``value`` is cast to it). ``value`` is a number or a
+    0-d tensor (which gets the gradient of the filled places)."""
+    a = _input(a, "masked_fill")
+    if isinstance(value, Tensor):
+        if value.ndim != 0:
+            raise ValueError(f"masked_fill: value must be a number or a 0-d tensor, got shape {value.shape}")
+        if value.dtype != a.dtype:
+            value = _cast(value, a.dtype)
+    elif isinstance(value, _NUMBERS):
+        value = Tensor(array_module(a.data).asarray(value, dtype=a.dtype))
+    else:
+        raise TypeError(f"masked_fill: value must be a number or a 0-d tensor, got {type(value).__name__}")
     return where(mask, value, a)
 
 
 # ---- softmax family -----------------------------------------------------------------------------------------
 
 def softmax(a: Tensor, axis: int = -1) -> Tensor:
-    xp = array_module(a.data)
-    z = a.data - a.data.max(axis=axis, keepdims=True)
+    a = _input(a, "softmax")
+    ad = _float_data(a)
+    axis = _axis(axis, max(ad.ndim, 1), "softmax") if ad.ndim else axis
+    xp = array_module(ad)
+    if ad.size == 0:  # nothing to normalise (max over an empty axis has no identity)
+        return make_result(ad.copy(), (a,), lambda g: (g,), "softmax")
+    z = ad - ad.max(axis=axis, keepdims=True)
     e = xp.exp(z)
     out = e / e.sum(axis=axis, keepdims=True)
 
@@ -373,8 +656,13 @@ def softmax(a: Tensor, axis: int = -1) -> Tensor:
 
 
 def log_softmax(a: Tensor, axis: int = -1) -> Tensor:
-    xp = array_module(a.data)
-    z = a.data - a.data.max(axis=axis, keepdims=True)
+    a = _input(a, "log_softmax")
+    ad = _float_data(a)
+    axis = _axis(axis, max(ad.ndim, 1), "log_softmax") if ad.ndim else axis
+    xp = array_module(ad)
+    if ad.size == 0:
+        return make_result(ad.copy(), (a,), lambda g: (g,), "log_softmax")
+    z = ad - ad.max(axis=axis, keepdims=True)
     out = z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
 
     def backward(g):
@@ -386,6 +674,7 @@ def log_softmax(a: Tensor, axis: int = -1) -> Tensor:
 
 def to(a: Tensor, device_or_dtype: Any) -> Tensor:
     """Move to a device or cast to a float dtype; gradients flow back to the original."""
+    a = _input(a, "to")
     if isinstance(device_or_dtype, str):
         device = check_device(device_or_dtype)
         src = a.device

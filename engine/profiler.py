@@ -122,7 +122,7 @@ def _shares(out: Any, inputs: list) -> bool:
 _ELEMENTWISE = {"add": 1, "sub": 1, "mul": 1, "div": 1, "neg": 1, "pow": 1, "exp": 1, "log": 1, "tanh": 1,
                 "sigmoid": 3, "relu": 1, "where": 1, "mse": 3, "dropout": 2}
 _REDUCTIONS = {"sum": 1, "mean": 1, "softmax": 4, "log_softmax": 4, "cross_entropy": 4}
-_MOVES = ("reshape", "transpose", "getitem", "concat", "stack", "to", "embedding")
+_MOVES = ("reshape", "transpose", "permute", "getitem", "concat", "stack", "to", "embedding")
 _IN_KERNELS = ("spmm", "gcn_norm")  # all their array work is nested kernel calls
 
 
@@ -711,7 +711,7 @@ def _device_of_args(args: tuple) -> str:
 # The engine ops that are timed, by module: an explicit list, so what the profiler sees is greppable.
 PROFILED_OPS: dict[str, tuple[str, ...]] = {
     "tapegrad.engine.ops": ("add", "sub", "mul", "div", "neg", "pow", "exp", "log", "tanh", "sigmoid", "relu",
-                            "matmul", "sum", "mean", "reshape", "transpose", "getitem", "concat", "stack",
+                            "matmul", "sum", "mean", "reshape", "transpose", "permute", "getitem", "concat", "stack",
                             "where", "softmax", "log_softmax", "to"),
     "tapegrad.engine.nn": ("cross_entropy", "mse", "dropout", "embedding"),
     "tapegrad.engine.sparse": ("spmm", "gcn_norm"),

@@ -139,6 +139,8 @@ class Tensor:
         return self._node is None
 
     def __len__(self) -> int:
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return len(self.data)
 
     def __iter__(self) -> Iterator["Tensor"]:
@@ -251,11 +253,26 @@ class Tensor:
     def __pow__(self, exponent): return _ops.pow(self, exponent)
     def __getitem__(self, key): return _ops.getitem(self, key)
 
+    def __setitem__(self, key, value):
+        raise TypeError("tensors are immutable: x[key] = value is not supported; build the result with "
+                        "tg.where / tg.masked_fill, or write to x.data outside the graph")
+
+    # In-place arithmetic computes out of place and rebinds the name, as before; on a leaf that requires
+    # grad it is refused as torch refuses it (the name would silently stop being the parameter).
+    def __iadd__(self, other): return _ops.add(_inplace_target(self, "+="), other)
+    def __isub__(self, other): return _ops.sub(_inplace_target(self, "-="), other)
+    def __imul__(self, other): return _ops.mul(_inplace_target(self, "*="), other)
+    def __itruediv__(self, other): return _ops.div(_inplace_target(self, "/="), other)
+
     # Comparisons give plain boolean arrays (masks), never graph nodes.
     def __lt__(self, other): return self.data < _raw(other)
     def __le__(self, other): return self.data <= _raw(other)
     def __gt__(self, other): return self.data > _raw(other)
     def __ge__(self, other): return self.data >= _raw(other)
+    def __eq__(self, other): return False if other is None else self.data == _raw(other)
+    def __ne__(self, other): return True if other is None else self.data != _raw(other)
+    # elementwise == would otherwise make Tensors unhashable; the tape keys its sets and dicts by identity
+    __hash__ = object.__hash__
 
     def exp(self): return _ops.exp(self)
     def log(self): return _ops.log(self)
@@ -265,7 +282,12 @@ class Tensor:
     def sum(self, axis=None, keepdims=False): return _ops.sum(self, axis, keepdims)
     def mean(self, axis=None, keepdims=False): return _ops.mean(self, axis, keepdims)
     def reshape(self, *shape): return _ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
-    def transpose(self, *axes): return _ops.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+    def transpose(self, *dims):
+        """``x.transpose(0, 1)`` swaps two axes (torch); no argument reverses them all (``x.T``)."""
+        if len(dims) == 1:
+            return _ops.transpose(self, dims[0])
+        return _ops.transpose(self, dims or None)
+    def permute(self, *dims): return _ops.permute(self, *dims)
     def softmax(self, axis=-1): return _ops.softmax(self, axis)
     def log_softmax(self, axis=-1): return _ops.log_softmax(self, axis)
 
@@ -278,28 +300,50 @@ def _raw(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
 
+def _inplace_target(t: Tensor, op: str) -> Tensor:
+    if t.requires_grad and t._node is None and _mode.enabled:
+        raise RuntimeError(f"a leaf tensor that requires grad is used in an in-place operation ({op}); "
+                           "update its .data under tg.no_grad(), or write y = x + ... to make a new tensor")
+    return t
+
+
 def _to_array(data: Any, dtype: Any) -> Any:
-    """Python numbers and lists become float32 (as in torch's default dtype); arrays keep their dtype."""
+    """The array behind ``data``, cast to ``dtype`` when given; see :func:`_wrap` for the rules."""
+    return _wrap(data, dtype)[0]
+
+
+def _wrap(data: Any, dtype: Any) -> tuple:
+    """``(array, shared)``: the array behind ``data`` in ``dtype`` (when given), and whether it still shares
+    memory with ``data``.
+
+    As torch.tensor infers them: Python floats (and lists holding one) become float32, Python ints
+    int64, bools bool; numpy scalars and arrays keep their dtype; arrays and DLPack / CUDA array
+    producers are taken without a copy (``shared``).
+    """
     dtype = None if dtype is None else np.dtype(dtype)
+    shared = True
     if isinstance(data, np.ndarray) or is_cupy(data):
         arr = data
     elif hasattr(data, "__dlpack_device__") and not isinstance(data, np.generic):
-        arr = _from_dlpack(data)  # torch, JAX, ...: shared, not copied
+        arr = _from_dlpack(data)  # torch, JAX, ...
     elif hasattr(data, "__cuda_array_interface__"):
         require_cuda()
-        import cupy  # a GPU array from another library (Numba, ...): shared, not copied
+        import cupy  # a GPU array from another library (Numba, ...)
         arr = cupy.asarray(data)
     elif isinstance(data, np.generic):
-        arr = np.asarray(data)
+        arr, shared = np.asarray(data), False
     else:
-        arr = np.asarray(data)
-        if arr.dtype.kind in "iuf" and dtype is None:
+        arr, shared = np.asarray(data), False
+        kind = arr.dtype.kind
+        if kind == "f" and dtype is None:
             dtype = np.dtype(np.float32)
-        elif arr.dtype.kind not in "biuf":
+        elif kind == "u" and dtype is None:  # numpy's choice for an int above int64's range
+            raise ValueError(f"cannot make a tensor from {type(data).__name__}: an integer does not fit in int64")
+        elif kind not in "biuf":
             raise TypeError(f"cannot make a tensor from {type(data).__name__} (array dtype {arr.dtype})")
     if dtype is not None and arr.dtype != dtype:
-        arr = arr.astype(dtype)
-    return arr
+        arr, shared = arr.astype(dtype), False
+    return arr, shared
 
 
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
@@ -333,22 +377,67 @@ def from_dlpack(obj: Any, requires_grad: bool = False) -> "Tensor":
 
 
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None, device: str | None = None) -> Tensor:
-    """Make a leaf tensor.
+    """Make a leaf tensor from a copy of ``data``, as ``torch.tensor`` does.
 
-    Floating arrays keep their dtype (float64 stays float64, as in torch); Python numbers and lists
-    become float32; integer arrays stay integer (targets, indices). ``device='cuda'`` puts the data on
-    the GPU (cupy).
+    dtypes as torch infers them: Python floats (and lists of them) become float32, Python ints int64,
+    bools bool; arrays keep their dtype (float64 stays float64, integer ids stay integer).
+    ``device='cuda'`` puts the data on the GPU (cupy).
+
+    The data is always copied, so later writes to the tensor (an optimiser step) never reach the
+    caller's array and the other way round. :func:`from_numpy` and :func:`from_dlpack` share memory
+    instead, as ``torch.from_numpy`` / ``torch.from_dlpack`` do.
     """
     if isinstance(data, Tensor):
         data = data.data
-    arr = _to_array(data, dtype)
+    arr, shared = _wrap(data, dtype)
+    if device is not None:
+        moved = to_device(arr, check_device(device))
+        shared = shared and moved is arr
+        arr = moved
+    if shared:
+        arr = arr.copy()
+    return Tensor(_checked(arr), requires_grad=requires_grad)
+
+
+def as_tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
+    """``data`` as a tensor without a copy where none is needed, as ``torch.as_tensor``.
+
+    A Tensor of that dtype and device comes back as it is; an array (numpy, cupy, or any DLPack or
+    ``__cuda_array_interface__`` producer: torch, JAX, Numba) of that dtype on that device is shared,
+    so writes through either side are seen by the other. Anything else is converted (a copy), with
+    the dtypes :func:`tensor` infers.
+    """
+    if isinstance(data, Tensor):
+        if (dtype is None or data.dtype == np.dtype(dtype)) and (device is None or data.device == check_device(device)):
+            return data
+        data = data.data
+    arr, _ = _wrap(data, dtype)
     if device is not None:
         arr = to_device(arr, check_device(device))
+    return Tensor(_checked(arr))
+
+
+def _checked(arr: Any) -> Any:
     if arr.dtype.kind == "f" and arr.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"tapegrad computes in float32 or float64; got {arr.dtype} (pass dtype=)")
     if arr.dtype.kind not in "biuf":  # complex, strings, objects
         raise TypeError(f"tapegrad tensors hold real numbers or booleans; got dtype {arr.dtype}")
-    return Tensor(arr, requires_grad=requires_grad)
+    return arr
+
+
+def from_numpy(a: np.ndarray) -> Tensor:
+    """A leaf tensor sharing the memory of numpy array ``a`` (no copy), as ``torch.from_numpy``.
+
+    Writes through either side are seen by the other, an optimiser step included; :func:`tensor`
+    copies instead.
+    """
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype.kind == "f" and a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"tapegrad computes in float32 or float64; got {a.dtype}")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"tapegrad tensors hold real numbers or booleans; got dtype {a.dtype}")
+    return Tensor(a)
 
 
 def _array(a: Any) -> Any:
@@ -406,7 +495,7 @@ def unbroadcast(grad: Any, shape: tuple) -> Any:
 
 def _topological_order(root: Tensor) -> list:
     """Tensors that need a gradient, children after parents, found with an explicit stack."""
-    # Tensors hash by identity (Tensor defines no __eq__), so they key the set and dicts directly.
+    # Tensors hash by identity (__hash__ is object's; == is elementwise), so they key the set and dicts.
     order: list = []
     seen: set = set()
     stack = [(root, False)]
@@ -428,7 +517,13 @@ def _topological_order(root: Tensor) -> list:
     return order
 
 
-def backprop(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
+def backprop(root: Tensor, grad: Any, retain_graph: bool = False, capture: dict | None = None) -> None:
+    """Walk the graph from ``root`` with ``grad_out = grad``, accumulating into the leaves' ``.grad``.
+
+    With ``capture`` (a dict keyed by tensors), no ``.grad`` is written: the gradient reaching each key
+    is stored as its value instead, and the walk does not go on through a key (a key that is not a leaf
+    counts as an independent input, as the inputs of ``torch.autograd.grad`` do).
+    """
     order = _topological_order(root)
     grads = {root: grad}
     anomaly = _mode.anomaly
@@ -439,6 +534,12 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
             if node is not None and not retain_graph:
                 t._node = _RELEASED
             continue
+        if capture is not None:
+            if t in capture:
+                capture[t] = g.astype(t.data.dtype, copy=True)
+                continue
+            if node is None:
+                continue
         if node is None:
             g = g.astype(t.data.dtype, copy=True)
             t.grad = g if t.grad is None else _array(t.grad + g)
@@ -464,6 +565,25 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
             grads[p] = pg if prev is None else _array(prev + pg)
         if not retain_graph:
             t._node = _RELEASED
+
+
+def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None) -> list:
+    """The gradients of ``output`` with respect to ``inputs`` (as ``torch.autograd.grad``), one array or
+    None (no path) per input, without touching any ``.grad``. The graph is kept (retain_graph)."""
+    if not output.requires_grad:
+        raise RuntimeError("grad() of an output that does not require grad")
+    xp = array_module(output.data)
+    if grad_output is None:
+        if output.data.size != 1:
+            raise RuntimeError(f"grad() without grad_output needs a one-element output, got shape {output.shape}")
+        grad_output = xp.ones_like(output.data)
+    else:
+        grad_output = xp.asarray(_raw(grad_output), dtype=output.dtype)
+        if grad_output.shape != output.shape:
+            raise ValueError(f"grad_output has shape {grad_output.shape}, expected {output.shape}")
+    capture = {t: None for t in inputs}
+    backprop(output, grad_output, retain_graph=True, capture=capture)
+    return [capture[t] for t in inputs]
 
 
 from . import ops as _ops  # noqa: E402  (operators above resolve ops at call time)

@@ -341,8 +341,9 @@ def test_save_and_load_a_gpu_model(cp, tmp_path):
 # ---- arrays from other libraries, without copies ------------------------------------------------------------
 def test_cupy_arrays_in_and_out_without_copies(cp):
     a = cp.arange(6, dtype=cp.float32).reshape(2, 3)
-    t = tg.tensor(a)
+    t = tg.as_tensor(a)
     assert t.data.data.ptr == a.data.ptr
+    assert tg.tensor(a).data.data.ptr != a.data.ptr  # tensor() copies, as torch.tensor
     back = cp.from_dlpack(t)
     assert back.data.ptr == a.data.ptr
     assert cp.asarray(t).data.ptr == a.data.ptr  # __cuda_array_interface__
@@ -354,7 +355,7 @@ def test_torch_cuda_tensors_in_and_out_without_copies(cp):
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA device")
     src = torch.arange(12, dtype=torch.float32, device="cuda").reshape(3, 4)
-    t = tg.tensor(src)
+    t = tg.as_tensor(src)
     assert t.device == "cuda" and t.data.data.ptr == src.data_ptr()
     t.data[0, 0] = 42.0
     torch.cuda.synchronize()
@@ -376,7 +377,7 @@ def test_jax_gpu_arrays_in_and_out(cp):
         pytest.skip(f"JAX has no GPU here: {e}")
     jnp = pytest.importorskip("jax.numpy")
     a = jax.device_put(jnp.arange(8, dtype=jnp.float32), gpus[0])
-    t = tg.tensor(a)
+    t = tg.as_tensor(a)
     assert t.device == "cuda"
     np.testing.assert_array_equal(t.numpy(), np.arange(8, dtype=np.float32))
     back = jax.dlpack.from_dlpack(t * 3.0)

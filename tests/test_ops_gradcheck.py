@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
+from tapegrad.engine import ops  # permute: not exported as tg.permute yet
 
 RNG = np.random.default_rng(1234)
 
@@ -119,6 +120,23 @@ CASES = [
     ("embedding", lambda w: tg.embedding(w, np.array([[0, 2], [2, 2]])), (rand(3, 2),)),
     ("embedding_1d_ids", lambda w: tg.embedding(w, [1, 1, 0]), (rand(3, 4),)),
     ("diamond", lambda a: (lambda y: y * y + y.exp())(a * 2 - 1), (rand(2, 2),)),
+    # the fixes of the engine audit (/work/audit/engine/REPORT.md): each changed op, in float64
+    ("sigmoid_wide_range", tg.sigmoid, (np.array([[-40.0, -20.0, -3.0], [0.5, 20.0, 40.0]]),)),
+    ("sigmoid_log_bce", lambda a: -tg.log(tg.sigmoid(a)), (np.array([-30.0, -17.0, -1.0, 2.0]),)),
+    ("transpose_pair_swap", lambda a: tg.transpose(a, 0, 2), (rand(2, 3, 2),)),
+    ("transpose_pair_2d", lambda a: a.transpose(0, 1) @ np.arange(2.0), (rand(2, 3),)),
+    ("permute", lambda a: a.permute(2, 0, 1), (rand(2, 3, 2),)),
+    ("permute_tuple_negative", lambda a: ops.permute(a, (-1, 0, 1)), (rand(2, 3, 2),)),
+    ("getitem_int_slice_array", lambda a: a[0, :, [1, 2, 1]], (rand(2, 3, 4),)),
+    ("getitem_int_slice_mask", lambda a: a[1, :, np.array([True, False, True, False])], (rand(2, 3, 4),)),
+    ("getitem_int_none_array", lambda a: a[0, None, :, [3, 0]], (rand(2, 3, 4),)),
+    ("split_chunks", lambda a: tg.concat(tg.split(a, 2, axis=1)[::-1], axis=1), (rand(2, 5),)),
+    ("where_int_branch", lambda a: tg.where(np.array([True, False, True]), a, np.array([1, 2, 3])), (rand(3),)),
+    ("masked_fill_0d_tensor_value", lambda a, v: tg.masked_fill(a, np.array([[True, False, True]]), v),
+     (rand(2, 3), rand())),
+    ("mse_int_target", lambda a: tg.mse(a, np.array([[1, 2, 3], [0, 1, 2]])), (rand(2, 3),)),
+    ("div_by_int_array", lambda a: a / np.array([1, 2, 4]), (rand(2, 3),)),
+    ("mul_int_0d", lambda a: a * np.array(3), (rand(2, 3),)),
 ]
 
 
@@ -131,7 +149,7 @@ def test_every_public_op_has_a_gradcheck_case():
     covered = " ".join(c[0] for c in CASES)
     for op in ("add", "sub", "mul", "div", "neg", "pow", "exp", "log", "tanh", "sigmoid", "relu", "matmul",
                "sum", "mean", "reshape", "transpose", "getitem", "concat", "stack", "split", "where",
-               "masked_fill", "softmax", "log_softmax", "cross_entropy", "mse", "dropout", "embedding"):
+               "masked_fill", "softmax", "log_softmax", "cross_entropy", "mse", "dropout", "embedding", "permute"):
         assert op in covered, op
 
 
@@ -169,6 +187,45 @@ def test_gradcheck_leaves_inputs_and_grads_clean():
     tg.gradcheck(lambda t: t.exp(), [x])
     np.testing.assert_array_equal(x.data, before)
     assert x.grad is None
+
+
+def test_gradcheck_keeps_the_callers_grads_also_when_it_fails():
+    x, = P(rand(3))
+    w = tg.tensor(rand(3), requires_grad=True)  # read through a closure: gets no grad either
+    x.grad = np.full(3, 7.0)
+    assert tg.gradcheck(lambda t: (t * w).exp(), [x])
+    np.testing.assert_array_equal(x.grad, 7.0)
+    assert w.grad is None
+    before = x.data.copy()
+    with pytest.raises(AssertionError, match="input 0"):
+        tg.gradcheck(_wrong_square, [x])
+    np.testing.assert_array_equal(x.grad, 7.0)
+    np.testing.assert_array_equal(x.data, before)
+
+
+def test_gradcheck_of_an_input_given_twice():
+    x, = P(rand(3))
+    assert tg.gradcheck(lambda a, b: a * b, [x, x])
+    assert tg.gradcheck(lambda a, b: a * b.exp() + b, [x, x])
+    with pytest.raises(AssertionError, match="input 0"):  # a wrong backward in either place shows
+        tg.gradcheck(lambda a, b: a + _wrong_square(b), [x, x])
+
+
+def test_gradcheck_of_a_non_leaf_input_checks_it_as_an_independent_variable():
+    x, = P(rand(3))
+    h = x * 2.0 + 1.0
+    assert tg.gradcheck(lambda a: a.exp() * a, [h])
+    assert tg.gradcheck(lambda a, b: a * b, [x, h])  # h is held fixed when x moves, as in the check
+    assert x.grad is None
+    h.sum().backward()  # the caller's graph through h is still there
+    np.testing.assert_array_equal(x.grad, 2.0)
+    with pytest.raises(AssertionError, match="input 0"):
+        tg.gradcheck(_wrong_square, [h])
+
+
+def test_gradcheck_still_works_when_fn_reads_its_inputs_through_a_closure():
+    w, = P(rand(2, 3))
+    assert tg.gradcheck(lambda *_: (w * w).sum(axis=0), [w])
 
 
 # ---- random-direction VJP against torch on realistic shapes -------------------------------------------------
@@ -422,11 +479,19 @@ def test_embedding_errors_and_weight_as_array():
 
 def test_split_errors():
     x = tg.tensor(np.ones((2, 5)))
-    with pytest.raises(ValueError, match="equal parts"):
-        tg.split(x, 2, axis=1)
     with pytest.raises(ValueError, match="add up"):
         tg.split(x, [2, 2], axis=1)
-    assert [p.shape for p in tg.split(x, 5, axis=-1)] == [(2, 1)] * 5
+    with pytest.raises(ValueError, match="non-negative"):
+        tg.split(x, [6, -1], axis=1)
+    with pytest.raises(ValueError, match="positive"):
+        tg.split(x, 0, axis=1)
+    with pytest.raises(ValueError, match="out of range"):
+        tg.split(x, 1, axis=2)
+    with pytest.raises(TypeError, match="split_size"):
+        tg.split(x, 1.5)
+    assert [p.shape for p in tg.split(x, 1, axis=-1)] == [(2, 1)] * 5  # torch: chunks of size 1
+    assert [p.shape for p in tg.split(x, 2, axis=1)] == [(2, 2), (2, 2), (2, 1)]
+    assert [p.shape for p in tg.split(x, 7, axis=1)] == [(2, 5)]
 
 
 def test_concat_and_stack_need_tensors():

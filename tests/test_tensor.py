@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
+from tapegrad.engine.tensor import from_numpy
 
 
 def leaf(a, dtype=np.float64):
@@ -23,11 +24,19 @@ def test_tensor_keeps_a_floating_arrays_dtype(dtype):
     np.testing.assert_array_equal(t.numpy(), a)
 
 
-@pytest.mark.parametrize("data", [1.5, 2, [1, 2, 3], [[1.0, 2.0]], (1.0, 2.0)])
-def test_python_numbers_and_lists_become_float32(data):
+@pytest.mark.parametrize("data", [1.5, [1.0, 2.0, 3.0], [[1.0, 2.0]], (1.0, 2.0), [1, 2.5]])
+def test_python_floats_and_float_lists_become_float32(data):
     t = tg.tensor(data)
     assert t.dtype == np.float32
     np.testing.assert_array_equal(t.numpy(), np.asarray(data, dtype=np.float32))
+
+
+@pytest.mark.parametrize("data,dtype", [(2, np.int64), ([1, 2, 3], np.int64), ([[0], [2]], np.int64),
+                                        (True, np.bool_), ([True, False], np.bool_)])
+def test_python_ints_become_int64_and_bools_bool_as_in_torch(data, dtype):
+    t = tg.tensor(data)
+    assert t.dtype == dtype
+    np.testing.assert_array_equal(t.numpy(), np.asarray(data))
 
 
 def test_numpy_scalars_keep_their_dtype():
@@ -66,11 +75,12 @@ def test_requires_grad_on_an_integer_tensor_is_a_type_error():
         tg.Tensor(np.array([True]), requires_grad=True)
 
 
-def test_tensor_from_a_tensor_shares_data():
-    a = tg.tensor(np.ones(3))
+def test_tensor_from_a_tensor_copies_its_data():
+    a = tg.tensor(np.ones(3), requires_grad=True)
     b = tg.tensor(a)
-    assert b.data is a.data
-    assert not b.requires_grad
+    assert not np.shares_memory(b.data, a.data)
+    np.testing.assert_array_equal(b.numpy(), a.numpy())
+    assert not b.requires_grad and b.is_leaf
 
 
 def test_tensor_from_torch():
@@ -112,8 +122,9 @@ def test_properties():
 
 def test_numpy_shares_memory_on_cpu():
     a = np.arange(3.0)
-    t = tg.tensor(a)
+    t = from_numpy(a)
     assert np.shares_memory(t.numpy(), a)
+    assert not np.shares_memory(tg.tensor(a).numpy(), a)  # tensor() copies, as torch.tensor
 
 
 def test_item_and_its_error():
@@ -221,6 +232,7 @@ def test_integer_tensor_with_a_python_float_is_not_truncated():
     t = tg.tensor(np.array([1, 2]))
     np.testing.assert_allclose((t * 2.5).numpy(), [2.5, 5.0])
     np.testing.assert_allclose((t + 0.5).numpy(), [1.5, 2.5])
+    assert (t * 2.5).dtype == np.float32 and (t + 0.5).dtype == np.float32  # torch's default dtype
     assert (t * 2).dtype == np.int64
 
 
@@ -239,6 +251,17 @@ def test_comparisons_give_boolean_arrays():
     assert isinstance(m, np.ndarray) and m.dtype == bool
     np.testing.assert_array_equal(m, [False, True, True])
     np.testing.assert_array_equal(t <= tg.tensor(np.array([1.0, 1.0, 5.0])), [True, False, True])
+
+
+def test_eq_and_ne_are_elementwise_masks_like_the_other_comparisons():
+    t = tg.tensor(np.array([0.0, 1.0, 0.0, 2.0]))
+    for m, expect in ((t == 0, [True, False, True, False]), (t != 0, [False, True, False, True]),
+                      (t == tg.tensor(np.array([0.0, 0.0, 1.0, 2.0])), [True, False, False, True]),
+                      (0 == t, [True, False, True, False])):
+        assert isinstance(m, np.ndarray) and m.dtype == bool
+        np.testing.assert_array_equal(m, expect)
+    assert (t == None) is False and (t != None) is True  # noqa: E711 (torch answers so too)
+    assert hash(t) == object.__hash__(t)
 
 
 def test_operands_on_different_devices_are_rejected_clearly():
@@ -348,17 +371,21 @@ def test_transpose_permutations_including_negative_axes():
         np.testing.assert_array_equal(x.grad, g.transpose(1, 2, 0))
 
 
-def test_transpose_takes_a_full_permutation_like_numpy():
+def test_transpose_of_two_axes_swaps_them_as_torch_and_a_full_permutation_still_permutes():
     a = np.arange(24.0).reshape(2, 3, 4)
     x = leaf(a)
-    y = x.transpose(2, 1, 0)
+    y = x.transpose(2, 1, 0)  # a full permutation (ndim != 2): numpy's meaning, kept
     np.testing.assert_array_equal(y.numpy(), np.swapaxes(a, 0, 2))
     assert x.transpose(0, -1, 1).shape == (2, 4, 3)
-    with pytest.raises(ValueError, match="permutation"):
-        x.transpose(0, 2)  # torch's swap-two-dims spelling is refused, not misread
+    np.testing.assert_array_equal(x.transpose(0, 2).numpy(), np.swapaxes(a, 0, 2))  # torch: swap two
+    np.testing.assert_array_equal(tg.transpose(x, -1, 1).numpy(), np.swapaxes(a, 1, 2))
     b = np.arange(6.0).reshape(2, 3)
-    np.testing.assert_array_equal(tg.tensor(b).transpose(0, 1).numpy(), b)  # numpy: the identity
+    np.testing.assert_array_equal(tg.tensor(b).transpose(0, 1).numpy(), b.T)  # torch: a swap, not the identity
     np.testing.assert_array_equal(tg.tensor(b).transpose(1, 0).numpy(), b.T)
+    np.testing.assert_array_equal(tg.tensor(b).transpose((0, 1)).numpy(), b.T)
+    np.testing.assert_array_equal(tg.tensor(np.arange(3.0)).transpose(0, 0).numpy(), np.arange(3.0))
+    with pytest.raises(ValueError, match="two axes"):
+        x.transpose(0)
 
 
 def test_T_reverses_axes_and_transpose_rejects_bad_axes():
@@ -367,8 +394,10 @@ def test_T_reverses_axes_and_transpose_rejects_bad_axes():
     assert tg.tensor(np.ones(3)).T.shape == (3,)
     with pytest.raises(ValueError):
         tg.tensor(a).transpose(0, 0, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="out of range"):
         tg.tensor(a).transpose(0, 3)
+    with pytest.raises(ValueError, match="permutation"):
+        tg.tensor(a).permute(0, 0, 1)
 
 
 # ---- indexing -----------------------------------------------------------------------------------------------
