@@ -136,6 +136,8 @@ def load_planetoid(name_or_path: Any = "cora") -> Planetoid:
     missing = [k for k in ("adj_indptr", "adj_indices") if k not in d]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; a graph file needs adj_indptr and adj_indices")
+    if d["adj_indptr"].ndim != 1:
+        raise ValueError(f"{path}: adj_indptr must be a 1-D integer array [N + 1], got shape {d['adj_indptr'].shape}")
     n = len(d["adj_indptr"]) - 1
     if n <= 0:
         raise ValueError(f"{path}: the graph has no nodes")
@@ -192,10 +194,10 @@ def row_normalize(x: CSR) -> CSR:
     dtype = host.dtype or np.dtype(np.float32)
     vals = np.ones(host.nnz, dtype=dtype) if host.data is None else host.data
     counts = np.diff(host.indptr)
-    sums = np.add.reduceat(vals.astype(np.float64), host.indptr[:-1]) if host.nnz else np.zeros(len(counts))
-    sums = np.where(counts > 0, sums, 0.0)  # reduceat repeats the next value for empty rows
-    inv = np.where(sums != 0, 1.0 / np.where(sums != 0, sums, 1.0), 0.0)
     rows = np.repeat(np.arange(len(counts)), counts)
+    # bincount, not add.reduceat: reduceat is handed an out-of-range start for trailing empty rows
+    sums = np.bincount(rows, weights=vals.astype(np.float64), minlength=len(counts))
+    inv = np.where(sums != 0, 1.0 / np.where(sums != 0, sums, 1.0), 0.0)
     out = CSR(host.indptr, host.indices, (vals * inv[rows]).astype(dtype), host.shape)
     return out.to(x.device)
 

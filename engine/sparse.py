@@ -20,9 +20,14 @@ def _values_as(data: Any, dtype) -> Any:
 def spmm(A: CSR, x: Any, values: Tensor | None = None) -> Tensor:
     """Y = A @ X with A sparse (CSR) and X dense.
 
-    A: [N, M] CSR; x: [M, F] (or [M]) tensor -> [N, F] (or [N]). ``values`` ([nnz] tensor) replaces A's
-    stored values and may require grad. Backward: dX = A^T dY through A's cached transpose (a gather:
-    deterministic, no write races); dvalues_k = <dY_i, X_j> for entry k = (i, j), an SDDMM.
+    A: [N, M] CSR; x: [M, F] (or [M]) tensor -> [N, F] (or [N]). ``values`` ([nnz] tensor of x's dtype)
+    replaces A's stored values and may require grad. Backward: dX = A^T dY through A's cached transpose
+    (a gather: deterministic, no write races); dvalues_k = <dY_i, X_j> for entry k = (i, j), an SDDMM.
+
+    Row i gathers, Y[i] = sum_j A[i, j] X[j]: in message passing the rows of A are the receiving
+    (target) nodes. For a PyG ``edge_index`` that is ``CSR.from_edge_index(ei, flow="source_to_target")``
+    (A[target, source]); the default ``CSR.from_edge_index(ei)`` is A[source, target], which on a
+    directed graph sends messages from targets to sources.
     """
     if not isinstance(A, CSR):
         raise TypeError(f"spmm needs a tapegrad.CSR as A, got {type(A).__name__}")
@@ -47,6 +52,8 @@ def spmm(A: CSR, x: Any, values: Tensor | None = None) -> Tensor:
             raise ValueError(f"values must have shape ({A.nnz},), got {values.shape}")
         if values.device != x.device:
             raise ValueError(f"values are on {values.device} but x is on {x.device}")
+        if values.dtype != dtype:  # as torch: no silent cast, whose gradient would come back in the other dtype
+            raise TypeError(f"values have dtype {values.dtype} but x has {dtype}; use one float dtype")
         vals = _values_as(values.data, dtype)
     else:
         vals = _values_as(A.data, dtype)
@@ -73,6 +80,12 @@ def gcn_norm(A: CSR, add_self_loops: bool = True, improved: bool = False, dtype:
     Self-loops are added only to nodes without one (an existing loop keeps its weight); D is the row
     sum of A + I; a node of zero degree gives a zero row. Edge weights (A's values) are respected.
     ``dtype`` of the result defaults to A's value dtype, or float32 for an unweighted A.
+
+    Rows are the receiving nodes, as :func:`spmm` gathers along rows: PyG's ``gcn_norm`` / ``GCNConv``
+    on a directed ``edge_index`` (in-degrees, messages source -> target) is
+    ``gcn_norm(CSR.from_edge_index(ei, flow="source_to_target"))``. The default
+    ``CSR.from_edge_index(ei)`` is A[source, target] (PyG's ``to_scipy_sparse_matrix``), whose row sums
+    are out-degrees; the two agree on undirected graphs.
     """
     if not isinstance(A, CSR):
         raise TypeError(f"gcn_norm needs a tapegrad.CSR, got {type(A).__name__}")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import registry, validate
-from .csr import CSR
+from .csr import CSR, transpose_arrays, widened_indices
 from .registry import gpu_backend, set_gpu_backend
 
 __all__ = [
@@ -34,8 +34,8 @@ def _backend(like: Any, backend: str | None) -> str:
     return name
 
 
-def _check_csr_operand(indptr, indices, data, n_cols: int | None, like) -> tuple[int, int]:
-    n_rows, nnz = validate.csr_structure(indptr, indices, n_cols=n_cols)
+def _check_csr_operand(indptr, indices, data, n_cols: int | None, like, n_cols_from: str) -> tuple[int, int]:
+    n_rows, nnz = validate.csr_structure(indptr, indices, n_cols=n_cols, n_cols_from=n_cols_from)
     validate.same_device("indptr", indptr, like)
     validate.csr_values(data, nnz)
     if data is not None:
@@ -50,11 +50,13 @@ def spmm(indptr: Any, indices: Any, data: Any, x: Any, out: Any = None, backend:
 
     indptr [n_rows+1], indices [nnz] (int32/int64), data [nnz] or None (all ones), x [n_cols, F]
     float32/float64 -> Y [n_rows, F] of x's dtype. Parallel over rows, balanced by nonzeros.
+    Row i gathers: Y[i] = sum_k data[k] X[indices[k]] over row i's entries, so for message passing the
+    rows are the receiving (target) nodes.
     """
     validate.float_array("x", x, 2)
     if not x.flags.c_contiguous:
         raise ValueError("x must be C-contiguous (row-major)")
-    n_rows, _ = _check_csr_operand(indptr, indices, data, x.shape[0], x)
+    n_rows, _ = _check_csr_operand(indptr, indices, data, x.shape[0], x, "x")
     if out is not None:
         validate.output("out", out, (n_rows, x.shape[1]), x.dtype, x)
         validate.no_overlap("out", out, x=x, data=data, indptr=indptr, indices=indices)
@@ -70,7 +72,7 @@ def sddmm(indptr: Any, indices: Any, a: Any, b: Any, out: Any = None, backend: s
     if not (a.flags.c_contiguous and b.flags.c_contiguous):
         raise ValueError("a and b must be C-contiguous")
     validate.same_device("b", b, a)
-    n_rows, nnz = _check_csr_operand(indptr, indices, None, b.shape[0], a)
+    n_rows, nnz = _check_csr_operand(indptr, indices, None, b.shape[0], a, "b")
     if a.shape[0] != n_rows:
         raise ValueError(f"a must have n_rows = {n_rows} rows, got {a.shape[0]}")
     if out is not None:
@@ -80,14 +82,17 @@ def sddmm(indptr: Any, indices: Any, a: Any, b: Any, out: Any = None, backend: s
 
 
 def csr_transpose(indptr: Any, indices: Any, data: Any, n_cols: int, backend: str | None = None):
-    """A^T in CSR: (indptr_t, indices_t, data_t or None, perm) with data_t = data[perm]."""
-    if int(n_cols) != n_cols or n_cols <= 0:
-        raise ValueError(f"n_cols must be a positive integer, got {n_cols!r}")
-    _, nnz = validate.csr_structure(indptr, indices, n_cols=int(n_cols))
+    """A^T in CSR: (indptr_t, indices_t, data_t or None, perm) with data_t = data[perm].
+
+    indices_t holds A's row ids: it has indices' dtype when that holds n_rows - 1, else int32 (or int64
+    when n_rows - 1 exceeds int32), so int8/int16 column ids of a tall matrix never wrap.
+    """
+    n_cols = validate.size("n_cols", n_cols, minimum=1)
+    n_rows, nnz = validate.csr_structure(indptr, indices, n_cols=n_cols)
     validate.csr_values(data, nnz)
     if data is not None:
         validate.same_device("data", data, indptr)
-    return registry.call("csr_transpose", _backend(indptr, backend), indptr, indices, data, int(n_cols))
+    return transpose_arrays(_backend(indptr, backend), indptr, indices, data, n_rows, n_cols)
 
 
 def gcn_norm(indptr: Any, indices: Any, data: Any, num_nodes: int, add_self_loops: bool = True,
@@ -95,18 +100,27 @@ def gcn_norm(indptr: Any, indices: Any, data: Any, num_nodes: int, add_self_loop
     """P = D^-1/2 (A + fill_value I) D^-1/2 on a square CSR A: (indptr, indices, data of ``dtype``).
 
     Self-loops are added only where missing; D is the row sum of A + I; zero-degree rows stay zero.
+    Rows are the receiving nodes (the rows :func:`spmm` gathers), so D holds in-degrees when
+    A[target, source] is built from a PyG edge_index (``CSR.from_edge_index(ei, flow="source_to_target")``).
+    The result's indices keep indices' dtype unless an added self-loop id (up to num_nodes - 1) does
+    not fit it; then they are int32 (or int64).
     """
     dtype = np.dtype(dtype)
     if dtype not in validate.FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    if int(num_nodes) != num_nodes or num_nodes <= 0:
-        raise ValueError(f"num_nodes must be a positive integer (a graph with zero nodes has no GCN), got {num_nodes!r}")
-    _, nnz = validate.csr_structure(indptr, indices, n_rows=int(num_nodes), n_cols=int(num_nodes))
+    try:
+        num_nodes = validate.size("num_nodes", num_nodes, minimum=1)
+    except ValueError:
+        raise ValueError(f"num_nodes must be a positive integer (a graph with zero nodes has no GCN), "
+                         f"got {num_nodes!r}") from None
+    _, nnz = validate.csr_structure(indptr, indices, n_rows=num_nodes, n_cols=num_nodes)
     validate.csr_values(data, nnz)
     if data is not None:
         validate.same_device("data", data, indptr)
+    if add_self_loops:
+        indices = widened_indices(indices, num_nodes)
     return registry.call("gcn_norm", _backend(indptr, backend), indptr, indices, data,
-                         int(num_nodes), bool(add_self_loops), float(fill_value), dtype)
+                         num_nodes, bool(add_self_loops), float(fill_value), dtype)
 
 
 def _same_float(names: tuple, arrays: tuple, shapes: tuple) -> None:
@@ -126,6 +140,7 @@ def _check_outputs(names: tuple, outs: tuple, shapes: tuple, like) -> None:
     for name, out, shape in zip(names, outs, shapes):
         if out is not None:
             validate.output(name, out, shape, like.dtype, like)
+    validate.distinct_outputs(**dict(zip(names, outs)))
 
 
 def lstm_cell_fwd(z, c_prev, gates=None, c=None, h=None, backend: str | None = None):

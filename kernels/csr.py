@@ -11,8 +11,10 @@ from . import registry, validate
 class CSR:
     """A sparse matrix in compressed sparse row form.
 
-    indptr: [n_rows + 1] integers, indices: [nnz] column ids (int32 or int64), data: [nnz] float32/float64
-    values, or None meaning every stored value is 1 (an unweighted graph, stored without values).
+    indptr: [n_rows + 1] integers, indices: [nnz] column ids (int32 or int64; a narrower integer dtype
+    is accepted, and the transpose then gets int32/int64 ids when it cannot hold n_rows - 1), data:
+    [nnz] float32/float64 values, or None meaning every stored value is 1 (an unweighted graph,
+    stored without values). Index lists must hold integers (floats are refused, not truncated).
     ``shape`` defaults to square when every column id is below n_rows (an adjacency matrix), else to
     (n_rows, max column id + 1). Arrays are numpy or cupy and are validated once, on construction; the
     matrix is treated as immutable, so its transpose is computed once and cached.
@@ -28,9 +30,7 @@ class CSR:
             top = int(indices.max()) + 1 if nnz else 0
             shape = (n_rows, n_rows if top <= n_rows else top)
         else:
-            if len(shape) != 2 or any(int(s) != s or s < 0 for s in shape):
-                raise ValueError(f"shape must be two non-negative integers, got {shape!r}")
-            shape = (int(shape[0]), int(shape[1]))
+            shape = _shape(shape)
             validate.csr_structure(indptr, indices, n_rows=shape[0], n_cols=shape[1])
         if data is not None:
             if isinstance(data, (list, tuple)):
@@ -66,11 +66,19 @@ class CSR:
     # ---- conversion --------------------------------------------------------------------------------------------
     @classmethod
     def from_scipy(cls, m: Any) -> "CSR":
-        """From any scipy.sparse matrix or array (converted to CSR; duplicates summed)."""
+        """From any scipy.sparse matrix or array (converted to CSR; duplicates summed, columns sorted).
+
+        The arrays are copied: ``m`` and the arrays it was built from are never changed, and later
+        changes to them do not reach this (immutable, transpose-cached) matrix. float32/float64 values
+        are kept; integer, bool and float16 values become float32; complex values raise TypeError.
+        """
         import scipy.sparse as sp
         if not sp.issparse(m):
             raise TypeError(f"from_scipy needs a scipy.sparse matrix, got {type(m).__name__}")
-        m = sp.csr_matrix(m)
+        if m.dtype.kind == "c":
+            raise TypeError(f"from_scipy needs real values, got {m.dtype} (take .real or abs() first)")
+        # copy=True: sum_duplicates sorts and sums in place, and a csr input would otherwise be shared
+        m = sp.csr_matrix(m, copy=True)
         m.sum_duplicates()
         data = m.data if m.data.dtype in validate.FLOAT_DTYPES else m.data.astype(np.float32)
         return cls(m.indptr, m.indices, data, m.shape)
@@ -87,21 +95,44 @@ class CSR:
         return self.to_scipy().toarray()
 
     @classmethod
-    def from_edge_index(cls, edge_index: Any, num_nodes: int | None = None, edge_weight: Any = None) -> "CSR":
-        """The adjacency A with A[edge_index[0, e], edge_index[1, e]] = edge_weight[e] (1 when None).
+    def from_edge_index(cls, edge_index: Any, num_nodes: int | None = None, edge_weight: Any = None,
+                        flow: str | None = None) -> "CSR":
+        """A square CSR [N, N] from a PyG-style ``edge_index`` (row 0 the sources, row 1 the targets).
 
-        edge_index: [2, E] integers (numpy or a CPU torch tensor). Duplicate edges are summed; columns
-        end up sorted within each row. ``num_nodes`` defaults to max id + 1.
+        Orientation, set by ``flow`` with PyG's names:
+
+        - ``None`` (default): the adjacency matrix ``A[source, target] = weight``, as PyG's
+          ``to_scipy_sparse_matrix`` builds it. Row i holds the edges leaving node i.
+        - ``"source_to_target"`` (the flow of PyG's ``GCNConv`` and ``MessagePassing``):
+          ``A[target, source] = weight``, the aggregation matrix: row i gathers the messages sent to i,
+          which is what :func:`tapegrad.spmm` and :func:`tapegrad.gcn_norm` (rows are the receiving
+          nodes) need to compute PyG's propagation on a directed graph.
+        - ``"target_to_source"``: ``A[source, target]``, the same matrix as ``None``, named as in PyG.
+
+        On an undirected (symmetric) ``edge_index`` all three give the same matrix.
+
+        edge_index: [2, E] integers (numpy or a CPU torch tensor). ``num_nodes`` defaults to max id + 1.
+        edge_weight: [E] or None (unweighted, every value 1); float32/float64 weights keep their dtype,
+        integer (and float16) weights become float32, as ``GCNConv``'s path casts them. Duplicate edges
+        are summed, self-loops included: two loops on node i of weights 2 and 3 become one loop of
+        weight 5, which :func:`tapegrad.gcn_norm` keeps (PyG's ``add_remaining_self_loops`` on an
+        uncoalesced edge_index keeps just one of them; ``torch_geometric.utils.coalesce`` first gives
+        this result). An unweighted graph with duplicates gets float32 counts as values. Columns end
+        up sorted within each row.
         """
+        if flow not in (None, "source_to_target", "target_to_source"):
+            raise ValueError(f"flow must be None, 'source_to_target' or 'target_to_source', got {flow!r}")
         ei = np.asarray(edge_index)
         if ei.ndim != 2 or ei.shape[0] != 2:
             raise ValueError(f"edge_index must have shape [2, E], got {ei.shape}")
         if ei.dtype.kind not in "iu":
             raise TypeError(f"edge_index must hold integers, got dtype {ei.dtype}")
-        n = int(ei.max()) + 1 if num_nodes is None and ei.size else num_nodes
-        if n is None or int(n) <= 0:
-            raise ValueError(f"num_nodes must be positive, got {n}")
-        n = int(n)
+        if num_nodes is None:
+            if not ei.size:
+                raise ValueError("num_nodes must be given for an edge_index without edges")
+            n = int(ei.max()) + 1
+        else:
+            n = validate.size("num_nodes", num_nodes, minimum=1)
         if ei.size and (int(ei.min()) < 0 or int(ei.max()) >= n):
             raise ValueError(f"edge_index holds node ids outside [0, {n})")
         w = None
@@ -109,9 +140,12 @@ class CSR:
             w = np.asarray(edge_weight)
             if w.shape != (ei.shape[1],):
                 raise ValueError(f"edge_weight must have shape ({ei.shape[1]},), got {w.shape}")
+            if w.dtype.kind not in "fiu":
+                raise TypeError(f"edge_weight must be real numbers (float or integer), got {w.dtype}")
             if w.dtype not in validate.FLOAT_DTYPES:
-                raise TypeError(f"edge_weight must be float32 or float64, got {w.dtype}")
-        rows, cols = ei[0].astype(np.int64), ei[1].astype(np.int64)
+                w = w.astype(np.float32)
+        src, dst = (1, 0) if flow == "source_to_target" else (0, 1)
+        rows, cols = ei[src].astype(np.int64), ei[dst].astype(np.int64)
         key = rows * n + cols
         order = np.argsort(key, kind="stable")
         key = key[order]
@@ -155,11 +189,11 @@ class CSR:
 
     # ---- transpose ---------------------------------------------------------------------------------------------
     def transpose(self) -> "CSR":
-        """A^T, computed by the csr_transpose kernel once and cached (the transpose of A^T is A)."""
+        """A^T, computed by the csr_transpose kernel once and cached (the transpose of A^T is A). Its
+        indices are A's row ids: int32 (or int64) when A's index dtype cannot hold n_rows - 1."""
         if self._transpose is None:
-            backend = registry.backend_of(self.indptr)
-            indptr_t, indices_t, data_t, perm = registry.call(
-                "csr_transpose", backend, self.indptr, self.indices, self.data, self.shape[1])
+            indptr_t, indices_t, data_t, perm = transpose_arrays(
+                registry.backend_of(self.indptr), self.indptr, self.indices, self.data, *self.shape)
             t = CSR.__new__(CSR)
             t.indptr, t.indices, t.data = indptr_t, indices_t, data_t
             t.shape = (self.shape[1], self.shape[0])
@@ -184,9 +218,35 @@ class CSR:
         return self._perm
 
 
+def transpose_arrays(backend: str, indptr: Any, indices: Any, data: Any, n_rows: int, n_cols: int):
+    """The csr_transpose kernel of ``backend`` on a checked pattern, with the indices first widened when
+    their dtype cannot hold the row ids n_rows - 1 that A^T stores (int8 ids of a 200-row matrix would
+    wrap). Every backend's kernel gives A^T the dtype of the indices it is passed."""
+    return registry.call("csr_transpose", backend, indptr, widened_indices(indices, n_rows), data, n_cols)
+
+
+def widened_indices(indices: Any, n: int) -> Any:
+    """``indices`` as a dtype that holds ids up to n - 1 (itself when its own dtype does)."""
+    dtype = validate.index_dtype_for(indices.dtype, n)
+    return indices if dtype == indices.dtype else indices.astype(dtype)
+
+
+def _shape(shape: Any) -> tuple[int, int]:
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__"):
+        raise TypeError(f"shape must be a pair of non-negative integers (n_rows, n_cols), got {shape!r}")
+    if len(shape) != 2:
+        raise ValueError(f"shape must be a pair of non-negative integers (n_rows, n_cols), got {shape!r}")
+    try:
+        return (validate.size("shape[0]", shape[0]), validate.size("shape[1]", shape[1]))
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"shape must be a pair of non-negative integers (n_rows, n_cols), got {shape!r}: {e}") from None
+
+
 def _as_index_array(name: str, a: Any, like: Any = None) -> Any:
     if isinstance(a, (list, tuple)):
-        a = np.asarray(a, dtype=np.int64)
+        arr = np.asarray(a)
+        # Python ints give an integer array; floats are refused below rather than truncated
+        a = arr.astype(np.int64) if arr.size == 0 else arr
     validate.int_array(name, a)
     if like is not None:
         validate.same_device(name, a, like)

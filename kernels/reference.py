@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .validate import index_dtype_for
+
 
 def _rows(indptr: np.ndarray) -> np.ndarray:
     """Row id of every stored entry: [nnz]."""
@@ -49,16 +51,17 @@ def sddmm(indptr, indices, a, b, out=None):
 
 
 def csr_transpose(indptr, indices, data, n_cols):
-    """A^T in CSR. Returns (indptr_t [n_cols+1] int64, indices_t [nnz] same dtype as indices,
-    data_t [nnz] or None, perm [nnz] int64) with data_t = data[perm]. Within each row of A^T the
-    column ids (rows of A) are ascending: the transpose is a stable counting sort.
+    """A^T in CSR. Returns (indptr_t [n_cols+1] int64, indices_t [nnz] of indices' dtype, or int32 /
+    int64 when that cannot hold the row ids up to n_rows - 1, data_t [nnz] or None, perm [nnz] int64)
+    with data_t = data[perm]. Within each row of A^T the column ids (rows of A) are ascending: the
+    transpose is a stable counting sort.
     """
     r = _rows(indptr)
     perm = np.argsort(indices, kind="stable").astype(np.int64)
     counts = np.bincount(indices, minlength=n_cols)
     indptr_t = np.zeros(n_cols + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr_t[1:])
-    indices_t = r[perm].astype(indices.dtype)
+    indices_t = r[perm].astype(index_dtype_for(indices.dtype, len(indptr) - 1))
     data_t = None if data is None else data[perm]
     return indptr_t, indices_t, data_t, perm
 
@@ -68,19 +71,19 @@ def gcn_norm(indptr, indices, data, num_nodes, add_self_loops=True, fill_value=1
 
     Self-loops are added only to nodes that have none (an existing self-loop keeps its weight, as
     PyG's add_remaining_self_loops does). D is the row sum of A + I. A node of zero degree gives a
-    zero row (never inf/NaN). Returns (indptr int64, indices same dtype, data of ``dtype``), columns
-    sorted within each row when A's were.
+    zero row (never inf/NaN). Returns (indptr int64, indices of indices' dtype, or int32 / int64 when an
+    added loop's id does not fit it, data of ``dtype``), columns sorted within each row when A's were.
     """
     n = num_nodes
     r = _rows(indptr)
     vals = _values(indptr, data, dtype)
-    rows, cols, w = r, np.asarray(indices), vals
+    rows, cols, w = r, np.asarray(indices).astype(np.int64), vals  # int64: added loop ids never wrap
     if add_self_loops:
         has_loop = np.zeros(n, dtype=bool)
         has_loop[rows[rows == cols]] = True
         missing = np.nonzero(~has_loop)[0]
         rows = np.concatenate([rows, missing])
-        cols = np.concatenate([cols, missing.astype(cols.dtype)])
+        cols = np.concatenate([cols, missing])
         w = np.concatenate([w, np.full(len(missing), fill_value, dtype=dtype)])
     deg = np.zeros(n, dtype=np.float64)
     np.add.at(deg, rows, w.astype(np.float64))
@@ -91,7 +94,8 @@ def gcn_norm(indptr, indices, data, num_nodes, add_self_loops=True, fill_value=1
     rows, cols, w = rows[order], cols[order], w[order]
     new_indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=new_indptr[1:])
-    return new_indptr, cols.astype(indices.dtype), w
+    out_dtype = index_dtype_for(indices.dtype, n) if add_self_loops else indices.dtype
+    return new_indptr, cols.astype(out_dtype), w
 
 
 def _sigmoid(x):
@@ -237,6 +241,15 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_s
     p <- p - step_size m / (sqrt(v) / bias2_sqrt + eps),
     with step_size = lr / (1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) worked out by the caller.
     All arrays have param's shape and dtype; param, exp_avg and exp_avg_sq are written."""
+    adam_moments(param, grad, exp_avg, exp_avg_sq, beta1, beta2, weight_decay, decay)
+    t = param.dtype.type
+    denom = np.sqrt(exp_avg_sq) / t(bias2_sqrt) + t(eps)
+    param -= t(step_size) * (exp_avg / denom)
+
+
+def adam_moments(param, grad, exp_avg, exp_avg_sq, beta1, beta2, weight_decay=0.0, decay=1.0):
+    """The first half of :func:`adam_step` (the decays and both moments, in place), shared with AMSGrad
+    (layers/optim.py), whose update divides by the running maximum of exp_avg_sq instead."""
     t = param.dtype.type
     if decay != 1.0:
         param *= t(decay)
@@ -249,5 +262,3 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1, beta2, step_size, bias2_s
         exp_avg[...] = grad - (grad - exp_avg) * (t(1) - w)
     exp_avg_sq *= t(beta2)
     exp_avg_sq += t(1 - beta2) * grad * grad
-    denom = np.sqrt(exp_avg_sq) / t(bias2_sqrt) + t(eps)
-    param -= t(step_size) * (exp_avg / denom)

@@ -5,6 +5,7 @@ checks here first, with vectorised O(n) tests, and raises a ValueError/TypeError
 """
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,30 @@ def int_array(name: str, a: Any, ndim: int = 1) -> Any:
     return a
 
 
+def size(name: str, v: Any, minimum: int = 0) -> int:
+    """A size or count (n_cols, num_nodes, a shape entry): a Python or numpy integer, not a float, a
+    string or a bool (none of them is silently truncated); returns it as an int."""
+    if isinstance(v, (bool, np.bool_, float, np.floating)):
+        raise TypeError(f"{name} must be an integer, got {v!r} ({type(v).__name__})")
+    try:
+        n = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {v!r} ({type(v).__name__})") from None
+    if n < minimum:
+        need = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {need}, got {n}")
+    return n
+
+
+def index_dtype_for(dtype: Any, n: int) -> np.dtype:
+    """An integer dtype for ids 0 .. n - 1: ``dtype`` when it holds n - 1, else int32 when that does,
+    else int64 (a transpose or relabelling writes row ids into column ids, which must never wrap)."""
+    dtype = np.dtype(dtype)
+    if n <= 1 or np.iinfo(dtype).max >= n - 1:
+        return dtype
+    return np.dtype(np.int32) if n - 1 <= np.iinfo(np.int32).max else np.dtype(np.int64)
+
+
 def output(name: str, out: Any, shape: tuple, dtype: Any, like: Any) -> Any:
     """An ``out=`` array must be writable, C-contiguous, of the right shape, dtype and device."""
     array(name, out)
@@ -66,6 +91,17 @@ def contiguous(name: str, a: Any) -> Any:
     return a
 
 
+def distinct_outputs(**outs: Any) -> None:
+    """Output arrays of one kernel call must not share memory with each other (each would overwrite
+    the other's result)."""
+    given = [(k, a) for k, a in outs.items() if a is not None]
+    for i, (name, a) in enumerate(given):
+        xp = _xp(a)
+        for other_name, b in given[i + 1:]:
+            if xp.may_share_memory(a, b):
+                raise ValueError(f"outputs {name} and {other_name} share memory; pass separate arrays")
+
+
 def no_overlap(name: str, out: Any, **inputs: Any) -> None:
     """An ``out=`` array must not share memory with an input the kernel still reads while writing."""
     if out is None:
@@ -81,8 +117,10 @@ def same_device(name: str, a: Any, like: Any) -> None:
         raise ValueError(f"{name} is on a different device than the other operands")
 
 
-def csr_structure(indptr: Any, indices: Any, n_rows: int | None = None, n_cols: int | None = None) -> tuple[int, int]:
-    """Check a CSR pattern; returns (n_rows, nnz)."""
+def csr_structure(indptr: Any, indices: Any, n_rows: int | None = None, n_cols: int | None = None,
+                  n_cols_from: str | None = None) -> tuple[int, int]:
+    """Check a CSR pattern; returns (n_rows, nnz). ``n_cols_from`` names the dense operand whose row
+    count ``n_cols`` is (x of spmm): a column id beyond it is then reported as that operand's fault."""
     int_array("indptr", indptr)
     int_array("indices", indices)
     contiguous("indptr", indptr)
@@ -98,7 +136,7 @@ def csr_structure(indptr: Any, indices: Any, n_rows: int | None = None, n_cols: 
         raise ValueError("the matrix has zero rows (a graph with zero nodes)")
     if xp is not np and indptr.dtype.itemsize in (4, 8) and indices.dtype.itemsize in (4, 8) \
             and indptr.dtype.kind == indices.dtype.kind == "i":
-        return _csr_structure_on_gpu(indptr, indices, rows, n_cols)
+        return _csr_structure_on_gpu(indptr, indices, rows, n_cols, n_cols_from)
     if int(indptr[0]) != 0:
         raise ValueError(f"indptr must start at 0, got {int(indptr[0])}")
     if rows and bool((indptr[1:] < indptr[:-1]).any()):
@@ -111,12 +149,19 @@ def csr_structure(indptr: Any, indices: Any, n_rows: int | None = None, n_cols: 
         if lo < 0:
             raise ValueError(f"indices must be non-negative, got {lo}")
         if n_cols is not None and hi >= n_cols:
-            raise ValueError(f"indices must be < n_cols = {n_cols}, got {hi}")
-    _ = xp
+            raise ValueError(_cols_message(n_cols, hi, n_cols_from))
     return rows, nnz
 
 
-def _csr_structure_on_gpu(indptr: Any, indices: Any, rows: int, n_cols: int | None) -> tuple[int, int]:
+def _cols_message(n_cols: int, top: int, n_cols_from: str | None) -> str:
+    if n_cols_from is None:
+        return f"indices must be < n_cols = {n_cols}, got {top}"
+    return (f"{n_cols_from} has too few rows: {n_cols}, but the matrix's column ids (indices) go up to {top}, "
+            f"so {n_cols_from} needs at least {top + 1} rows")
+
+
+def _csr_structure_on_gpu(indptr: Any, indices: Any, rows: int, n_cols: int | None,
+                          n_cols_from: str | None = None) -> tuple[int, int]:
     """csr_structure's value checks for cupy arrays, with one host sync (kernels/cupy/sparse.csr_stats);
     the same errors, in the same order."""
     from .cupy.sparse import csr_stats
@@ -131,7 +176,7 @@ def _csr_structure_on_gpu(indptr: Any, indices: Any, rows: int, n_cols: int | No
         if negative:
             raise ValueError(f"indices must be non-negative, got {int(indices.min())}")
         if n_cols is not None and top - 1 >= n_cols:
-            raise ValueError(f"indices must be < n_cols = {n_cols}, got {top - 1}")
+            raise ValueError(_cols_message(n_cols, top - 1, n_cols_from))
     return rows, nnz
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..engine import ops
 from ..engine.tensor import Tensor
+from ..kernels import validate
 from ..kernels.csr import CSR
 
 
@@ -36,17 +37,30 @@ def _to_scipy(A: Any):
 def normalized_laplacian(A: Any, dtype: Any = np.float64) -> CSR:
     r"""The symmetric normalised Laplacian :math:`L = I - D^{-1/2} A D^{-1/2}` as a CSR [N, N].
 
-    Follows ``scipy.sparse.csgraph.laplacian(A, normed=True)``: self-loops (A's diagonal) are ignored,
-    :math:`d_i = \sum_{j \ne i} A_{ij}`; off the diagonal :math:`L_{ij} = -A_{ij} / \sqrt{d_i d_j}`; on
-    it :math:`L_{ii} = 1` if :math:`d_i > 0` and :math:`L_{ii} = 0` for an isolated node (whose row and
-    column are then all zero, so it adds an eigenvalue 0). A should be symmetric (undirected) with
-    non-negative weights; degrees are row sums.
+    Equals ``scipy.sparse.csgraph.laplacian(A, normed=True)`` with scipy's defaults
+    (``use_out_degree=False``; on the symmetric A required here in- and out-degrees agree):
+    self-loops (A's diagonal) are ignored, :math:`d_i = \sum_{j \ne i} A_{ij}`; off the diagonal
+    :math:`L_{ij} = -A_{ij} / \sqrt{d_i d_j}`; on it :math:`L_{ii} = 1` if :math:`d_i > 0` and
+    :math:`L_{ii} = 0` for an isolated node (whose row and column are then all zero, so it adds an
+    eigenvalue 0; PyG's ``get_laplacian(normalization='sym')`` puts 1 there instead).
 
     A: tapegrad.CSR, scipy.sparse matrix or dense array [N, N] (values are edge weights; an unweighted
-    CSR counts 1 per entry). Returns a CSR of ``dtype`` with sorted columns; no explicit zeros are stored.
+    CSR counts 1 per entry). A must be symmetric, in pattern and values (an undirected graph): a
+    directed graph raises ValueError, since its L is not symmetric and has no orthonormal eigenbasis;
+    symmetrise it first (``A + A.T``, or ``A.maximum(A.T)`` in scipy) if that is what you mean.
+    Weights should be non-negative. Returns a CSR of ``dtype`` (float32 or float64) with sorted
+    columns; no explicit zeros are stored.
     """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     import scipy.sparse as sp
-    m = _to_scipy(A).astype(np.float64).tocoo()
+    m = _to_scipy(A)
+    # rounding-level asymmetry (weights computed in float32, say) is not a directed graph
+    eps = np.finfo(m.dtype).eps if m.dtype.kind == "f" else 0.0
+    m = m.astype(np.float64)
+    _check_symmetric(m, 16 * eps)
+    m = m.tocoo()
     n = m.shape[0]
     off = m.row != m.col
     rows, cols, vals = m.row[off], m.col[off], m.data[off]
@@ -63,6 +77,19 @@ def normalized_laplacian(A: Any, dtype: Any = np.float64) -> CSR:
     return CSR(L.indptr.astype(np.int64), L.indices.astype(np.int32), L.data.astype(dtype), (n, n))
 
 
+def _check_symmetric(m: Any, rtol: float) -> None:
+    """ValueError unless the scipy matrix m equals its transpose, in pattern and values, up to
+    ``rtol`` times its largest magnitude (an entry without its mirror counts as one mirrored by 0)."""
+    diff = (m - m.T).tocoo()
+    top = float(np.abs(m.data).max()) if m.nnz else 0.0
+    if diff.nnz and float(np.abs(diff.data).max()) > rtol * top:
+        k = int(np.argmax(np.abs(diff.data)))
+        i, j = int(diff.row[k]), int(diff.col[k])
+        a = m.tocsr()
+        raise ValueError(f"A must be symmetric (an undirected graph), but A[{i}, {j}] = {a[i, j]:g} and "
+                         f"A[{j}, {i}] = {a[j, i]:g}; symmetrise a directed graph first, e.g. A + A.T")
+
+
 _DENSE_LIMIT = 2048
 
 
@@ -73,7 +100,8 @@ def laplacian_eigh(A: Any, k: int | None = None, dense: bool | None = None) -> t
     ``k=None`` gives the full spectrum (dense ``numpy.linalg.eigh``). With ``k`` set, the k smallest:
     dense eigh for graphs of up to 2,048 nodes (or ``dense=True``), else ``scipy.sparse.linalg.eigsh``
     on ``2I - L``, whose largest eigenvalues are L's smallest (the spectrum lies in [0, 2]) and
-    converge quickly in Lanczos. Eigenvector signs are arbitrary.
+    converge quickly in Lanczos. Eigenvector signs are arbitrary. A must be symmetric (see
+    :func:`normalized_laplacian`; a directed graph raises ValueError).
     """
     L = normalized_laplacian(A).to_scipy()
     n = L.shape[0]
@@ -111,12 +139,22 @@ def _basis(U: Any, like: Any) -> Any:
     return U
 
 
+def _signal(name: str, x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x
+    x = np.asarray(x)  # lists and scalars too
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{name} must be 1-D or 2-D, got shape {x.shape}")
+    return x
+
+
 def graph_fourier(x: Any, U: Any) -> Any:
     r"""The graph Fourier transform :math:`\hat{x} = U^\top x`.
 
-    x: [N] or [N, F] signal (a Tensor: differentiable; an array: an array); U: [N, k] eigenvectors
-    (from :func:`laplacian_eigh`). Returns [k] or [k, F].
+    x: [N] or [N, F] signal (a Tensor: differentiable; an array or list: an array); U: [N, k]
+    eigenvectors (from :func:`laplacian_eigh`). Returns [k] or [k, F].
     """
+    x = _signal("x", x)
     Ub = _basis(U, x)
     if x.shape[0] != Ub.shape[0]:
         raise ValueError(f"x has {x.shape[0]} nodes but U has {Ub.shape[0]} rows")
@@ -127,6 +165,7 @@ def graph_fourier(x: Any, U: Any) -> Any:
 
 def inverse_graph_fourier(x_hat: Any, U: Any) -> Any:
     r"""The inverse transform :math:`x = U \hat{x}`: x_hat [k] or [k, F], U [N, k] -> [N] or [N, F]."""
+    x_hat = _signal("x_hat", x_hat)
     Ub = _basis(U, x_hat)
     if x_hat.shape[0] != Ub.shape[1]:
         raise ValueError(f"x_hat has {x_hat.shape[0]} coefficients but U has {Ub.shape[1]} columns")
@@ -188,7 +227,9 @@ def reorder_nodes(A: CSR, method: str = "rcm") -> tuple[CSR, np.ndarray]:
     ``'degree'``, nodes by descending total degree, ties by id (hubs first, so their feature rows stay
     in cache). On an R-MAT graph of 2^20 nodes (F=64, 2 cores) SpMM took 145 ms as built, 131 ms by
     degree and 119 ms after RCM (1 s to compute); worth it when one graph is multiplied many times.
-    Values (``A.data``) move with their entries; the result is on A's device.
+    Values (``A.data``) move with their entries, and repeated entries of A may come back merged into
+    one entry holding their sum (so an unweighted A with repeats gives a weighted B); B's indices keep
+    A's index dtype when it holds n - 1, else become int32 / int64. The result is on A's device.
     """
     if not isinstance(A, CSR):
         raise TypeError(f"A must be a tapegrad.CSR, got {type(A).__name__}")
@@ -208,7 +249,11 @@ def reorder_nodes(A: CSR, method: str = "rcm") -> tuple[CSR, np.ndarray]:
         perm = np.argsort(-degree, kind="stable").astype(np.int64)
     b = m[perm][:, perm].tocsr()
     b.sort_indices()
-    data = None if A.data is None else b.data.astype(A.data.dtype, copy=False)
-    out = CSR(b.indptr.astype(A.indptr.dtype, copy=False), b.indices.astype(A.indices.dtype, copy=False), data,
+    if A.data is not None:
+        data = b.data.astype(A.data.dtype, copy=False)
+    else:  # scipy may have merged repeated entries into one of value 2, 3, ...: those values must stay
+        data = None if bool((b.data == 1).all()) else b.data.astype(np.float32, copy=False)
+    index_dtype = validate.index_dtype_for(A.indices.dtype, n)  # relabelled ids reach n - 1
+    out = CSR(b.indptr.astype(A.indptr.dtype, copy=False), b.indices.astype(index_dtype, copy=False), data,
               A.shape)
     return out.to(device), perm

@@ -160,7 +160,8 @@ def test_from_edge_index_accepts_torch():
     (np.array([[-1], [0]]), dict(num_nodes=3), ValueError, "outside"),
     (np.zeros((2, 0), np.int64), {}, ValueError, "num_nodes"),
     (np.array([[0], [1]]), dict(edge_weight=np.ones(2)), ValueError, "edge_weight"),
-    (np.array([[0], [1]]), dict(edge_weight=np.ones(1, np.float16)), TypeError, "edge_weight"),
+    (np.array([[0], [1]]), dict(edge_weight=np.ones(1, np.complex64)), TypeError, "edge_weight"),
+    (np.array([[0], [1]]), dict(edge_weight=np.ones(1, bool)), TypeError, "edge_weight"),
 ])
 def test_from_edge_index_errors(ei, kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -262,3 +263,169 @@ def test_gcn_norm_errors():
         tg.gcn_norm(CSR([0, 1], [3]))
     with pytest.raises(TypeError, match="CSR"):
         tg.gcn_norm(np.eye(3))
+
+
+# ---- audit fixes: small index dtypes, from_scipy copies, from_edge_index orientation, sizes ---------------------
+
+@pytest.mark.parametrize("index_dtype", [np.int8, np.uint8, np.int16])
+def test_transpose_of_small_integer_indices_holds_row_ids_beyond_their_range(index_dtype):
+    # more rows than the index dtype holds: A^T stores A's row ids, which must not wrap
+    n = int(np.iinfo(index_dtype).max) + 60
+    rng = np.random.default_rng(0)
+    indices = rng.integers(0, 3, n).astype(index_dtype)
+    A = CSR(np.arange(n + 1), indices, rng.standard_normal(n), (n, 3))
+    At = A.T
+    assert At.indices.dtype == np.int32 and int(At.indices.max()) == n - 1 and int(At.indices.min()) >= 0
+    np.testing.assert_array_equal(At.toarray(), A.toarray().T)
+    np.testing.assert_array_equal(At.data, A.data[A.transpose_permutation()])
+
+
+def test_transpose_keeps_a_small_index_dtype_that_holds_every_row_id():
+    A = CSR(np.arange(101), np.zeros(100, np.int8), None, (100, 1))  # row ids up to 99 fit int8
+    assert A.T.indices.dtype == np.int8
+    np.testing.assert_array_equal(A.T.toarray(), A.toarray().T)
+
+
+def test_from_scipy_leaves_the_caller_s_matrix_and_arrays_unchanged():
+    data, indices, indptr = np.array([1., 2., 3.]), np.array([1, 0, 1], np.int32), np.array([0, 3, 3], np.int32)
+    m = sp.csr_matrix((data, indices, indptr), shape=(2, 2))  # unsorted, with a duplicate (0, 1)
+    A = CSR.from_scipy(m)
+    np.testing.assert_array_equal(data, [1, 2, 3])
+    np.testing.assert_array_equal(indices, [1, 0, 1])
+    np.testing.assert_array_equal(indptr, [0, 3, 3])
+    assert m.nnz == 3  # the duplicate is still there in the caller's matrix
+    np.testing.assert_array_equal(A.toarray(), [[2, 4], [0, 0]])
+    for a in (A.indptr, A.indices, A.data):
+        for b in (data, indices, indptr, m.data, m.indices, m.indptr):
+            assert not np.shares_memory(a, b)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_from_scipy_does_not_share_memory_so_later_edits_do_not_reach_the_matrix(fmt):
+    m = sp.csr_matrix(np.array([[0., 2.], [3., 0.]])).asformat(fmt)
+    A = CSR.from_scipy(m)
+    x = tg.tensor(np.eye(2), requires_grad=True)
+    tg.spmm(A, x).sum().backward()  # caches A^T
+    m.data *= 10
+    x.grad = None
+    y = tg.spmm(A, x)
+    y.sum().backward()
+    np.testing.assert_array_equal(y.data, [[0, 2], [3, 0]])
+    np.testing.assert_array_equal(x.grad, A.toarray().T @ np.ones((2, 2)))  # forward and backward agree
+
+
+def test_from_scipy_value_dtypes():
+    assert CSR.from_scipy(sp.csr_matrix(np.eye(2, dtype=np.int64))).dtype == np.float32
+    assert CSR.from_scipy(sp.csr_matrix(np.eye(2, dtype=np.float32))).dtype == np.float32
+    with pytest.raises(TypeError, match="complex"):
+        CSR.from_scipy(sp.csr_matrix(np.eye(2) * (1 + 1j)))
+
+
+DIRECTED = np.array([[0, 0, 1, 3, 3], [1, 2, 2, 0, 2]])  # row 0 sources, row 1 targets
+
+
+def test_from_edge_index_orientation_by_flow():
+    adj = np.zeros((4, 4))
+    adj[DIRECTED[0], DIRECTED[1]] = 1
+    np.testing.assert_array_equal(CSR.from_edge_index(DIRECTED).toarray(), adj)  # A[source, target]
+    np.testing.assert_array_equal(CSR.from_edge_index(DIRECTED, flow="target_to_source").toarray(), adj)
+    np.testing.assert_array_equal(CSR.from_edge_index(DIRECTED, flow="source_to_target").toarray(), adj.T)
+    with pytest.raises(ValueError, match="flow"):
+        CSR.from_edge_index(DIRECTED, flow="in")
+
+
+def test_from_edge_index_default_is_pyg_to_scipy_sparse_matrix():
+    torch = pytest.importorskip("torch")
+    utils = pytest.importorskip("torch_geometric.utils")
+    ref = utils.to_scipy_sparse_matrix(torch.tensor(DIRECTED), num_nodes=4).toarray()
+    np.testing.assert_array_equal(CSR.from_edge_index(DIRECTED, 4).toarray(), ref)
+
+
+@pytest.mark.parametrize("flow", ["source_to_target", "target_to_source"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_spmm_of_gcn_norm_with_flow_equals_pyg_gcnconv_on_a_directed_graph(flow, weighted):
+    torch = pytest.importorskip("torch")
+    pyg_nn = pytest.importorskip("torch_geometric.nn")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3))
+    w = rng.uniform(0.5, 2.0, DIRECTED.shape[1]) if weighted else None
+    conv = pyg_nn.GCNConv(3, 3, bias=False, flow=flow).double()
+    conv.lin.weight.data = torch.eye(3, dtype=torch.float64)  # the layer is then P x: PyG's propagation
+    ref = conv(torch.tensor(x), torch.tensor(DIRECTED), None if w is None else torch.tensor(w)).detach().numpy()
+    P = tg.gcn_norm(CSR.from_edge_index(DIRECTED, 4, w, flow=flow), dtype=np.float64)
+    np.testing.assert_allclose(tg.spmm(P, x).numpy(), ref, rtol=1e-12, atol=1e-12)
+    # and the default orientation is not PyG's GCN on this directed graph (so the flag matters)
+    if flow == "source_to_target":
+        P0 = tg.gcn_norm(CSR.from_edge_index(DIRECTED, 4, w), dtype=np.float64)
+        assert np.abs(tg.spmm(P0, x).numpy() - ref).max() > 0.1
+
+
+def test_from_edge_index_with_source_to_target_flow_is_what_gcnconv_builds():
+    from tapegrad.layers.gcn import edge_index_to_csr
+    w = np.array([1, 2, 3, 4, 5])
+    ours = CSR.from_edge_index(DIRECTED, 4, w, flow="source_to_target")
+    theirs = edge_index_to_csr(DIRECTED, 4, w)
+    assert ours.dtype == theirs.dtype == np.float32  # integer weights become float32 on both paths
+    np.testing.assert_array_equal(ours.toarray(), theirs.toarray())
+
+
+def test_from_edge_index_integer_and_float16_weights_become_float32():
+    for w in (np.array([2, 3]), np.array([2, 3], np.uint8), np.array([2, 3], np.float16)):
+        A = CSR.from_edge_index(np.array([[0, 1], [1, 0]]), edge_weight=w)
+        assert A.dtype == np.float32
+        np.testing.assert_array_equal(A.toarray(), [[0, 2], [3, 0]])
+    assert CSR.from_edge_index(np.array([[0], [1]]), edge_weight=np.ones(1)).dtype == np.float64
+
+
+def test_from_edge_index_sums_duplicate_self_loops_as_pyg_after_coalesce():
+    ei = np.array([[0, 0, 0, 1], [0, 0, 1, 0]])
+    w = np.array([2., 3., 1., 1.])
+    A = CSR.from_edge_index(ei, 2, w)
+    np.testing.assert_array_equal(A.toarray(), [[5, 1], [1, 0]])  # the two loops summed: 2 + 3
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch_geometric")
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm as pyg_gcn_norm
+    from torch_geometric.utils import coalesce
+    e2, w2 = coalesce(torch.tensor(ei), torch.tensor(w), 2)
+    e3, w3 = pyg_gcn_norm(e2, w2, 2)
+    Q = sp.coo_matrix((w3.numpy(), (e3[1].numpy(), e3[0].numpy())), shape=(2, 2)).toarray()
+    np.testing.assert_allclose(tg.gcn_norm(A, dtype=np.float64).toarray(), Q, rtol=1e-12)
+
+
+@pytest.mark.parametrize("num_nodes,exc", [(2.5, TypeError), (3.0, TypeError), ("3", TypeError), (True, TypeError),
+                                           (None, None), (np.int64(3), None), (0, ValueError)])
+def test_from_edge_index_num_nodes_must_be_an_integer(num_nodes, exc):
+    ei = np.array([[0, 1], [1, 0]])
+    if exc is None:
+        assert CSR.from_edge_index(ei, num_nodes).shape[0] == (2 if num_nodes is None else 3)
+    else:
+        with pytest.raises(exc, match="num_nodes"):
+            CSR.from_edge_index(ei, num_nodes)
+
+
+@pytest.mark.parametrize("indptr,indices,match", [
+    ([0.0, 1.7, 2.0], [0, 1], "indptr must hold integers"),
+    ([0, 1, 2], [0.9, 1.2], "indices must hold integers"),
+    ([0, 1, 2], [True, False], "indices must hold integers"),
+])
+def test_float_index_lists_are_refused_not_truncated(indptr, indices, match):
+    with pytest.raises(TypeError, match=match):
+        CSR(indptr, indices)
+
+
+def test_empty_index_lists_are_fine():
+    A = CSR([0, 0], [], shape=(1, 1))
+    assert A.nnz == 0 and A.indices.dtype == np.int64
+
+
+@pytest.mark.parametrize("shape,exc", [
+    (2, TypeError), ("ab", TypeError), ((None, 2), TypeError), ((2.5, 2), TypeError), ((2, True), TypeError),
+    ((2, 2, 2), ValueError), ((2, -1), ValueError),
+])
+def test_bad_shapes_are_named(shape, exc):
+    with pytest.raises(exc, match="shape must be a pair of non-negative integers"):
+        CSR([0, 1, 2], [0, 1], None, shape)
+
+
+def test_shape_accepts_numpy_integers():
+    assert CSR([0, 1, 2], [0, 1], None, (np.int64(2), np.int32(3))).shape == (2, 3)

@@ -158,3 +158,25 @@ def test_load_text_from_path_large_vocab_and_bad_files(tmp_path):
         load_text(empty)
     with pytest.raises(FileNotFoundError):
         load_text(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("dense", [
+    [[1.0, 3.0], [2.0, 0.0], [0.0, 0.0]],               # the last row empty
+    [[0.0, 0.0], [1.0, 3.0], [0.0, 0.0], [0.0, 0.0]],   # empty first and two empty last rows
+    [[0.0, 0.0], [0.0, 0.0]],                           # no entries at all
+])
+def test_row_normalize_with_empty_rows_at_either_end(dense):
+    m = sp.csr_matrix(np.array(dense, dtype=np.float32))
+    sums = np.asarray(m.sum(1)).ravel()
+    expect = np.divide(m.toarray(), sums[:, None], out=np.zeros(m.shape), where=sums[:, None] != 0)
+    np.testing.assert_allclose(row_normalize(tg.CSR.from_scipy(m)).toarray(), expect, rtol=1e-6)
+    unweighted = tg.CSR(m.indptr, m.indices, None, m.shape)
+    np.testing.assert_allclose(row_normalize(unweighted).toarray(), (m.toarray() != 0) / np.maximum(
+        (m.toarray() != 0).sum(1, keepdims=True), 1), rtol=1e-6)
+
+
+def test_load_planetoid_names_a_2d_adj_indptr(tmp_path):
+    path = tmp_path / "adj2d.npz"
+    np.savez(path, adj_indptr=np.array([[0, 1, 2]]), adj_indices=np.array([1, 0], np.int32))
+    with pytest.raises(ValueError, match="adj_indptr must be a 1-D"):
+        load_planetoid(path)

@@ -229,3 +229,85 @@ def test_reorder_nodes_rejects_bad_input():
         tg.reorder_nodes(tg.grid_graph(2, 2), "metis")
     with pytest.raises(TypeError):
         tg.reorder_nodes(np.eye(3))
+
+
+# ---- audit fixes ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["rcm", "degree"])
+def test_reorder_nodes_keeps_merged_repeated_entries_of_an_unweighted_graph(method):
+    A = tg.CSR(np.array([0, 2, 3, 4]), np.array([1, 1, 2, 0], dtype=np.int32), None, (3, 3))  # A[0, 1] twice
+    B, perm = tg.reorder_nodes(A, method)
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(3)
+    np.testing.assert_array_equal(B.toarray()[np.ix_(inverse, inverse)], A.toarray())  # a relabelling of A
+    x = np.random.default_rng(0).standard_normal((3, 2))
+    np.testing.assert_allclose(tg.spmm(B, x[perm]).numpy()[inverse], tg.spmm(A, x).numpy(), rtol=1e-12)
+
+
+def test_reorder_nodes_stays_unweighted_without_repeats():
+    B, _ = tg.reorder_nodes(tg.grid_graph(3, 3), "rcm")
+    assert B.data is None
+
+
+@pytest.mark.parametrize("index_dtype", [np.int8, np.uint8])
+def test_reorder_nodes_gives_relabelled_ids_a_dtype_that_holds_them(index_dtype):
+    # 300 nodes whose column ids all fit the small dtype, but the relabelled ids go up to 299
+    n = 300
+    rows = np.arange(n)
+    m = sp.csr_matrix((np.ones(n), (rows, rows % 100)), shape=(n, n))
+    A = tg.CSR(m.indptr, m.indices.astype(index_dtype), None, (n, n))
+    B, perm = tg.reorder_nodes(A, "degree")
+    assert int(B.indices.min()) >= 0 and B.indices.dtype == np.int32
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(n)
+    x = np.random.default_rng(0).standard_normal((n, 2))
+    np.testing.assert_allclose(tg.spmm(B, x[perm]).numpy()[inverse], tg.spmm(A, x).numpy(), rtol=1e-12)
+
+
+def _directed_cycle():
+    D = np.zeros((3, 3))
+    D[0, 1] = D[1, 2] = D[2, 0] = 1.0
+    return D
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _directed_cycle(),  # pattern not symmetric
+    lambda: sp.csr_matrix(_directed_cycle()),
+    lambda: tg.CSR.from_edge_index(np.array([[0, 1, 2], [1, 2, 0]])),
+    lambda: np.array([[0.0, 1.0], [2.0, 0.0]]),  # pattern symmetric, values not
+])
+def test_normalized_laplacian_and_eigh_refuse_a_directed_graph(make):
+    with pytest.raises(ValueError, match="symmetric"):
+        normalized_laplacian(make())
+    with pytest.raises(ValueError, match="symmetric"):
+        laplacian_eigh(make())
+
+
+def test_normalized_laplacian_is_scipy_s_default_convention_on_symmetric_graphs():
+    m = _random_graph(20, 0.2, 7)
+    got = normalized_laplacian(m).toarray()
+    np.testing.assert_allclose(got, scipy_laplacian(m, normed=True, use_out_degree=False).toarray(), atol=1e-14)
+    np.testing.assert_allclose(got, scipy_laplacian(m, normed=True, use_out_degree=True).toarray(), atol=1e-14)
+
+
+def test_normalized_laplacian_accepts_rounding_level_asymmetry_of_float32_weights():
+    m = _random_graph(15, 0.3, 8).astype(np.float32)
+    noisy = m.copy()
+    sign = np.sign(np.random.default_rng(0).standard_normal(m.nnz)).astype(np.float32)
+    noisy.data = noisy.data * (1 + np.float32(2e-7) * sign)  # an ulp or two off, one way or the other
+    assert noisy.dtype == np.float32 and abs(noisy - noisy.T).max() > 0
+    np.testing.assert_allclose(normalized_laplacian(noisy).toarray(), normalized_laplacian(m).toarray(), atol=1e-6)
+
+
+def test_normalized_laplacian_dtype_must_be_float():
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got int64"):
+        normalized_laplacian(np.eye(2), dtype=np.int64)
+    assert normalized_laplacian(np.ones((2, 2)), dtype=np.float32).dtype == np.float32
+
+
+def test_graph_fourier_takes_lists():
+    U = np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))[0]
+    np.testing.assert_allclose(graph_fourier([1.0, 2.0, 3.0], U), U.T @ [1.0, 2.0, 3.0], atol=1e-14)
+    np.testing.assert_allclose(inverse_graph_fourier([1.0, 2.0, 3.0], U), U @ [1.0, 2.0, 3.0], atol=1e-14)
+    with pytest.raises(ValueError, match="x must be 1-D or 2-D"):
+        graph_fourier(np.ones((3, 1, 1)), U)

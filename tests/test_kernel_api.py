@@ -122,7 +122,7 @@ SPMM_BAD = [
     ("x_float16", dict(x=X.astype(np.float16)), TypeError, "x must be float32 or float64"),
     ("x_1d", dict(x=X[:, 0].copy()), ValueError, "x must be 2-D"),
     ("x_strided", dict(x=np.asfortranarray(X)), ValueError, "x must be C-contiguous"),
-    ("x_too_few_rows", dict(x=X[:3].copy()), ValueError, "indices must be < n_cols"),
+    ("x_too_few_rows", dict(x=X[:3].copy()), ValueError, "x has too few rows: 3.*at least 5 rows"),
     ("indptr_float", dict(indptr=IP.astype(np.float64)), TypeError, "indptr must hold integers"),
     ("indptr_2d", dict(indptr=IP[None]), ValueError, "indptr must be 1-D"),
     ("indptr_bad_start", dict(indptr=IP + 1), ValueError, "indptr must start at 0"),
@@ -169,7 +169,7 @@ SDDMM_BAD = [
     ("dtype_mismatch", dict(b=rand(5, 4, dtype=np.float32)), ValueError, "one dtype"),
     ("width_mismatch", dict(b=rand(5, 3)), ValueError, "one width"),
     ("a_rows", dict(a=rand(5, 4)), ValueError, "n_rows"),
-    ("b_rows", dict(b=rand(2, 4)), ValueError, "indices must be < n_cols"),
+    ("b_rows", dict(b=rand(2, 4)), ValueError, "b has too few rows: 2"),
     ("a_strided", dict(a=np.asfortranarray(rand(6, 4))), ValueError, "C-contiguous"),
     ("out_shape", dict(out=np.empty(3)), ValueError, "out must have shape"),
     ("out_readonly", dict(out=ro(np.empty(len(IX)))), ValueError, "read-only"),
@@ -197,7 +197,9 @@ def test_sddmm_rejects_an_out_that_overlaps_an_input(no_kernel_calls):
 
 @pytest.mark.parametrize("bad,exc,match", [
     (dict(n_cols=0), ValueError, "n_cols"),
-    (dict(n_cols=2.5), ValueError, "n_cols"),
+    (dict(n_cols=2.5), TypeError, "n_cols must be an integer"),
+    (dict(n_cols=None), TypeError, "n_cols must be an integer, got None"),
+    (dict(n_cols="5"), TypeError, "n_cols must be an integer"),
     (dict(n_cols=3), ValueError, "indices must be < n_cols"),
     (dict(data=DATA.astype(np.float16)), TypeError, "data"),
     (dict(data=DATA[:2].copy()), ValueError, "data must have length"),
@@ -273,3 +275,92 @@ def test_gpu_backend_choice_is_validated():
     with pytest.raises(ValueError):
         kernels.set_gpu_backend("cpu")
     assert kernels.gpu_backend() in ("cupy", "numba-cuda")
+
+
+# ---- audit fixes ----------------------------------------------------------------------------------------------
+
+def _tall(index_dtype, n, n_cols=3, seed=0):
+    """n rows of one entry each, column ids small enough for index_dtype, row ids beyond it."""
+    rng = np.random.default_rng(seed)
+    return np.arange(n + 1), rng.integers(0, n_cols, n).astype(index_dtype), rng.standard_normal(n)
+
+
+@pytest.mark.parametrize("index_dtype,n,wide", [(np.int8, 200, np.int32), (np.uint8, 300, np.int32),
+                                                (np.int16, 40000, np.int32), (np.uint16, 70000, np.int32)])
+def test_csr_transpose_widens_small_indices_before_any_backend_sees_them(monkeypatch, index_dtype, n, wide):
+    ip, ix, data = _tall(index_dtype, n)
+    passed = []
+    real = registry.call
+
+    def spy(name, backend, *args, **kwargs):
+        passed.append(args[1].dtype)  # the indices the backend gets: every backend widens alike
+        return real(name, backend, *args, **kwargs)
+    monkeypatch.setattr(registry, "call", spy)
+    indptr_t, indices_t, data_t, perm = kernels.csr_transpose(ip, ix, data, 3)
+    assert passed == [np.dtype(wide)] and indices_t.dtype == wide
+    at = sp.csr_matrix((data, ix.astype(np.int64), ip), shape=(n, 3)).T.tocsr()
+    at.sort_indices()
+    np.testing.assert_array_equal(indptr_t, at.indptr)
+    np.testing.assert_array_equal(indices_t, at.indices)  # row ids up to n - 1, none wrapped
+    np.testing.assert_array_equal(data_t, at.data)
+    np.testing.assert_array_equal(data[perm], data_t)
+
+
+def test_csr_transpose_keeps_indices_that_hold_every_row_id(monkeypatch):
+    ip, ix, data = _tall(np.int8, 128)  # row ids up to 127 fit int8
+    assert kernels.csr_transpose(ip, ix, data, 3)[1].dtype == np.int8
+
+
+def test_gcn_norm_added_self_loops_never_wrap_small_indices():
+    # 200 nodes, int8 column ids below 128, loops added on nodes up to 199
+    n = 200
+    rows = np.arange(n)
+    cols = (rows * 7) % 100
+    m = sp.csr_matrix((np.ones(n), (rows, cols)), shape=(n, n))
+    m.sort_indices()
+    ip, ix = m.indptr.astype(np.int64), m.indices.astype(np.int8)
+    got = kernels.gcn_norm(ip, ix, None, n, dtype=np.float64)
+    assert got[1].dtype == np.int32 and int(got[1].min()) >= 0
+    expect = reference.gcn_norm(ip, ix.astype(np.int64), None, n, dtype=np.float64)
+    np.testing.assert_array_equal(got[0], expect[0])
+    np.testing.assert_array_equal(got[1], expect[1])
+    np.testing.assert_allclose(got[2], expect[2], rtol=1e-12)
+    # without added loops no new id appears: the dtype stays
+    assert kernels.gcn_norm(ip, ix, None, n, add_self_loops=False)[1].dtype == np.int8
+
+
+@pytest.mark.parametrize("num_nodes,exc,match", [
+    (None, TypeError, "num_nodes must be an integer, got None"),
+    (6.0, TypeError, "num_nodes must be an integer"),
+    ("6", TypeError, "num_nodes must be an integer"),
+    (0, ValueError, "num_nodes must be a positive integer"),
+])
+def test_gcn_norm_num_nodes_must_be_an_integer(no_kernel_calls, num_nodes, exc, match):
+    with pytest.raises(exc, match=match):
+        kernels.gcn_norm(SQ_IP, SQ_IX, SQ_DATA, num_nodes)
+
+
+@pytest.mark.parametrize("outs,names", [
+    (lambda b: dict(c=b[0], h=b[0]), "c and h"),
+    (lambda b: dict(gates=b[1], c=b[1].reshape(-1)[6:12].reshape(3, 2)), "gates and c"),
+    (lambda b: dict(gates=b[1], h=b[1].reshape(-1)[:6].reshape(3, 2)), "gates and h"),
+])
+def test_lstm_cell_fwd_refuses_outputs_that_share_memory(no_kernel_calls, outs, names):
+    bufs = (np.empty((3, 2)), np.empty((3, 8)))
+    with pytest.raises(ValueError, match=f"outputs {names} share memory"):
+        kernels.lstm_cell_fwd(Z, C, **outs(bufs))
+
+
+def test_lstm_cell_bwd_refuses_outputs_that_share_memory(no_kernel_calls):
+    gz = np.empty((3, 8))
+    with pytest.raises(ValueError, match="outputs grad_z and grad_c_prev share memory"):
+        kernels.lstm_cell_bwd(Z, C, C, C, C, grad_z=gz, grad_c_prev=gz.reshape(-1)[2:8].reshape(3, 2))
+
+
+def test_lstm_cell_fwd_still_allows_outputs_over_its_inputs():
+    z, c_prev = Z.copy(), C.copy()
+    expect = reference.lstm_cell_fwd(Z, C)
+    h = np.empty((3, 2))
+    got = kernels.lstm_cell_fwd(z, c_prev, gates=z, c=c_prev, h=h)  # in place over z and c_prev
+    for g, e in zip(got, expect):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)

@@ -516,3 +516,38 @@ def test_large_outputs_reuse_pooled_memory_only_once_nothing_uses_it(monkeypatch
     assert y.ctypes.data in (addr, b_addr, c_addr)
     np.testing.assert_allclose(y, A @ x, rtol=1e-5, atol=1e-6)
     cpu.release_pool()
+
+
+# ------------------------------------------------------- small index dtypes: row ids must never wrap
+
+@pytest.mark.parametrize("index_dtype", [np.int8, np.uint8, np.int16])
+def test_csr_transpose_kernel_and_reference_give_row_ids_a_dtype_that_holds_them(index_dtype):
+    n = int(np.iinfo(index_dtype).max) + 60  # more rows than the index dtype holds
+    rng = np.random.default_rng(21)
+    indptr, indices = np.arange(n + 1), rng.integers(0, 4, n).astype(index_dtype)
+    data = rng.standard_normal(n)
+    got = cpu.csr_transpose(indptr, indices, data, 4)
+    expect = ref.csr_transpose(indptr, indices, data, 4)
+    assert got[1].dtype == expect[1].dtype == np.int32
+    assert_same_transpose(got, expect)
+    at = sp.csr_matrix((data, indices.astype(np.int64), indptr), shape=(n, 4)).T.tocsr()
+    at.sort_indices()
+    np.testing.assert_array_equal(got[1], at.indices)
+
+
+def test_gcn_norm_kernel_and_reference_give_added_loops_a_dtype_that_holds_them():
+    n = 300
+    indptr = np.arange(n + 1)
+    indices = (np.arange(n) % 200).astype(np.uint8)  # column ids fit uint8, loop ids up to 299 do not
+    got = cpu.gcn_norm(indptr, indices, None, n, dtype=np.float64)
+    expect = ref.gcn_norm(indptr, indices, None, n, dtype=np.float64)
+    assert got[1].dtype == expect[1].dtype == np.int32
+    np.testing.assert_array_equal(got[0], expect[0])
+    np.testing.assert_array_equal(got[1], expect[1])
+    np.testing.assert_allclose(got[2], expect[2], rtol=1e-12)
+    a = np.zeros((n, n))
+    a[np.arange(n), indices.astype(np.int64)] = 1
+    np.fill_diagonal(a, np.where(np.diag(a) != 0, np.diag(a), 1.0))
+    dis = 1 / np.sqrt(a.sum(1))
+    p = sp.csr_matrix((got[2], got[1], got[0]), shape=(n, n)).toarray()
+    np.testing.assert_allclose(p, dis[:, None] * a * dis[None, :], rtol=1e-12)

@@ -180,3 +180,37 @@ def test_vjp_vs_torch_on_a_realistic_graph():
     gx, gv = torch.autograd.grad(ty, (tx, tv), torch.tensor(g))
     np.testing.assert_allclose(x.grad, gx.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(v.grad, gv.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("index_dtype", [np.int8, np.uint8, np.int16])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_grad_x_with_small_integer_indices_and_more_rows_than_they_hold(index_dtype, weighted):
+    # A^T stores A's row ids: they exceed the index dtype, and must not wrap in the backward
+    n = int(np.iinfo(index_dtype).max) + 60
+    rng = np.random.default_rng(3)
+    indices = rng.integers(0, 4, 2 * n).astype(index_dtype)
+    indptr = np.arange(0, 2 * n + 1, 2)
+    data = rng.standard_normal(2 * n) if weighted else None
+    A = CSR(indptr, indices, data, (n, 4))
+    m = A.to_scipy().astype(np.float64)
+    x = tg.tensor(rand(4, 3), requires_grad=True)
+    g = rand(n, 3, seed=5)
+    y = tg.spmm(A, x)
+    np.testing.assert_allclose(y.numpy(), m @ x.data, rtol=1e-10, atol=1e-12)
+    y.backward(g)
+    np.testing.assert_allclose(x.grad, m.T @ g, rtol=1e-10, atol=1e-12)
+    torch = pytest.importorskip("torch")
+    tA = torch.sparse_coo_tensor(np.stack([np.repeat(np.arange(n), 2), indices.astype(np.int64)]),
+                                 torch.tensor(m.data if weighted else np.ones(2 * n)), (n, 4),
+                                 check_invariants=True)
+    tx = torch.tensor(x.data, requires_grad=True)
+    torch.sparse.mm(tA, tx).backward(torch.tensor(g))
+    np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("x_dtype,v_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_values_of_another_dtype_than_x_are_refused(x_dtype, v_dtype):
+    _, A = random_csr(5, 4, seed=20)
+    x = tg.tensor(rand(4, 2, dtype=x_dtype))
+    with pytest.raises(TypeError, match="values have dtype .* but x has"):
+        tg.spmm(A, x, values=tg.tensor(A.data.astype(v_dtype), requires_grad=True))

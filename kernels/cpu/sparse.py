@@ -27,6 +27,8 @@ from numba import prange, types, uint64
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from ..validate import index_dtype_for
+
 # Chunks per thread: enough slack for uneven rows, few enough that chunk overhead stays negligible.
 _CHUNKS_PER_THREAD = 8
 # Below this many multiply-adds a row-parallel kernel runs on the calling thread alone: waking the
@@ -426,13 +428,13 @@ def _csr_transpose_kernel(indptr, indices, data, indptr_t, indices_t, data_t, pe
 def csr_transpose(indptr, indices, data, n_cols):
     """A^T in CSR for A [n_rows, n_cols]: a stable counting sort of the entries by column.
 
-    Returns (indptr_t [n_cols+1] int64, indices_t [nnz] with indices' dtype, data_t [nnz] or None,
-    perm [nnz] int64) with data_t = data[perm]; within each row of A^T the column ids (rows of A)
-    ascend.
+    Returns (indptr_t [n_cols+1] int64, indices_t [nnz] with indices' dtype (int32 / int64 when that
+    cannot hold the row ids up to n_rows - 1), data_t [nnz] or None, perm [nnz] int64) with
+    data_t = data[perm]; within each row of A^T the column ids (rows of A) ascend.
     """
     nnz = int(indptr[-1])
     indptr_t = np.empty(n_cols + 1, dtype=np.int64)
-    indices_t = np.empty(nnz, dtype=indices.dtype)
+    indices_t = np.empty(nnz, dtype=index_dtype_for(indices.dtype, len(indptr) - 1))
     perm = np.empty(nnz, dtype=np.int64)
     data_t = None if data is None else np.empty(nnz, dtype=data.dtype)
     _csr_transpose_kernel(indptr, indices, data, indptr_t, indices_t, data_t, perm)
@@ -496,8 +498,9 @@ def gcn_norm(indptr, indices, data, num_nodes, add_self_loops=True, fill_value=1
 
     Loops are added only to nodes without one (an existing loop keeps its weight); D = row sums of
     A + fill_value * I in float64; a node of degree <= 0 gets a zero row (never inf/NaN). Returns
-    (indptr [num_nodes+1] int64, indices with the input's dtype, data of ``dtype``), columns sorted
-    within each row when A's were. ``data=None`` means every stored value is 1.
+    (indptr [num_nodes+1] int64, indices with the input's dtype (int32 / int64 when an added loop's id
+    does not fit it), data of ``dtype``), columns sorted within each row when A's were. ``data=None``
+    means every stored value is 1.
     """
     dtype = np.dtype(dtype)
     indptr = np.asarray(indptr)
@@ -514,7 +517,8 @@ def gcn_norm(indptr, indices, data, num_nodes, add_self_loops=True, fill_value=1
     new_indptr[0] = 0
     np.cumsum(row_len, out=new_indptr[1:])
     nnz = int(new_indptr[-1])
-    new_indices = np.empty(nnz, dtype=indices.dtype)
+    index_dtype = index_dtype_for(indices.dtype, num_nodes) if add_self_loops else indices.dtype
+    new_indices = np.empty(nnz, dtype=index_dtype)
     new_data = np.empty(nnz, dtype=dtype)
     _gcn_fill(indptr, indices, vals, fill, dis, new_indptr, new_indices, new_data)
     return new_indptr, new_indices, new_data

@@ -19,6 +19,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 
 cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
+from tapegrad import kernels  # noqa: E402
 from tapegrad.kernels import reference as ref  # noqa: E402
 from tapegrad.kernels.cuda import _device  # noqa: E402
 from tapegrad.kernels.cuda import recurrent as rc  # noqa: E402
@@ -334,3 +335,28 @@ def test_adam_step_matches_reference(monkeypatch, wd, decay, beta1):
         cuda_optim.adam_step(p, g, m, v, *args)
         for got, w in zip((p, m, v), want):
             np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-14)
+
+
+# ---- int8/uint8/int16 indices: the public entry points widen them, so row ids never wrap ----------------------
+@pytest.mark.parametrize("index_dtype", [np.int8, np.uint8])
+def test_cuda_csr_transpose_through_the_public_entry_never_wraps_row_ids(index_dtype):
+    n = int(np.iinfo(index_dtype).max) + 20  # more rows than the index dtype holds
+    rng = np.random.default_rng(0)
+    indptr, indices, data = np.arange(n + 1), rng.integers(0, 3, n).astype(index_dtype), rng.standard_normal(n)
+    got = kernels.csr_transpose(indptr, indices, data, 3, backend="numba-cuda")
+    want = ref.csr_transpose(indptr, indices, data, 3)
+    assert got[1].dtype == want[1].dtype == np.int32
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert int(got[1].max()) == n - 1
+
+
+def test_cuda_gcn_norm_through_the_public_entry_never_wraps_added_loops():
+    n = 140
+    indptr, indices = np.arange(n + 1), (np.arange(n) % 100).astype(np.int8)
+    got = kernels.gcn_norm(indptr, indices, None, n, dtype=np.float64, backend="numba-cuda")
+    want = ref.gcn_norm(indptr, indices, None, n, dtype=np.float64)
+    assert got[1].dtype == want[1].dtype == np.int32
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-12)
