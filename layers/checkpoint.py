@@ -89,9 +89,13 @@ def _read(path: str) -> dict[str, np.ndarray]:
         # The CRCs first: a corrupted .npy header could otherwise ask numpy for a huge allocation, or
         # parse into a different (valid) array before the CRC at the end of the member is checked.
         with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-        if bad is not None:
-            raise ValueError(f"member {bad!r} fails its CRC check")
+            names = z.namelist()
+            if len(set(names)) != len(names):  # a flipped name: reading by name would see one of the twins only
+                raise ValueError("two members have the same name")
+            for info in z.infolist():  # by entry, not by name (testzip's way), so every member is checked
+                with z.open(info) as f:  # also compares the member's two copies of its name
+                    while f.read(1 << 20):
+                        pass
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
     except Exception as e:  # noqa: BLE001  any way of failing to read is the same error for the caller
@@ -103,8 +107,10 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
     """Restore what :func:`save` wrote into ``module`` (and ``optimizer``); bit-exact for the same dtype.
 
     A truncated or corrupted file, or one that is not a tapegrad checkpoint, raises ValueError; a
-    checkpoint of another architecture raises KeyError (names) or ValueError (shapes), as
-    ``load_state_dict`` does. Either way the module and the optimiser are left unchanged. A missing
+    checkpoint of another architecture raises RuntimeError listing every missing and unexpected name
+    and every shape mismatch, as ``load_state_dict`` does; an optimiser state that does not fit raises
+    KeyError (names) or ValueError (shapes). Either way the module and the optimiser are left
+    unchanged. Non-finite values (a diverged run kept for inspection) load as they are. A missing
     file raises FileNotFoundError.
     """
     if not isinstance(module, Module):
@@ -120,23 +126,16 @@ def load(path: str | os.PathLike, module: Module, optimizer: Any = None) -> None
     optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
     if optimizer is not None and not optim:
         raise ValueError(f"{path} holds no optimizer state")
-    # Names and shapes first, so a checkpoint of another architecture is reported as such (and not as
-    # an optimiser moment of the wrong shape).
-    params = dict(module.named_parameters())
-    missing = [k for k in params if k not in model]
-    unexpected = [k for k in model if k not in params]
-    if missing or unexpected:
-        raise KeyError(f"{path} does not fit this {type(module).__name__}: missing keys {missing}, "
-                       f"unexpected keys {unexpected}")
-    for name, p in params.items():
-        if model[name].shape != p.shape:
-            raise ValueError(f"{path} does not fit this {type(module).__name__}: {name} has shape "
-                             f"{model[name].shape} in the checkpoint, {p.shape} in the module")
-    # Check the optimiser state without applying it, then load the module (which checks all its
-    # entries before changing any), then apply the optimiser state, which can no longer fail.
+    # The module first (names, shapes, dtypes: RuntimeError or TypeError), so a checkpoint of another
+    # architecture is reported as such and not as an optimiser moment of the wrong shape; then the
+    # optimiser state; nothing is applied until both have passed, and applying cannot fail.
+    try:
+        commit_model = module._stage_state_dict(model, strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"{path} does not fit this {type(module).__name__}: {e}") from None
     stage = getattr(optimizer, "_stage_state_dict", None)
     commit = stage(optim) if stage is not None else None
-    module.load_state_dict(model)
+    commit_model()
     if commit is not None:
         commit()
     elif optimizer is not None:  # an optimiser of another library: no separate check step

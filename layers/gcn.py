@@ -52,11 +52,14 @@ def _host_array(a: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be an array, got {type(a).__name__}") from e
 
 
-def edge_index_to_csr(edge_index: Any, num_nodes: int, edge_weight: Any = None, dtype: Any = None) -> CSR:
+def edge_index_to_csr(edge_index: Any, num_nodes: int, edge_weight: Any = None, dtype: Any = None,
+                      one_self_loop: bool = False) -> CSR:
     """The propagation-ready adjacency of a PyG ``edge_index``: ``A[target, source] = weight``.
 
     edge_index: [2, E] integers, row 0 the sources, row 1 the targets (PyG's ``source_to_target``
-    flow); edge_weight: [E] or None (unweighted); duplicate edges are summed. Returns a CSR [N, N].
+    flow); edge_weight: [E] or None (unweighted); duplicate edges are summed. ``one_self_loop``: a
+    self-loop listed several times is kept once, with the weight of its last listing (PyG's
+    ``add_remaining_self_loops``, which GCNConv's normalisation uses). Returns a CSR [N, N].
     """
     ei = _host_array(edge_index, "edge_index")
     if ei.ndim != 2 or ei.shape[0] != 2:
@@ -74,8 +77,24 @@ def edge_index_to_csr(edge_index: Any, num_nodes: int, edge_weight: Any = None, 
         if w.dtype.kind not in "fiu":
             raise TypeError(f"edge_weight must be numeric, got dtype {w.dtype}")
         w = w.astype(np.dtype(dtype) if dtype is not None else np.float32, copy=False)
+    if one_self_loop:
+        ei, w = _one_self_loop_per_node(ei, w)
     # row = target, column = source: the CSR row i gathers the messages sent to node i.
     return CSR.from_edge_index(ei[::-1], num_nodes=num_nodes, edge_weight=w)
+
+
+def _one_self_loop_per_node(ei: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Drop all but the last listing of each repeated self-loop (other edges untouched, order kept)."""
+    loops = np.flatnonzero(ei[0] == ei[1])
+    nodes = ei[0, loops]
+    if len(np.unique(nodes)) == len(nodes):
+        return ei, w
+    # torch's index_put in PyG's add_remaining_self_loops leaves the last listed weight
+    _, last_rev = np.unique(nodes[::-1], return_index=True)
+    keep = np.ones(ei.shape[1], dtype=bool)
+    keep[loops] = False
+    keep[loops[::-1][last_rev]] = True
+    return ei[:, keep], (None if w is None else w[keep])
 
 
 class GCNConv(Module):
@@ -94,8 +113,10 @@ class GCNConv(Module):
         \frac{e_{j,i}}{\sqrt{\hat{d}_j \hat{d}_i}} \mathbf{x}_j + \mathbf{b},
 
     where :math:`e_{j,i}` is the weight of the edge from source j to target i (1 by default).
-    Self-loops are added only to nodes without one (an existing loop keeps its weight); a node of
-    zero degree gets a zero row. The product is evaluated as :math:`(P X) \Theta` or
+    Self-loops are added only to nodes without one (an existing loop keeps its weight); as PyG's
+    ``add_remaining_self_loops``, a self-loop listed several times in an edge_index counts once, with
+    the weight of its last listing (other duplicate edges are summed, as PyG's sum aggregation does).
+    A node of zero degree gets a zero row. The product is evaluated as :math:`(P X) \Theta` or
     :math:`P (X \Theta)`, whichever propagates at the smaller width.
 
     Args:
@@ -181,7 +202,8 @@ class GCNConv(Module):
             raise TypeError("edge_index must be a tapegrad.CSR or a [2, E] edge_index, not a torch sparse "
                             "tensor (convert it with tapegrad.CSR.from_scipy)")
         else:
-            A = edge_index_to_csr(edge_index, num_nodes, edge_weight, self.dtype)
+            A = edge_index_to_csr(edge_index, num_nodes, edge_weight, self.dtype,
+                                  one_self_loop=self.normalize and self.add_self_loops)
         A = A.to(self.device)
         if self.normalize:
             P = gcn_norm(A, add_self_loops=self.add_self_loops, improved=self.improved, dtype=self.dtype)

@@ -1,17 +1,19 @@
 """Module and Parameter: the base every layer builds on, with PyTorch's names and habits."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from ..engine.backend import check_device, to_device
-from ..engine.tensor import Tensor
+from ..engine.backend import array_module, check_device, to_device
+from ..engine.tensor import Tensor, as_tensor
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _float_dtype(dtype: Any) -> np.dtype:
+    if type(dtype).__name__ == "dtype" and type(dtype).__module__ == "torch":  # torch.float64 -> float64
+        dtype = str(dtype).rpartition(".")[2]
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -19,6 +21,13 @@ def _float_dtype(dtype: Any) -> np.dtype:
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
+
+
+def _is_device(x: Any) -> bool:
+    """'cpu', 'cuda', 'cuda:0' or a torch.device (anything else given to ``to()`` is a dtype)."""
+    if isinstance(x, str):
+        return x.split(":")[0] in ("cpu", "cuda")
+    return type(x).__name__ == "device" and type(x).__module__ == "torch"
 
 
 class Parameter(Tensor):
@@ -29,8 +38,64 @@ class Parameter(Tensor):
     def __init__(self, data: Any, requires_grad: bool = True) -> None:
         super().__init__(data, requires_grad=requires_grad)
 
+    def numel(self) -> int:
+        """Number of elements, as torch's ``numel()`` (``sum(p.numel() for p in model.parameters())``)."""
+        return int(self.data.size)
+
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
+
+
+def _as_input(module: "Module", value: Any, name: str) -> Tensor:
+    """A Tensor of the module's dtype and device: arrays and lists are converted, Tensors are checked."""
+    if isinstance(value, Tensor):
+        if value.dtype != module.dtype:
+            raise TypeError(f"{name} has dtype {value.dtype} but the module's parameters are {module.dtype}; "
+                            f"convert one of them (.to({module.dtype.name}))")
+        if value.device != module.device:
+            raise ValueError(f"{name} is on {value.device} but the module is on {module.device}")
+        return value
+    try:
+        return as_tensor(value, dtype=module.dtype, device=module.device)  # an input is never written: no copy
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a Tensor or an array of numbers, got {type(value).__name__}") from e
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` returns, as torch's ``_IncompatibleKeys``: unpack it or read the fields."""
+
+    missing_keys: list
+    unexpected_keys: list
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return f"IncompatibleKeys(missing_keys={self.missing_keys}, unexpected_keys={self.unexpected_keys})"
+
+    __str__ = __repr__
+
+
+def _host_value(name: str, value: Any) -> np.ndarray:
+    """A state_dict entry (numpy, tapegrad Tensor, torch tensor of any float dtype, cupy) as a numeric host array."""
+    if isinstance(value, Tensor):
+        value = value.numpy()
+    elif hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = value.detach().cpu()
+        try:
+            value = value.numpy()
+        except TypeError:  # bfloat16, float8...: no numpy dtype; float32 holds them exactly
+            if not value.is_floating_point():
+                raise TypeError(f"load_state_dict: {name} has torch dtype {value.dtype}, which has no numpy "
+                                "equivalent") from None
+            value = value.float().numpy()
+    elif type(value).__module__.startswith("cupy"):
+        value = to_device(value, "cpu")
+    arr = np.asarray(value)
+    if arr.dtype.kind == "V" and "float" in arr.dtype.name:  # ml_dtypes' bfloat16 and friends
+        arr = arr.astype(np.float32)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"load_state_dict: {name} has non-numeric dtype {arr.dtype}")
+    return arr
 
 
 class Module:
@@ -46,6 +111,15 @@ class Module:
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "dtype", _float_dtype(dtype))
         object.__setattr__(self, "device", check_device(device))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # As torch: a plain Tensor put where a parameter is registered would silently drop it from
+        # parameters() (and from the optimiser's view); only a Parameter or None may replace one.
+        if isinstance(self.__dict__.get(name), Parameter) and value is not None and not isinstance(value, Parameter):
+            raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} of "
+                            f"{type(self).__name__} (a Parameter or None expected); wrap it in "
+                            f"tapegrad.Parameter, or assign to .data to change the values")
+        object.__setattr__(self, name, value)
 
     # ---- the subclass contract ---------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -68,39 +142,109 @@ class Module:
         data = np.zeros(shape, dtype=self.dtype)
         return Parameter(to_device(data, self.device))
 
+    @staticmethod
+    def _check_name(name: Any, kind: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"{kind} name must be a str, got {type(name).__name__}")
+        if not name or "." in name:
+            raise KeyError(f"{kind} name must be non-empty and contain no '.', got {name!r}")
+
+    def add_module(self, name: str, module: "Module | None") -> None:
+        """Register ``module`` as the child ``name`` (the same as ``setattr``), as torch's."""
+        self._check_name(name, "module")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{type(module).__name__} is not a Module subclass")
+        if name in self.__dict__ and not isinstance(self.__dict__[name], (Module, type(None))):
+            raise KeyError(f"attribute {name!r} already exists")
+        setattr(self, name, module)
+
+    register_module = add_module
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        """Register ``param`` (a Parameter, or None for an absent one such as ``bias=False``) as ``name``."""
+        self._check_name(name, "parameter")
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"cannot assign {type(param).__name__} as parameter {name!r} (a Parameter or None "
+                            "expected)")
+        if name in self.__dict__ and not isinstance(self.__dict__[name], (Parameter, type(None))):
+            raise KeyError(f"attribute {name!r} already exists")
+        setattr(self, name, param)
+
     # ---- walking ------------------------------------------------------------------------------------------------
-    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+    def _raw_children(self) -> Iterator[tuple[str, "Module"]]:
+        """Every attribute that holds a Module, in order, a shared child under each of its names."""
         for name, value in vars(self).items():
             if isinstance(value, Module):
+                yield name, value
+
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        seen: set = set()
+        for name, value in self._raw_children():
+            if id(value) not in seen:
+                seen.add(id(value))
                 yield name, value
 
     def children(self) -> Iterator["Module"]:
         for _, m in self.named_children():
             yield m
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+    def named_modules(self, memo: set | None = None, prefix: str = "",
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, "Module"]]:
+        """This module and every sub-module, each once (a shared child under its first name), as torch's."""
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
-        for name, child in self.named_children():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+        for name, child in self._raw_children():
+            yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else name, remove_duplicate)
 
     def modules(self) -> Iterator["Module"]:
         for _, m in self.named_modules():
             yield m
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+    def get_submodule(self, target: str) -> "Module":
+        """The sub-module at the dotted path ``target`` (``""`` is this module), as torch's."""
+        mod: Module = self
+        if target == "":
+            return mod
+        for item in target.split("."):
+            child = vars(mod).get(item)
+            if not isinstance(child, Module):
+                raise AttributeError(f"{type(mod).__name__} has no attribute `{item}`" if child is None
+                                     else f"`{item}` is not a Module")
+            mod = child
+        return mod
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator[tuple[str, Parameter]]:
+        """(name, parameter) pairs; a parameter shared by several modules comes once, under its first name."""
         seen: set = set()
-        for mod_name, mod in self.named_modules(prefix):
+        mods = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
+        for mod_name, mod in mods:
             for name, value in vars(mod).items():
-                if isinstance(value, Parameter) and id(value) not in seen:
+                if isinstance(value, Parameter) and (not remove_duplicate or id(value) not in seen):
                     seen.add(id(value))
                     yield (f"{mod_name}.{name}" if mod_name else name), value
 
-    def parameters(self) -> Iterator[Parameter]:
-        for _, p in self.named_parameters():
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        for _, p in self.named_parameters(recurse=recurse):
             yield p
+
+    def _parameter_slots(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """Every name a parameter is registered under, shared ones under each name (state_dict's keys)."""
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+        for name, child in self._raw_children():
+            yield from child._parameter_slots(f"{prefix}{name}.")
 
     # ---- modes ----------------------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
+        if not isinstance(mode, (bool, np.bool_)):
+            raise ValueError(f"training mode is expected to be a bool, got {mode!r}")
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         return self
@@ -108,22 +252,47 @@ class Module:
     def eval(self) -> "Module":
         return self.train(False)
 
-    def zero_grad(self) -> None:
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Switch gradient tracking of every parameter on or off (freezing), as torch's."""
         for p in self.parameters():
-            p.grad = None
+            p.requires_grad_(requires_grad)
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every parameter's gradient (``set_to_none=False``: fill it with zeros instead), as torch's."""
+        for p in self.parameters():
+            _zero_grad(p, set_to_none)
+
+    def apply(self, fn: Callable[["Module"], Any]) -> "Module":
+        """Call ``fn`` on every sub-module (children first) and then on this module; returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
 
     # ---- dtype and device -----------------------------------------------------------------------------------------
-    def to(self, device_or_dtype: Any) -> "Module":
-        """Move to 'cpu'/'cuda' or cast to float32/float64, in place (the Parameter objects stay the same)."""
-        if isinstance(device_or_dtype, str):
-            device = check_device(device_or_dtype)
+    def to(self, *args: Any, device: Any = None, dtype: Any = None, non_blocking: bool = False) -> "Module":
+        """Move and/or cast in place (the Parameter objects stay the same), as torch's ``to``:
+        ``to('cuda')``, ``to(np.float64)``, ``to(torch.float64)``, ``to('cpu', np.float64)``,
+        ``to(device=..., dtype=...)``. dtypes are float32/float64; devices 'cpu'/'cuda' (or a torch.device)."""
+        for a in args:
+            if _is_device(a) and device is None:
+                device = a
+            elif not _is_device(a) and dtype is None:
+                dtype = a
+            else:
+                raise TypeError(f"to() got more than one {'device' if _is_device(a) else 'dtype'}: {args}")
+        if device is None and dtype is None:
+            raise TypeError("to() needs a device ('cpu'/'cuda') and/or a float dtype")
+        if device is not None:
+            device = check_device(str(device))
             for p in self.parameters():
                 p.data = to_device(p.data, device)
                 p.grad = None if p.grad is None else to_device(p.grad, device)
             for m in self.modules():
                 object.__setattr__(m, "device", device)
-        else:
-            dtype = _float_dtype(device_or_dtype)
+        if dtype is not None:
+            dtype = _float_dtype(dtype)
             for p in self.parameters():
                 p.data = p.data.astype(dtype)
                 p.grad = None if p.grad is None else p.grad.astype(dtype)
@@ -149,50 +318,68 @@ class Module:
         return self.to(np.float64)
 
     # ---- state -------------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """{name: numpy array (a copy, on the host)} in registration order."""
-        return {name: np.array(to_device(p.data, "cpu"), copy=True) for name, p in self.named_parameters()}
+    def state_dict(self, *, destination: dict | None = None, prefix: str = "",
+                   keep_vars: bool = False) -> dict[str, Any]:
+        """{name: numpy array (a copy, on the host)} in registration order, every registered name (a
+        parameter shared by two modules appears under both, as in torch). ``keep_vars``: the Parameter
+        objects themselves; ``prefix`` is put before every name; ``destination``: a dict to fill."""
+        out = {} if destination is None else destination
+        for name, p in self._parameter_slots(prefix):
+            out[name] = p if keep_vars else np.array(to_device(p.data, "cpu"), copy=True)
+        return out
 
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Copy values in by name. Names and shapes must match exactly (unless ``strict=False``, which
-        ignores missing and unexpected names but still checks shapes); values are cast to this
-        module's dtype and moved to its device."""
+    def load_state_dict(self, state_dict: Any, strict: bool = True) -> IncompatibleKeys:
+        """Copy values in by name, as torch's: returns ``(missing_keys, unexpected_keys)``.
+
+        With ``strict`` (default) a missing or unexpected name raises RuntimeError listing all of them;
+        a shape mismatch raises RuntimeError in either mode, and a failing load changes nothing.
+        Values (numpy, tapegrad, torch of any float dtype incl. bfloat16, NaN/Inf too) are cast to each
+        parameter's dtype and moved to its device. A parameter registered under two names (tied
+        weights) takes the value of the last of them, as in torch.
+        """
+        self._stage_state_dict(state_dict, strict)()
+        return IncompatibleKeys(*self._key_mismatch(state_dict))
+
+    def _key_mismatch(self, state: Any) -> tuple[list, list]:
+        names = [n for n, _ in self._parameter_slots()]
+        known = set(names)
+        return [k for k in names if k not in state], [k for k in state if k not in known]
+
+    def _stage_state_dict(self, state: Any, strict: bool = True) -> Callable[[], None]:
+        """Check ``state`` against this module and return a function that applies it (and cannot fail)."""
         if not hasattr(state, "items"):
-            raise TypeError(f"state must be a mapping of name -> array, got {type(state).__name__}")
-        params = dict(self.named_parameters())
-        missing = [k for k in params if k not in state]
-        unexpected = [k for k in state if k not in params]
-        if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
-                           f"unexpected keys {unexpected}")
-        staged = {}
-        for name, p in params.items():
+            raise TypeError(f"state_dict must be a mapping of name -> array, got {type(state).__name__}")
+        missing, unexpected = self._key_mismatch(state)
+        errors = []
+        if strict and missing:
+            errors.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". ")
+        if strict and unexpected:
+            errors.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". ")
+        staged = []
+        for name, p in self._parameter_slots():
             if name not in state:
                 continue
-            value = state[name]
-            value = value.numpy() if isinstance(value, Tensor) else value
-            if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-                value = value.detach().cpu().numpy()
-            arr = np.asarray(to_device(value, "cpu") if type(value).__module__.startswith("cupy") else value)
+            arr = _host_value(name, state[name])
             if arr.shape != p.shape:
-                raise ValueError(f"load_state_dict: {name} has shape {arr.shape} in the state, "
-                                 f"{p.shape} in the module")
-            if arr.dtype.kind not in "fiu":
-                raise TypeError(f"load_state_dict: {name} has non-numeric dtype {arr.dtype}")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"load_state_dict: {name} holds NaN or Inf")
-            staged[name] = arr
-        for name, arr in staged.items():  # all checked first: a bad entry changes nothing
-            p = params[name]
-            p.data = to_device(np.array(arr, dtype=self.dtype, copy=True), self.device)
-            p.grad = None
-        for m in self.modules():
-            m._after_to()
+                errors.append(f"size mismatch for {name}: copying a param with shape {arr.shape} from "
+                              f"checkpoint, the shape in current model is {p.shape}.")
+                continue
+            staged.append((p, arr))
+        if errors:
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
+
+        def commit() -> None:  # in registration order: of a tied parameter's names the last one wins
+            for p, arr in staged:
+                p.data = to_device(np.array(arr, dtype=p.dtype, copy=True), p.device)
+                p.grad = None
+            for m in self.modules():
+                m._after_to()
+        return commit
 
     # ---- printing ------------------------------------------------------------------------------------------------------
     def __repr__(self) -> str:
         lines = []
-        for name, child in self.named_children():
+        for name, child in self._raw_children():
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         head = f"{type(self).__name__}({self.extra_repr()}"
@@ -201,38 +388,71 @@ class Module:
         return head + "\n" + "\n".join(lines) + "\n)"
 
 
+def _zero_grad(p: Tensor, set_to_none: bool) -> None:
+    g = p.grad
+    if set_to_none or g is None:
+        p.grad = None
+    elif isinstance(g, np.generic) or not getattr(g.flags, "writeable", True):  # a 0-d scalar, a read-only view
+        p.grad = array_module(g).zeros_like(g)
+    else:  # in place, as torch's zero_()
+        g[...] = 0
+
+
 class ModuleList(Module):
     """A list of sub-modules, registered as ``0``, ``1``, ... (PyTorch's naming)."""
 
     def __init__(self, modules: Any = (), dtype: Any = np.float32, device: str | None = None) -> None:
         super().__init__(dtype, device)
-        for m in modules:
-            self.append(m)
+        self.extend(modules)
 
     def append(self, module: Module) -> "ModuleList":
         if not isinstance(module, Module):
-            raise TypeError(f"ModuleList holds Modules, got {type(module).__name__}")
+            raise TypeError(f"{type(self).__name__} holds Modules, got {type(module).__name__}")
         setattr(self, str(len(self)), module)
         return self
 
+    def extend(self, modules: Any) -> "ModuleList":
+        for m in modules:
+            self.append(m)
+        return self
+
+    def _items(self) -> list[tuple[str, Module]]:
+        return list(self._raw_children())
+
     def __len__(self) -> int:
-        return sum(1 for _ in self.named_children())
+        return len(self._items())
 
     def __iter__(self) -> Iterator[Module]:
-        return iter(list(self.children()))
+        return iter([m for _, m in self._items()])
 
-    def __getitem__(self, i: int) -> Module:
-        return list(self.children())[i]
+    def _sliced(self, items: list[tuple[str, Module]]) -> "ModuleList":
+        new = type(self).__new__(type(self))
+        Module.__init__(new, self.dtype, self.device)
+        for _, m in items:
+            new.append(m)
+        return new
+
+    def __getitem__(self, i: int | slice) -> Any:
+        items = self._items()
+        if isinstance(i, slice):
+            return self._sliced(items[i])
+        return items[i][1]
 
 
 class Sequential(ModuleList):
-    """Modules applied one after another."""
+    """Modules applied one after another. A slice is a Sequential again (keeping the names, as torch's)."""
 
     def __init__(self, *modules: Module) -> None:
         super().__init__(modules)
+
+    def _sliced(self, items: list[tuple[str, Module]]) -> "Sequential":
+        new = type(self).__new__(type(self))
+        Module.__init__(new, self.dtype, self.device)
+        for name, m in items:
+            setattr(new, name, m)
+        return new
 
     def forward(self, x: Any) -> Any:
         for m in self:
             x = m(x)
         return x
-

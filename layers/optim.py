@@ -6,14 +6,42 @@ hyper-parameters mean the same thing. Updates happen in place on ``p.data`` (num
 from __future__ import annotations
 
 import math
+import numbers
 import re
-from typing import Any, Iterable
+import warnings
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from ..engine.backend import array_module
-from ..kernels import registry
-from ..engine.tensor import Tensor
+from ..engine.tensor import Tensor, enable_grad
+from ..kernels import reference, registry
+from .module import _zero_grad
+
+
+def _param_list(g: dict) -> list:
+    ps = [g["params"]] if isinstance(g["params"], Tensor) else list(g["params"])
+    for p in ps:
+        if isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], Tensor):
+            raise TypeError("pass module.parameters(), not named_parameters(), to an optimizer")
+        if not isinstance(p, Tensor):
+            raise TypeError(f"an optimizer can only optimize Tensors, got {type(p).__name__}")
+        if not p.is_leaf:  # frozen leaves (requires_grad=False) are fine: they never get a grad, so are skipped
+            raise ValueError("can't optimize a non-leaf Tensor (the result of an op); optimize the leaves "
+                             "it was computed from")
+    unique = list({id(p): p for p in ps}.values())
+    if len(unique) != len(ps):
+        warnings.warn("optimizer contains a parameter group with duplicate parameters; each is kept once "
+                      "(as torch does)", UserWarning, stacklevel=4)
+    return unique
+
+
+def _as_group(g: Any, defaults: dict) -> dict:
+    """One parameter group: its params checked and de-duplicated, missing options from ``defaults``;
+    extra keys (a "name" tag, say) are kept, as in torch."""
+    if not isinstance(g, dict) or "params" not in g:
+        raise TypeError("each parameter group must be a dict with a 'params' entry")
+    return {**defaults, **g, "params": _param_list(g)}
 
 
 def _as_groups(params: Any, defaults: dict) -> list[dict]:
@@ -23,38 +51,53 @@ def _as_groups(params: Any, defaults: dict) -> list[dict]:
     if not params:
         raise ValueError("optimizer got an empty parameter list")
     groups = params if isinstance(params[0], dict) else [{"params": params}]
-    out, seen = [], set()
+    out: list[dict] = []
     for g in groups:
-        if not isinstance(g, dict) or "params" not in g:
-            raise TypeError("each parameter group must be a dict with a 'params' entry")
-        unknown = set(g) - set(defaults) - {"params"}
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} in a parameter group")
-        ps = [p for p in (g["params"] if not isinstance(g["params"], Tensor) else [g["params"]])]
-        for p in ps:
-            if isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], Tensor):
-                raise TypeError("pass module.parameters(), not named_parameters(), to an optimizer")
-            if not isinstance(p, Tensor) or not p.requires_grad or not p.is_leaf:
-                raise TypeError("optimizer parameters must be leaf tensors that require grad")
-            if id(p) in seen:
-                raise ValueError("a parameter appears in more than one parameter group")
-            seen.add(id(p))
-        out.append({**defaults, **g, "params": ps})
+        _add_group(out, _as_group(g, defaults))
     return out
 
 
+def _add_group(groups: list[dict], group: dict) -> None:
+    seen = {id(p) for g in groups for p in g["params"]}
+    if any(id(p) in seen for p in group["params"]):
+        raise ValueError("some parameters appear in more than one parameter group")
+    groups.append(group)
+
+
 class Optimizer:
-    """Holds parameter groups (dicts of hyper-parameters with a 'params' list) and per-parameter state."""
+    """Holds parameter groups (dicts of hyper-parameters with a 'params' list) and per-parameter state.
+
+    As torch: frozen parameters (``requires_grad=False``) and any without a gradient are skipped by
+    ``step``; a parameter listed twice in one group is kept once (with a warning); extra group keys
+    are kept; ``step(closure)`` re-evaluates the loss first and returns it.
+    """
 
     def __init__(self, params: Any, defaults: dict) -> None:
         self.defaults = defaults
         self.param_groups = _as_groups(params, defaults)
         self.state: dict[int, dict] = {}
 
-    def zero_grad(self) -> None:
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group (e.g. layers unfrozen while fine-tuning); options it lacks come from the defaults."""
+        _add_group(self.param_groups, _as_group(param_group, self.defaults))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for g in self.param_groups:
             for p in g["params"]:
-                p.grad = None
+                _zero_grad(p, set_to_none)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter that has a gradient. ``closure``: a function that re-evaluates
+        the model and returns the loss (called first, with recording on); its loss is returned."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        self._update()
+        return loss
+
+    def _update(self) -> None:
+        raise NotImplementedError
 
     def _params_with_grad(self):
         for g in self.param_groups:
@@ -62,21 +105,24 @@ class Optimizer:
                 if p.grad is not None:
                     yield g, p, self.state.setdefault(id(p), {})
 
-    # State in parameter order, for checkpoints: {"<k>.<name>": array} plus step counts.
+    # State in parameter order, for checkpoints: {"<k>.<name>": array} plus step counts. Group options
+    # that are not numbers, strings or tuples of them (which an .npz cannot hold without pickle) are left out.
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         k = 0
         for gi, g in enumerate(self.param_groups):
             for key, value in g.items():
                 if key != "params":
-                    out[f"group{gi}.{key}"] = np.asarray(value)
+                    v = np.asarray(value) if isinstance(value, (numbers.Number, str, tuple, np.ndarray)) else None
+                    if v is not None and not v.dtype.hasobject:
+                        out[f"group{gi}.{key}"] = v
             for p in g["params"]:
                 for name, value in self.state.get(id(p), {}).items():
                     out[f"param{k}.{name}"] = np.array(value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else value, copy=True)
                 k += 1
         return out
 
-    _STATE_NAMES = ("step", "exp_avg", "exp_avg_sq", "momentum_buffer")
+    _STATE_NAMES = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned. Every entry is checked before any is applied, so a
@@ -141,7 +187,7 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
 
-    def step(self) -> None:
+    def _update(self) -> None:
         for g, p, st in self._params_with_grad():
             grad = p.grad
             if g["weight_decay"]:
@@ -158,34 +204,55 @@ class SGD(Optimizer):
             p.data -= p.dtype.type(g["lr"]) * grad
 
 
+def _amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, beta2, step_size, bias2_sqrt, eps,
+                  weight_decay=0.0, decay=1.0) -> None:
+    """kernels.reference.adam_step with torch's AMSGrad: the denominator uses the running maximum of
+    ``exp_avg_sq`` (kept in ``max_exp_avg_sq``), each operation rounded to param's dtype as torch's."""
+    xp = array_module(param)
+    t = param.dtype.type
+    reference.adam_moments(param, grad, exp_avg, exp_avg_sq, beta1, beta2, weight_decay, decay)
+    xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+    denom = xp.sqrt(max_exp_avg_sq) / t(bias2_sqrt) + t(eps)
+    param -= t(step_size) * (exp_avg / denom)
+
+
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction and L2 weight decay added to the gradient (PyTorch's Adam)."""
+    """Adam (Kingma & Ba) with bias correction and L2 weight decay added to the gradient (PyTorch's Adam);
+    ``amsgrad=True``: the AMSGrad variant (Reddi et al.), PyTorch's rule."""
 
     decoupled = False
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      amsgrad=bool(amsgrad)))
 
-    def step(self) -> None:
+    def _update(self) -> None:
         for g, p, st in self._params_with_grad():
             xp = array_module(p.data)
             lr, (b1, b2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
+            amsgrad = g.get("amsgrad", False)
             if "step" not in st:
                 st["step"] = np.zeros((), dtype=np.int64)
                 st["exp_avg"] = xp.zeros_like(p.data)
                 st["exp_avg_sq"] = xp.zeros_like(p.data)
+            if amsgrad and "max_exp_avg_sq" not in st:
+                st["max_exp_avg_sq"] = xp.zeros_like(p.data)
             st["step"] += 1
             step = int(st["step"])
             decoupled = bool(wd) and self.decoupled
-            # one kernel per parameter (kernels/*/optim.py), the rule of kernels.reference.adam_step
-            registry.call("adam_step", registry.backend_of(p.data), p.data, p.grad, st["exp_avg"], st["exp_avg_sq"],
-                          b1, b2, lr / (1 - b1 ** step), math.sqrt(1 - b2 ** step), eps,
-                          0.0 if decoupled else wd, 1 - lr * wd if decoupled else 1.0)
+            args = (b1, b2, lr / (1 - b1 ** step), math.sqrt(1 - b2 ** step), eps,
+                    0.0 if decoupled else wd, 1 - lr * wd if decoupled else 1.0)
+            if amsgrad:
+                _amsgrad_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], st["max_exp_avg_sq"], *args)
+            else:
+                # one kernel per parameter (kernels/*/optim.py), the rule of kernels.reference.adam_step
+                registry.call("adam_step", registry.backend_of(p.data), p.data, p.grad, st["exp_avg"],
+                              st["exp_avg_sq"], *args)
 
 
 class AdamW(Adam):
@@ -194,8 +261,8 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay)
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 
 def _named(params: Any) -> list[tuple[str, Tensor]]:
@@ -211,41 +278,84 @@ def _named(params: Any) -> list[tuple[str, Tensor]]:
     return named
 
 
-def clip_grad_norm(params: Iterable, max_norm: float, norm_type: float = 2.0,
-                   error_if_nonfinite: bool = True) -> float:
-    """Scale all gradients together so their joint norm is at most ``max_norm``; returns the norm before.
+def _norm_type(norm_type: Any) -> float:
+    """torch's reading of norm_type: anything ``float()`` takes ('inf', 2, 2.0); NaN and the rest refused."""
+    try:
+        value = float(norm_type)
+    except (TypeError, ValueError):
+        value = math.nan
+    if math.isnan(value) or isinstance(norm_type, bool):
+        raise ValueError(f"norm_type must be a number (or a string such as 'inf'), got {norm_type!r}")
+    return value
+
+
+def clip_grad_norm(params: Iterable, max_norm: float, norm_type: float | str = 2.0,
+                   error_if_nonfinite: bool = False, foreach: bool | None = None) -> float:
+    """Scale all gradients together so their joint norm is at most ``max_norm``; returns the norm before,
+    as torch's ``clip_grad_norm_`` (also available under that name).
 
     ``params``: tensors, or (name, tensor) pairs from ``named_parameters()`` so an error can name the
-    culprit. A NaN/Inf gradient raises FloatingPointError naming the parameter (set
-    ``error_if_nonfinite=False`` to get a non-finite norm back instead and leave gradients untouched).
+    culprit. ``norm_type``: p > 0 (the p-norm of all gradient elements together), ``inf`` (max |g|),
+    ``-inf`` (min |g|), negative p, or 0, which torch defines as the number of parameters whose
+    gradient has a nonzero element (its 0-"norm" of the per-parameter 0-norms); strings such as
+    ``'inf'`` are read with ``float()``, as torch does.
+
+    A non-finite gradient gives a non-finite norm (``inf`` for an Inf, ``nan`` if any NaN) and the
+    gradients are scaled by ``max_norm / (norm + 1e-6)`` all the same (to zeros and NaN), as torch does.
+    ``error_if_nonfinite=True`` raises FloatingPointError naming the parameter instead, leaving the
+    gradients untouched. ``foreach`` is accepted for torch's signature and ignored.
     """
+    nt = _norm_type(norm_type)
     if max_norm < 0:
         raise ValueError(f"max_norm must be >= 0, got {max_norm}")
     named = [(n, p) for n, p in _named(params) if p.grad is not None]
     if not named:
         return 0.0
-    norms = []
-    for name, p in named:
-        xp = array_module(p.grad)
-        if not bool(xp.isfinite(p.grad).all()):
-            if error_if_nonfinite:
-                raise FloatingPointError(f"clip_grad_norm: the gradient of {name} is not finite (NaN or Inf)")
-            return float("nan")
-        g = p.grad.astype(np.float64)
-        norms.append(float(xp.abs(g).max()) if math.isinf(norm_type) else float((xp.abs(g) ** norm_type).sum()))
-    total = max(norms) if math.isinf(norm_type) else sum(norms) ** (1.0 / norm_type)
-    coef = max_norm / (total + 1e-6)
-    if coef < 1:
+    parts = []
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # |0|**-p and overflow give inf, as torch's
         for _, p in named:
-            p.grad *= p.grad.dtype.type(coef)
+            xp = array_module(p.grad)
+            a = xp.abs(p.grad.astype(np.float64))
+            if nt == 0:
+                parts.append(float(xp.count_nonzero(a)))
+            elif a.size == 0:  # the neutral element of the reduction below
+                parts.append(math.inf if nt == -math.inf else 0.0)
+            elif nt == math.inf:
+                parts.append(float(a.max()))
+            elif nt == -math.inf:
+                parts.append(float(a.min()))
+            else:
+                parts.append(float((a ** nt).sum()))
+        if nt == 0:  # torch: the 0-norm of the per-parameter 0-norms
+            total = float(sum(1 for x in parts if x != 0))
+        elif math.isinf(nt):
+            total = math.nan if any(math.isnan(x) for x in parts) else (max if nt > 0 else min)(parts)
+        else:
+            s = sum(parts)
+            total = s ** (1.0 / nt) if s else (0.0 if nt > 0 else math.inf)
+    if error_if_nonfinite and not math.isfinite(total):
+        bad = [n for n, p in named if not bool(array_module(p.grad).isfinite(p.grad).all())]
+        why = (f"the gradient of {bad[0]} is not finite (NaN or Inf)" if bad else
+               "every gradient is finite but their norm overflows float64")
+        raise FloatingPointError(f"clip_grad_norm: the total norm of order {nt} is non-finite ({total}): {why}; "
+                                 "set error_if_nonfinite=False to scale the gradients by it anyway")
+    coef = max_norm / (total + 1e-6)
+    if coef < 1 or math.isnan(coef):  # torch multiplies by min(coef, 1), and NaN stays NaN
+        with np.errstate(invalid="ignore"):  # inf * 0 is NaN, as in torch
+            for _, p in named:
+                p.grad *= p.grad.dtype.type(coef)
     return total
 
 
-def clip_grad_value(params: Iterable, clip_value: float) -> None:
-    """Clamp every gradient element into [-clip_value, clip_value]."""
+def clip_grad_value(params: Iterable, clip_value: float, foreach: bool | None = None) -> None:
+    """Clamp every gradient element into [-clip_value, clip_value] (torch's ``clip_grad_value_``)."""
     if clip_value < 0:
         raise ValueError(f"clip_value must be >= 0, got {clip_value}")
     for _, p in _named(params):
         if p.grad is not None:
             xp = array_module(p.grad)
             xp.clip(p.grad, -clip_value, clip_value, out=p.grad)
+
+
+clip_grad_norm_ = clip_grad_norm  # torch's names
+clip_grad_value_ = clip_grad_value

@@ -18,9 +18,9 @@ from ..engine import nn as F
 from ..engine import ops
 from ..engine.backend import array_module
 from ..engine.recurrent import lstm_sequence, rnn_sequence
-from ..engine.tensor import Tensor, tensor
+from ..engine.tensor import Tensor, as_tensor
 from . import init
-from .module import Module
+from .module import Module, _as_input
 
 __all__ = ["LSTM", "RNN", "LSTMCell", "RNNBase", "RNNCell", "RNNCellBase"]
 
@@ -31,19 +31,22 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _as_input(module: Module, value: Any, name: str) -> Tensor:
-    """A Tensor of the module's dtype and device: arrays and lists are converted, Tensors are checked."""
-    if isinstance(value, Tensor):
-        if value.dtype != module.dtype:
-            raise TypeError(f"{name} has dtype {value.dtype} but the module's parameters are {module.dtype}; "
-                            f"convert one of them (.to({module.dtype.name}))")
-        if value.device != module.device:
-            raise ValueError(f"{name} is on {value.device} but the module is on {module.device}")
-        return value
-    try:
-        return tensor(value, dtype=module.dtype, device=module.device)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a Tensor or an array of numbers, got {type(value).__name__}") from e
+def _empty_batch(module: Module, inputs: tuple, out_shape: tuple, n_states: int):
+    """torch's result for a batch of 0 sequences, which the engine's recurrences refuse: empty outputs
+    [T, 0, D*H] and states [L*D, 0, H] on the graph of every parameter and input (so a loss summed over
+    them backpropagates zeros, as in torch), returned as ``_run`` returns them."""
+    xp = array_module(inputs[0].data)
+    anchor = None
+    for t in [*module.parameters(), *(i for i in inputs if i is not None)]:
+        term = ops.sum(t)
+        anchor = term if anchor is None else anchor + term
+
+    def empty(shape: tuple) -> Tensor:
+        return Tensor(xp.zeros(shape, dtype=module.dtype)) * anchor
+
+    state = (0, module.hidden_size)
+    return (empty(out_shape), [empty(state) for _ in range(n_states)],
+            [empty(state) for _ in range(n_states if module._gate_mult == 4 else 0)])
 
 
 def _uniform_init(module: Module, hidden_size: int) -> None:
@@ -128,8 +131,6 @@ class RNNBase(Module):
             x = ops.transpose(x, (1, 0, 2))
         if x.shape[0] == 0:
             raise ValueError(f"input has sequence length 0 (input shape {shape}); an RNN needs at least one step")
-        if x.shape[1] == 0:
-            raise ValueError(f"input has batch size 0 (input shape {shape})")
         return x, batched
 
     def _prepare_state(self, state: Any, name: str, batch: int, batched: bool) -> Tensor | None:
@@ -171,6 +172,9 @@ class RNNBase(Module):
     def _run(self, x: Tensor, h0: Tensor | None, c0: Tensor | None, lengths: Any):
         """The layer / direction loop; returns (output [T, B, D*H], [h_n per layer-direction], [c_n ...])."""
         B = x.shape[1]
+        if B == 0:
+            return _empty_batch(self, (x, h0, c0), (x.shape[0], 0, self.num_directions * self.hidden_size),
+                                self.num_layers * self.num_directions)
         zeros = None
         if h0 is None or (self._gate_mult == 4 and c0 is None):
             xp = array_module(x.data)
@@ -242,6 +246,7 @@ class RNN(RNNBase):
 
     Inputs: ``input, hx=None, lengths=None``
         - input: [T, B, input_size] ([B, T, input_size] if batch_first), or unbatched [T, input_size].
+          T >= 1; B may be 0 (empty outputs of these shapes, as torch's).
         - hx: [num_layers * num_directions, B, hidden_size] initial states (zeros if None);
           [num_layers * num_directions, hidden_size] for unbatched input.
         - lengths: None, or integers [B] in [1, T]: a padded batch with PyTorch's packed-sequence
@@ -368,14 +373,12 @@ class RNNCellBase(Module):
             raise ValueError(f"input has {x.shape[-1]} features in its last dimension, "
                              f"expected input_size={self.input_size} (input shape {x.shape})")
         batched = x.ndim == 2
-        if batched and x.shape[0] == 0:
-            raise ValueError(f"input has batch size 0 (input shape {x.shape})")
         x = ops.reshape(x, (1,) + (x.shape if batched else (1, x.shape[0])))
         return x, batched
 
     def _state(self, state: Any, name: str, batch: int, batched: bool) -> Tensor:
         if state is None:
-            return tensor(np.zeros((batch, self.hidden_size), dtype=self.dtype), device=self.device)
+            return as_tensor(np.zeros((batch, self.hidden_size), dtype=self.dtype), device=self.device)
         s = _as_input(self, state, name)
         want = (batch, self.hidden_size) if batched else (self.hidden_size,)
         if s.shape != want:
@@ -417,6 +420,8 @@ class RNNCell(RNNCellBase):
     def forward(self, input: Any, hx: Any = None) -> Tensor:
         x, batched = self._prepare(input)
         h = self._state(hx, "hx", x.shape[1], batched)
+        if x.shape[1] == 0:
+            return _empty_batch(self, (x, h), (0, self.hidden_size), 0)[0]
         _, h_new = rnn_sequence(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                                 nonlinearity=self.nonlinearity)
         return h_new if batched else ops.reshape(h_new, (self.hidden_size,))
@@ -459,6 +464,9 @@ class LSTMCell(RNNCellBase):
                 raise ValueError("hx for an LSTMCell must be a tuple (h, c)")
             h = self._state(hx[0], "hx[0] (h)", x.shape[1], batched)
             c = self._state(hx[1], "hx[1] (c)", x.shape[1], batched)
+        if x.shape[1] == 0:
+            empty = _empty_batch(self, (x, h, c), (0, self.hidden_size), 0)[0]
+            return empty, empty * 1
         _, h_new, c_new = lstm_sequence(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         if batched:
             return h_new, c_new

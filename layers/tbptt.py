@@ -27,6 +27,7 @@ Two ways in:
 from __future__ import annotations
 
 import itertools
+import numbers
 from typing import Any, Callable, Iterator, NamedTuple
 
 from ..engine.tensor import Tensor
@@ -58,11 +59,15 @@ class Window(NamedTuple):
     carry_at: int
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def _check_k(k1: int, k2: int | None) -> tuple[int, int]:
     k2 = k1 if k2 is None else k2
-    if int(k1) != k1 or k1 < 1:
+    if not _is_int(k1) or k1 < 1:
         raise ValueError(f"k1 must be a positive integer, got {k1!r}")
-    if int(k2) != k2 or k2 < k1:
+    if not _is_int(k2) or k2 < k1:
         raise ValueError(f"k2 must be an integer >= k1 = {k1}, got {k2!r}")
     return int(k1), int(k2)
 
@@ -88,6 +93,8 @@ def tbptt_windows(T: int, k1: int, k2: int | None = None) -> Iterator[Window]:
     Window(start=3, stop=5, loss_start=4, carry_at=5)
     """
     k1, k2 = _check_k(k1, k2)
+    if not _is_int(T) or T < 0:
+        raise ValueError(f"T must be a non-negative integer, got {T!r}")
     t = 0
     while t < T:
         w = _window(t, k1, k2, T)
@@ -108,8 +115,10 @@ class TBPTT:
         k1: steps between updates (and steps whose loss each update counts).
         k2: steps each update backpropagates through (default ``k1``; must be ``>= k1``). ``k2 > k1``
             costs about ``k2 / k1`` times the compute of ``k1 == k2`` (see the module docstring).
-        clip: if set, ``clip_grad_norm(params, clip)`` before every update.
-        length: total sequence length; :meth:`step` returns ``None`` once the end is reached.
+        clip: if set, ``clip_grad_norm(params, clip, error_if_nonfinite=True)`` before every update: a
+            NaN/Inf gradient raises FloatingPointError naming the parameter, and no step is taken.
+        length: total sequence length (a positive integer); :meth:`step` returns ``None`` once the end
+            is reached.
 
     Attributes: ``position`` (steps consumed), ``state`` (the detached state at ``position``),
     ``last_grad_norm`` (the gradient norm before clipping at the last update, when ``clip`` is set).
@@ -120,6 +129,8 @@ class TBPTT:
         self.k1, self.k2 = _check_k(k1, k2)
         if clip is not None and clip <= 0:
             raise ValueError(f"clip must be positive (or None), got {clip}")
+        if length is not None and (not _is_int(length) or length < 1):
+            raise ValueError(f"length must be a positive integer (or None), got {length!r}")
         self.segment_fn = segment_fn
         self.optimizer = optimizer
         self.clip = clip
@@ -155,6 +166,10 @@ class TBPTT:
             with_loss = a >= w.loss_start
             loss, state = self.segment_fn(a, b, state, with_loss)
             if with_loss:
+                if not isinstance(loss, Tensor):
+                    raise TypeError(f"segment_fn must return a Tensor loss when with_loss is true: "
+                                    f"segment_fn({a}, {b}, state, True) returned a {type(loss).__name__} as its "
+                                    "loss (expected a one-element Tensor on the graph)")
                 term = loss * ((b - a) / n_loss) if b - a != n_loss else loss
                 total = term if total is None else total + term
             if b == w.carry_at:
@@ -162,7 +177,8 @@ class TBPTT:
         self.optimizer.zero_grad()
         total.backward()
         if self.clip is not None:
-            self.last_grad_norm = clip_grad_norm(self._params(), self.clip)
+            # a NaN/Inf gradient stops training here, before the step would spread it into the parameters
+            self.last_grad_norm = clip_grad_norm(self._params(), self.clip, error_if_nonfinite=True)
         self.optimizer.step()
         self.position = w.stop
         self.state = detach_state(state)

@@ -50,6 +50,12 @@ def test_gcnconv_matches_pyg_forward_and_gradients(name, kw, weighted, dtype):
     pyg_nn = pytest.importorskip("torch_geometric.nn")
     rng = np.random.default_rng(1)
     ei, n = _graph(rng)
+    _check_against_pyg(torch, pyg_nn, kw, weighted, dtype, rng, ei, n, torch.tensor(ei))  # a torch edge_index too
+
+
+def _check_against_pyg(torch, pyg_nn, kw, weighted, dtype, rng, ei, n, ours_ei):
+    """Our GCNConv (given ``ours_ei``) against PyG's (given ``ei``) with the same weights: output and the
+    gradients of x, the weight and the bias."""
     w = rng.uniform(0.5, 2.0, ei.shape[1]).astype(dtype) if weighted else None
     x = rng.standard_normal((n, F_IN)).astype(dtype)
     g = rng.standard_normal((n, F_OUT)).astype(dtype)
@@ -58,7 +64,7 @@ def test_gcnconv_matches_pyg_forward_and_gradients(name, kw, weighted, dtype):
     out_p = p(xt, torch.tensor(ei), None if w is None else torch.tensor(w))
     out_p.backward(torch.tensor(g))
     xx = tg.tensor(x, requires_grad=True)
-    out = ours(xx, torch.tensor(ei), w)  # a torch edge_index is accepted too
+    out = ours(xx, ours_ei, w)
     out.backward(g)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
     assert out.dtype == dtype
@@ -293,3 +299,42 @@ def test_app_rejects_structure_only_graph(tmp_path, capsys):
     np.savez(path, adj_indptr=d["adj_indptr"], adj_indices=d["adj_indices"])
     assert app.main(["--data", str(path), "--seeds", "1"]) == 1
     assert "no node features" in capsys.readouterr().err
+
+
+DUP_LOOP_CASES = [
+    ("default", {}, False),
+    ("weighted", {}, True),
+    ("improved_weighted", {"improved": True}, True),
+    ("no_self_loops_weighted", {"add_self_loops": False}, True),  # no loop handling: duplicates sum, as PyG
+    ("no_normalize", {"normalize": False}, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,kw,weighted", DUP_LOOP_CASES, ids=[c[0] for c in DUP_LOOP_CASES])
+def test_gcnconv_with_repeated_self_loops_matches_pyg(name, kw, weighted, dtype):
+    """A self-loop listed several times counts once, with its last listed weight, as PyG's
+    add_remaining_self_loops (audit finding 6); repeated non-loop edges stay summed."""
+    torch = pytest.importorskip("torch")
+    pyg_nn = pytest.importorskip("torch_geometric.nn")
+    rng = np.random.default_rng(3)
+    ei, n = _graph(rng)  # loops on 3 and 5
+    extra = np.array([[3, 0, 5, 3, 1, 1, 0],
+                      [3, 0, 5, 3, 0, 0, 0]])  # 3 three times in all, 5 twice, 0 twice, 1->0 three times
+    ei = np.concatenate([ei, extra], axis=1)
+    order = rng.permutation(ei.shape[1])  # the last listing is wherever the shuffle puts it
+    ei = ei[:, order]
+    _check_against_pyg(torch, pyg_nn, kw, weighted, dtype, rng, ei, n, ei)
+
+
+def test_edge_index_to_csr_one_self_loop_keeps_the_last_listed_weight():
+    ei = np.array([[0, 0, 1, 0, 1],
+                   [0, 0, 0, 0, 1]])
+    w = np.array([0.5, 3.0, 2.0, 7.0, 4.0])
+    A = edge_index_to_csr(ei, 2, w, np.float64, one_self_loop=True)
+    B = edge_index_to_csr(ei, 2, w, np.float64)
+    sp = pytest.importorskip("scipy.sparse")
+    da = sp.csr_matrix((A.data, A.indices, A.indptr), shape=A.shape).toarray()
+    db = sp.csr_matrix((B.data, B.indices, B.indptr), shape=B.shape).toarray()
+    np.testing.assert_array_equal(da, [[7.0, 2.0], [0.0, 4.0]])  # A[target, source]
+    np.testing.assert_array_equal(db, [[10.5, 2.0], [0.0, 4.0]])  # the default still sums

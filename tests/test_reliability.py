@@ -254,7 +254,7 @@ def test_clip_grad_norm_names_the_parameter_whose_gradient_went_non_finite():
     assert all(np.isfinite(p.grad).all() for n, p in model.named_parameters() if n.startswith("body."))
     before = {n: p.grad.copy() for n, p in model.named_parameters()}
     with pytest.raises(FloatingPointError, match=bad[0].replace(".", r"\.")):
-        tg.optim.clip_grad_norm(model.named_parameters(), 1.0)
+        tg.optim.clip_grad_norm(model.named_parameters(), 1.0, error_if_nonfinite=True)
     for n, p in model.named_parameters():  # nothing was scaled
         np.testing.assert_array_equal(p.grad, before[n])
 

@@ -306,8 +306,6 @@ def test_input_errors_name_the_argument():
         m(np.zeros((5, 2, 3, 1), dtype=np.float32))
     with pytest.raises(ValueError, match="sequence length 0"):
         m(np.zeros((0, 2, 3), dtype=np.float32))
-    with pytest.raises(ValueError, match="batch size 0"):
-        m(np.zeros((5, 0, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="hx"):
         m(x, (np.zeros((1, 2, 4)), np.zeros((2, 2, 4))))
     with pytest.raises(ValueError, match="c_0"):
@@ -337,5 +335,40 @@ def test_input_errors_name_the_argument():
         c(np.zeros((2, 5)))
     with pytest.raises(ValueError, match="hx"):
         c(np.zeros((2, 3)), (np.zeros((2, 4)), np.zeros((3, 4))))
-    with pytest.raises(ValueError, match="batch size 0"):
-        RNNCell(3, 4)(np.zeros((0, 3)))
+    with pytest.raises(TypeError, match="dtype"):
+        RNNCell(3, 4)(tg.tensor(np.zeros((2, 3))))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("give_hx", [False, True])
+def test_a_batch_of_zero_sequences_gives_torchs_empty_shapes_and_zero_gradients(kind, batch_first, give_hx):
+    kw = {"input_size": 3, "hidden_size": 4, "num_layers": 2, "bidirectional": True, "batch_first": batch_first}
+    tmod, ours = _pair(kind, np.float64, **kw)
+    x = np.zeros((0, 5, 3) if batch_first else (5, 0, 3))
+    hx = None
+    if give_hx:
+        h = np.zeros((4, 0, 4))
+        hx = (h, h) if kind == "lstm" else h
+    thx = None if hx is None else (tuple(map(torch.tensor, hx)) if kind == "lstm" else torch.tensor(hx))
+    tout, tstate = tmod(torch.tensor(x), thx)
+    gout, gstate = ours(x, hx)
+    tstates = tstate if kind == "lstm" else (tstate,)
+    gstates = gstate if kind == "lstm" else (gstate,)
+    assert gout.shape == tuple(tout.shape)
+    assert [s.shape for s in gstates] == [tuple(s.shape) for s in tstates]
+    (tout.sum() + sum(s.sum() for s in tstates)).backward()
+    loss = gout.sum()
+    for s in gstates:
+        loss = loss + s.sum()
+    loss.backward()  # on the graph, as torch's: every parameter gets a zero gradient
+    for name, p in ours.named_parameters():
+        np.testing.assert_array_equal(p.grad, getattr(tmod, name).grad.numpy())
+
+
+def test_cells_with_a_batch_of_zero_give_torchs_shapes():
+    for ours, theirs in ((LSTMCell(3, 4), torch.nn.LSTMCell(3, 4)), (RNNCell(3, 4), torch.nn.RNNCell(3, 4))):
+        got = ours(np.zeros((0, 3), np.float32))
+        want = theirs(torch.zeros(0, 3))
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        assert [g.shape for g in got] == [tuple(w.shape) for w in want]

@@ -199,3 +199,52 @@ def test_tbptt_trains_an_lstm_with_clipping():
         last = tb.run()
     assert np.mean(last) < 0.3 * np.mean(first)
     assert np.isfinite(tb.last_grad_norm)
+
+
+# ---- misuse gives clear errors (audit finding 11) -------------------------------------------------------------
+
+def _tiny():
+    m = tg.Linear(2, 2)
+    return m, tg.optim.SGD(m.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("bad_loss", [None, 1.0, np.float32(1.0)], ids=["None", "float", "numpy"])
+def test_a_segment_fn_without_a_tensor_loss_raises_type_error(bad_loss):
+    m, opt = _tiny()
+    before = m.weight.data.copy()
+    tb = tg.TBPTT(lambda a, b, s, with_loss: (bad_loss, s), opt, 2, length=4)
+    with pytest.raises(TypeError, match="segment_fn.*Tensor loss"):
+        tb.step()
+    np.testing.assert_array_equal(m.weight.data, before)
+    assert tb.position == 0
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(k1=2, length=2.5), "length"), (dict(k1=2, length=0), "length"), (dict(k1=2, length=-3), "length"),
+    (dict(k1=2, length=True), "length"), (dict(k1=2.0), "k1"), (dict(k1=True), "k1"), (dict(k1=2, k2=3.0), "k2"),
+    (dict(k1=2, k2=1), "k2"),
+])
+def test_lengths_and_window_sizes_must_be_positive_integers(kw, match):
+    m, opt = _tiny()
+    with pytest.raises(ValueError, match=match):
+        tg.TBPTT(lambda a, b, s, with_loss: (m(np.ones((1, 2), np.float32)).sum(), s), opt, **kw)
+
+
+def test_tbptt_windows_checks_T():
+    with pytest.raises(ValueError, match="T must be"):
+        list(tbptt_windows(2.5, 2))
+    assert list(tbptt_windows(0, 2)) == []
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's own note on the inf - inf it is fed
+def test_a_non_finite_gradient_stops_tbptt_before_the_step():
+    # TBPTT keeps clip_grad_norm's old default (error_if_nonfinite=True) explicitly: a NaN never reaches the weights
+    m, opt = _tiny()
+    before = m.weight.data.copy()
+
+    def seg(a, b, s, with_loss):
+        return (m(np.ones((1, 2), np.float32)) * np.float32(np.inf)).sum(), s
+
+    with pytest.raises(FloatingPointError, match="weight|bias|parameter"):
+        tg.TBPTT(seg, opt, 2, clip=1.0, length=4).step()
+    np.testing.assert_array_equal(m.weight.data, before)
