@@ -70,15 +70,41 @@ def detect_anomaly() -> Iterator[None]:
         _mode.anomaly = prev
 
 
-class Node:
-    """One recorded op: the parents it read and the closure that turns grad_out into their grads."""
+# In-place writes to tensors' data (optimiser steps) so far. A node keeps the count at its forward and a
+# written tensor the count at its write, so the backward can tell that a tensor an op read was changed
+# after that op ran (torch's version counters). Ops keep what they read, not copies: without the check,
+# a step between forward and backward would silently give gradients at the new values.
+_writes = 0
 
-    __slots__ = ("parents", "backward", "name")
+
+def mark_written(t: "Tensor") -> None:
+    """Record that ``t.data`` was changed in place (an optimiser's update): a backward through an op that
+    read ``t`` before this then raises, as torch's does, instead of using the new values."""
+    global _writes
+    _writes += 1
+    t._version = _writes
+
+
+class Node:
+    """One recorded op: the parents it read and the closure that turns grad_out into their grads;
+    ``writes``: the in-place write count when it ran (see :func:`mark_written`)."""
+
+    __slots__ = ("parents", "backward", "name", "writes")
 
     def __init__(self, parents: tuple, backward: Callable, name: str) -> None:
         self.parents = parents
         self.backward = backward
         self.name = name
+        self.writes = _writes
+
+
+def _check_unwritten(node: Node) -> None:
+    for p in node.parents:
+        if getattr(p, "_version", 0) > node.writes:
+            raise RuntimeError(
+                f"a tensor of shape {p.shape} that the backward of {node.name} needs was modified in place "
+                "after the forward (an optimiser step, say); call backward() before step(), or run the "
+                "forward again")
 
 
 def _released(grad_out):
@@ -98,7 +124,7 @@ class Tensor:
     by :meth:`backward` for leaves that require grad.
     """
 
-    __slots__ = ("data", "requires_grad", "grad", "_node", "__weakref__")
+    __slots__ = ("data", "requires_grad", "grad", "_node", "_version", "__weakref__")
     __array_priority__ = 1000  # so ndarray <op> Tensor defers to Tensor's reflected operators
 
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
@@ -544,6 +570,8 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False, capture: dict 
             g = g.astype(t.data.dtype, copy=True)
             t.grad = g if t.grad is None else _array(t.grad + g)
             continue
+        if node.writes != _writes:  # something was written since this op ran: was it one of its inputs?
+            _check_unwritten(node)
         parent_grads = node.backward(g) if _profiler is None else _profiler.backward_hook(node, g)
         if anomaly:
             for pg in parent_grads:

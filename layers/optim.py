@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..engine.backend import array_module
-from ..engine.tensor import Tensor, enable_grad
+from ..engine.tensor import Tensor, enable_grad, mark_written
 from ..kernels import reference, registry
 from .module import _zero_grad
 
@@ -94,6 +94,8 @@ class Optimizer:
             with enable_grad():
                 loss = closure()
         self._update()
+        for _, p, _ in self._params_with_grad():
+            mark_written(p)  # a graph recorded before this step can no longer backpropagate through p
         return loss
 
     def _update(self) -> None:

@@ -428,3 +428,43 @@ def test_tensors_hash_by_identity_as_the_backward_walk_relies_on():
     a, b = tg.tensor([1.0]), tg.tensor([1.0])
     assert tg.Tensor.__hash__ is object.__hash__
     assert len({a: 1, b: 2}) == 2
+
+
+# ---- in-place writes between forward and backward (torch's version counters) ----------------------------------
+@pytest.mark.parametrize("make_opt", [lambda ps: tg.optim.SGD(ps, lr=0.1), lambda ps: tg.optim.Adam(ps, lr=0.1)],
+                         ids=["SGD", "Adam"])
+def test_an_optimiser_step_between_forward_and_backward_raises_instead_of_using_the_new_values(make_opt):
+    w = tg.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    opt = make_opt([w])
+    (w * w).sum().backward()
+    opt.step()  # w changes in place; the graph below was recorded before it
+    stale = (w * w).sum()
+    w.grad = np.ones(3)
+    opt.step()
+    with pytest.raises(RuntimeError, match="modified in place after the forward"):
+        stale.backward()
+
+
+def test_a_retained_graph_cannot_be_reused_after_a_step_but_a_new_forward_can():
+    w = tg.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    opt = tg.optim.SGD([w], lr=0.5)
+    loss = (w * w).sum()
+    loss.backward(retain_graph=True)
+    np.testing.assert_array_equal(w.grad, [2.0, 4.0, 6.0])
+    opt.step()  # w = [0, 0, 0]
+    with pytest.raises(RuntimeError, match="the backward of mul"):
+        loss.backward()
+    opt.zero_grad()
+    (w * w + w).sum().backward()  # recorded after the step: the check does not fire
+    np.testing.assert_array_equal(w.grad, [1.0, 1.0, 1.0])
+
+
+def test_a_step_on_other_parameters_leaves_a_graph_that_does_not_read_them_usable():
+    a = tg.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    b = tg.tensor(np.array([3.0]), requires_grad=True)
+    loss = (a * a).sum()
+    b.grad = np.ones(1)
+    tg.optim.SGD([b], lr=0.1).step()  # b is written, a is not
+    loss.backward()
+    np.testing.assert_array_equal(a.grad, [2.0, 4.0])
+    np.testing.assert_allclose(b.data, [2.9])
