@@ -154,7 +154,12 @@ class Tensor:
 
     @property
     def size(self) -> int:
+        """The number of elements, as numpy's ``size`` (torch's ``size()`` is :attr:`shape` here)."""
         return self.data.size
+
+    def numel(self) -> int:
+        """The number of elements, as torch's ``numel()``: ``sum(p.numel() for p in model.parameters())``."""
+        return int(self.data.size)
 
     @property
     def device(self) -> str:

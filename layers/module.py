@@ -38,10 +38,6 @@ class Parameter(Tensor):
     def __init__(self, data: Any, requires_grad: bool = True) -> None:
         super().__init__(data, requires_grad=requires_grad)
 
-    def numel(self) -> int:
-        """Number of elements, as torch's ``numel()`` (``sum(p.numel() for p in model.parameters())``)."""
-        return int(self.data.size)
-
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
 

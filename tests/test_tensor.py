@@ -500,3 +500,9 @@ def test_0d_results_and_grads_are_arrays_not_numpy_scalars():
 def test_non_real_arrays_are_rejected(a):
     with pytest.raises(TypeError, match="dtype"):
         tg.tensor(a)
+
+
+def test_numel_counts_elements_of_any_tensor_as_torch():
+    assert tg.tensor(np.zeros((2, 3, 4))).numel() == 24
+    assert tg.tensor(1.5).numel() == 1
+    assert tg.tensor(np.zeros((0, 5))).numel() == 0
