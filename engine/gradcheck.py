@@ -58,7 +58,7 @@ def _check(fn, inputs, checked, variables, eps, atol, rtol, seed) -> bool:
         with no_grad():
             return float((fn(*inputs).data * weights).sum())
 
-    tape = dict(zip(map(id, variables), grad(out, variables, weights))) if out.requires_grad else {}
+    tape = dict(zip(map(id, variables), grad(out, variables, weights, stop_at_inputs=True))) if out.requires_grad else {}
     del out
     numeric_of = {}
     for t in variables:

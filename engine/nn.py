@@ -127,15 +127,14 @@ def mse(pred: Tensor, target: Any, reduction: str = "mean") -> Tensor:
     with a float gives the float), as torch's mse_loss; two integer operands are a TypeError. A
     ``target`` tensor that requires grad gets the opposite gradient. The mean over no elements is NaN.
     """
-    pred = as_tensor(pred)
-    p, t = _pair(pred, target if isinstance(target, Tensor) else as_tensor(target))
+    p, t = _pair(pred, target)  # a host target next to a GPU prediction moves to the GPU, as in the ops
     if t.shape != p.shape:
         raise ValueError(f"target shape {t.shape} does not match prediction shape {p.shape}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     d = p.data - t.data
     if d.dtype.kind != "f":
-        raise TypeError(f"mse needs a float prediction or target, got dtypes {pred.dtype} and {t.dtype}")
+        raise TypeError(f"mse needs a float prediction or target, got dtypes {p.dtype} and {t.dtype}")
     xp = array_module(d)
     sq = d * d
     if reduction == "none":

@@ -480,6 +480,11 @@ def _is_basic_index(key: Any) -> bool:
     return all(k is None or k is Ellipsis or isinstance(k, (slice, int, np.integer)) for k in keys)
 
 
+def _index_int(k: Any) -> bool:
+    """An integer index as torch reads it: a Python or numpy integer, or a 0-d integer array (tensor)."""
+    return _is_int(k) or (getattr(k, "ndim", None) == 0 and k.dtype.kind in "iu")
+
+
 def _torch_index_steps(key: tuple) -> tuple | None:
     """A key mixing integers with index arrays or masks, as two keys applied one after the other (the
     integers first, then the rest), which is torch's meaning: its integers are basic indexing, so
@@ -487,7 +492,7 @@ def _torch_index_steps(key: tuple) -> tuple | None:
     None for any other key."""
     ints = arrays = False
     for k in key:
-        if _is_int(k):
+        if _index_int(k):
             ints = True
         elif not (k is None or k is Ellipsis or isinstance(k, slice)):
             arrays = True
@@ -495,7 +500,7 @@ def _torch_index_steps(key: tuple) -> tuple | None:
         return None
     first, rest = [], []
     for k in key:
-        if _is_int(k):
+        if _index_int(k):
             first.append(k)                      # its axis is gone after the first step
         elif k is None:
             first.append(None)
@@ -541,7 +546,12 @@ def _tensor_list(tensors: Any, op: str) -> list:
            for i, t in enumerate(tensors)]
     if not out:
         raise ValueError(f"{op} needs at least one tensor")
-    return out
+    dtype = out[0].dtype
+    for t in out[1:]:
+        dtype = _promote(dtype, t.dtype)
+    # torch.cat's result type (float32 with int64 is float32); a part that requires grad is cast
+    # differentiably, so its grad comes back in its own dtype
+    return [t if t.dtype == dtype else _cast(t, dtype) for t in out]
 
 
 def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:

@@ -11,6 +11,8 @@ nodes it walked.
 """
 from __future__ import annotations
 
+import operator
+
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -288,12 +290,14 @@ class Tensor:
         raise TypeError("tensors are immutable: x[key] = value is not supported; build the result with "
                         "tg.where / tg.masked_fill, or write to x.data outside the graph")
 
-    # In-place arithmetic computes out of place and rebinds the name, as before; on a leaf that requires
-    # grad it is refused as torch refuses it (the name would silently stop being the parameter).
-    def __iadd__(self, other): return _ops.add(_inplace_target(self, "+="), other)
-    def __isub__(self, other): return _ops.sub(_inplace_target(self, "-="), other)
-    def __imul__(self, other): return _ops.mul(_inplace_target(self, "*="), other)
-    def __itruediv__(self, other): return _ops.div(_inplace_target(self, "/="), other)
+    # In-place arithmetic, as torch: in place when nothing is being recorded for this tensor (under
+    # no_grad, or a tensor that does not require grad), so ``p -= lr * p.grad`` under no_grad updates the
+    # parameter; refused on a leaf that requires grad while recording; on a recorded non-leaf it computes
+    # out of place and rebinds the name (the graph keeps the old value, which its backward needs).
+    def __iadd__(self, other): return _inplace(self, other, "+=", _ops.add)
+    def __isub__(self, other): return _inplace(self, other, "-=", _ops.sub)
+    def __imul__(self, other): return _inplace(self, other, "*=", _ops.mul)
+    def __itruediv__(self, other): return _inplace(self, other, "/=", _ops.div)
 
     # Comparisons give plain boolean arrays (masks), never graph nodes.
     def __lt__(self, other): return self.data < _raw(other)
@@ -331,10 +335,19 @@ def _raw(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
 
-def _inplace_target(t: Tensor, op: str) -> Tensor:
-    if t.requires_grad and t._node is None and _mode.enabled:
-        raise RuntimeError(f"a leaf tensor that requires grad is used in an in-place operation ({op}); "
-                           "update its .data under tg.no_grad(), or write y = x + ... to make a new tensor")
+_INPLACE = {"+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv}
+
+
+def _inplace(t: Tensor, other: Any, op: str, out_of_place: Callable) -> Tensor:
+    if t.requires_grad and _mode.enabled:
+        if t._node is None:
+            raise RuntimeError(f"a leaf tensor that requires grad is used in an in-place operation ({op}); "
+                               "do it under tg.no_grad() (an update), or write y = x + ... to make a new tensor")
+        return out_of_place(t, other)
+    # numpy's / cupy's own in-place op: same-kind casting (float64 into float32 is fine, a float into an
+    # integer tensor raises, as in torch), broadcasting into t's shape only
+    _INPLACE[op](t.data, _raw(other))
+    mark_written(t)  # a graph that read t before this can no longer backpropagate through it
     return t
 
 
@@ -366,7 +379,7 @@ def _wrap(data: Any, dtype: Any) -> tuple:
     else:
         arr, shared = np.asarray(data), False
         kind = arr.dtype.kind
-        if kind == "f" and dtype is None:
+        if kind == "f" and dtype is None and not (arr.dtype == np.float64 and _holds_float64(data)):
             dtype = np.dtype(np.float32)
         elif kind == "u" and dtype is None:  # numpy's choice for an int above int64's range
             raise ValueError(f"cannot make a tensor from {type(data).__name__}: an integer does not fit in int64")
@@ -375,6 +388,19 @@ def _wrap(data: Any, dtype: Any) -> tuple:
     if dtype is not None and arr.dtype != dtype:
         arr, shared = arr.astype(dtype), False
     return arr, shared
+
+
+def _holds_float64(data: Any) -> bool:
+    """Whether nested lists hold a numpy float64 (scalar or array), from which torch.tensor infers float64
+    (Python floats alone give float32)."""
+    stack = [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif isinstance(x, (np.float64, np.ndarray)) and x.dtype == np.float64:
+            return True
+    return False
 
 
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
@@ -548,12 +574,13 @@ def _topological_order(root: Tensor) -> list:
     return order
 
 
-def backprop(root: Tensor, grad: Any, retain_graph: bool = False, capture: dict | None = None) -> None:
+def backprop(root: Tensor, grad: Any, retain_graph: bool = False, capture: dict | None = None,
+             stop_at_capture: bool = False) -> None:
     """Walk the graph from ``root`` with ``grad_out = grad``, accumulating into the leaves' ``.grad``.
 
-    With ``capture`` (a dict keyed by tensors), no ``.grad`` is written: the gradient reaching each key
-    is stored as its value instead, and the walk does not go on through a key (a key that is not a leaf
-    counts as an independent input, as the inputs of ``torch.autograd.grad`` do).
+    With ``capture`` (a dict keyed by tensors), no ``.grad`` is written: the total gradient reaching
+    each key is stored as its value instead. With ``stop_at_capture`` the walk does not go on through a
+    key, so a key that is not a leaf counts as an independent variable (what gradcheck perturbs).
     """
     order = _topological_order(root)
     grads = {root: grad}
@@ -568,7 +595,8 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False, capture: dict 
         if capture is not None:
             if t in capture:
                 capture[t] = g.astype(t.data.dtype, copy=True)
-                continue
+                if stop_at_capture:
+                    continue
             if node is None:
                 continue
         if node is None:
@@ -600,9 +628,15 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False, capture: dict 
             t._node = _RELEASED
 
 
-def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None) -> list:
+def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None, *,
+         stop_at_inputs: bool = False) -> list:
     """The gradients of ``output`` with respect to ``inputs`` (as ``torch.autograd.grad``), one array or
-    None (no path) per input, without touching any ``.grad``. The graph is kept (retain_graph)."""
+    None (no path) per input, without touching any ``.grad``. The graph is kept (retain_graph).
+
+    Each is the total derivative, also where one input is computed from another (h = 3x: d/dx counts
+    the path through h). ``stop_at_inputs=True`` treats every input as an independent variable
+    instead (d/dx then leaves out the paths through h), which is what perturbing each input alone, as
+    gradcheck does, measures."""
     if not output.requires_grad:
         raise RuntimeError("grad() of an output that does not require grad")
     xp = array_module(output.data)
@@ -615,7 +649,7 @@ def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None) -> l
         if grad_output.shape != output.shape:
             raise ValueError(f"grad_output has shape {grad_output.shape}, expected {output.shape}")
     capture = {t: None for t in inputs}
-    backprop(output, grad_output, retain_graph=True, capture=capture)
+    backprop(output, grad_output, retain_graph=True, capture=capture, stop_at_capture=stop_at_inputs)
     return [capture[t] for t in inputs]
 
 

@@ -188,7 +188,9 @@ def test_grad_returns_gradients_without_touching_dot_grad():
     y = (h * h).sum()
     gx, gh = grad(y, [x, h])
     np.testing.assert_array_equal(gh, 2 * h.data)
-    assert gx is None  # the walk stops at h, an input of its own
+    np.testing.assert_array_equal(gx, 18 * x.data)  # the total derivative, through h, as torch.autograd.grad
+    gx, gh = grad(y, [x, h], stop_at_inputs=True)
+    assert gx is None  # h is an independent variable: no path from y to x avoids it
     np.testing.assert_array_equal(grad(y, [x])[0], 18 * x.data)
     np.testing.assert_array_equal(x.grad, [5.0, 5.0])
 
@@ -487,14 +489,48 @@ def test_inplace_operator_on_a_leaf_that_requires_grad_raises_as_torch(op, expec
     w = leaf([1.0, 2.0])
     with pytest.raises(RuntimeError, match="leaf"):
         _inplace(w, op)
-    with tg.no_grad():  # outside recording it computes out of place, as before
-        v = _inplace(w, op)
-    assert v is not w and not v.requires_grad
-    np.testing.assert_allclose(v.numpy(), expect)
-    h = _inplace(w * 1.0, op)  # a non-leaf: a new node, as before
+    h = _inplace(w * 1.0, op)  # a recorded non-leaf: a new node (the graph keeps the old value)
     assert not h.is_leaf
     np.testing.assert_allclose(h.numpy(), expect)
-    np.testing.assert_allclose(_inplace(tg.tensor([1.0, 2.0]), op).numpy(), expect)  # a constant
+    c = tg.tensor([1.0, 2.0])
+    assert _inplace(c, op) is c  # a constant: in place, as torch
+    np.testing.assert_allclose(c.numpy(), expect)
+    with tg.no_grad():  # an update: in place, the same leaf, as torch's manual SGD step
+        v = _inplace(w, op)
+    assert v is w and w.requires_grad and w.is_leaf
+    np.testing.assert_allclose(w.numpy(), expect)
+
+
+def test_manual_sgd_step_under_no_grad_updates_the_parameter_as_torch():
+    torch = _torch()
+    wt = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    (wt * wt).sum().backward()
+    with torch.no_grad():
+        wt -= 0.1 * wt.grad
+    lin = tg.Linear(3, 1)
+    w = tg.tensor(np.ones(3), requires_grad=True)
+    (w * w).sum().backward()
+    with tg.no_grad():
+        w -= 0.1 * w.grad
+        lin.weight -= 1.0  # a module's parameter, through setattr: stays the registered Parameter
+    np.testing.assert_array_equal(w.numpy(), wt.detach().numpy())
+    assert w.is_leaf and w.requires_grad
+    assert any(p is lin.weight for p in lin.parameters())
+
+
+def test_an_inplace_update_after_the_forward_makes_its_backward_raise_as_torch():
+    w = tg.tensor(np.ones(3), requires_grad=True)
+    y = (w * w).sum()
+    with tg.no_grad():
+        w -= 0.5
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.backward()
+
+
+def test_inplace_into_an_integer_tensor_refuses_a_float_as_torch():
+    t = tg.tensor([1, 2])
+    with pytest.raises(TypeError):
+        t += 0.5
 
 
 def test_inplace_operator_on_a_leaf_is_refused_where_torch_refuses_it():
@@ -517,3 +553,64 @@ def test_inplace_operator_on_a_leaf_is_refused_where_torch_refuses_it():
             except RuntimeError:
                 raised = True
         assert raised == torch_raised, (requires_grad, grad_mode)
+
+
+def test_a_0d_integer_tensor_index_mixed_with_an_index_array_is_an_integer_as_in_torch():
+    torch = _torch()
+    x = np.arange(24.0).reshape(2, 3, 4)
+    for key_t, key in (((torch.tensor(0), slice(None), [1, 2]), (tg.tensor(0), slice(None), [1, 2])),
+                       ((torch.tensor(1), slice(None), torch.tensor([True, False, True, True])),
+                        (np.array(1), slice(None), np.array([True, False, True, True])))):
+        want = torch.tensor(x)[key_t].numpy()
+        t = tg.tensor(x, requires_grad=True)
+        got = t[key]
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got.numpy(), want)
+        got.sum().backward()
+        xt = torch.tensor(x, requires_grad=True)
+        xt[key_t].sum().backward()
+        np.testing.assert_array_equal(t.grad, xt.grad.numpy())
+
+
+def test_grad_of_nested_inputs_is_the_total_derivative_as_torch_autograd_grad():
+    torch = _torch()
+    xt = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    ht = 3 * xt
+    yt = (ht * ht).sum() + xt.sum()
+    want = torch.autograd.grad(yt, [xt, ht])
+    x = tg.tensor([1.0, 2.0], dtype=np.float64, requires_grad=True)
+    h = 3.0 * x
+    y = (h * h).sum() + x.sum()
+    gx, gh = grad(y, [x, h])
+    np.testing.assert_array_equal(gx, want[0].numpy())  # [19, 37]
+    np.testing.assert_array_equal(gh, want[1].numpy())
+
+
+@pytest.mark.parametrize("op", ["concat", "stack"])
+def test_concat_and_stack_promote_as_torch_cat(op):
+    torch = _torch()
+    f32 = np.array([1.5, 2.5], np.float32)
+    i64 = np.array([3, 4], np.int64)
+    f64 = np.array([0.25, 0.5], np.float64)
+    torch_op = torch.cat if op == "concat" else torch.stack
+    for parts in ((f32, i64), (i64, f32), (f32, f64), (i64, i64)):
+        want = torch_op([torch.from_numpy(p) for p in parts])
+        got = getattr(tg, op)([tg.tensor(p) for p in parts])
+        assert got.dtype == np.dtype(str(want.dtype).rpartition(".")[2]), parts
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    a = tg.tensor(f32, requires_grad=True)
+    b = tg.tensor(f64, requires_grad=True)
+    getattr(tg, op)([a, b]).sum().backward()
+    assert a.grad.dtype == np.float32 and b.grad.dtype == np.float64
+    np.testing.assert_array_equal(a.grad, [1.0, 1.0])
+
+
+@pytest.mark.filterwarnings("ignore:Creating a tensor from a list of numpy.ndarrays")  # torch's, about speed
+def test_tensor_of_a_list_infers_float64_from_numpy_float64_values_as_torch():
+    torch = _torch()
+    for data in ([np.float64(0.1), np.float64(0.2)], [1.0, np.float64(0.1)], [np.array([0.1, 0.2])],
+                 [0.1, 0.2], [[1.0], [np.float32(2.0)]], [1, 2]):
+        want = torch.tensor(data)
+        got = tg.tensor(data)
+        assert got.dtype == np.dtype(str(want.dtype).rpartition(".")[2]), data
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
