@@ -92,6 +92,20 @@ def _op_cases():
     }
 
 
+def test_host_operands_follow_a_gpu_tensor_as_in_the_cpu_ops(cp):
+    pred = tg.tensor(np.array([1.0, 2.0, 4.0]), requires_grad=True, device="cuda")
+    target = np.array([1.5, 2.0, 3.0])  # a host array next to a GPU prediction moves to the GPU
+    loss = tg.mse(pred, target)
+    assert loss.device == "cuda"
+    loss.backward()
+    np.testing.assert_allclose(loss.item(), np.mean((pred.numpy() - target) ** 2))
+    np.testing.assert_allclose(cp.asnumpy(pred.grad), 2 * (pred.numpy() - target) / 3)
+    assert (pred + target).device == "cuda" and (pred * 2).device == "cuda"
+    with tg.no_grad():
+        pred -= 0.5  # in place on the GPU array, as torch
+    np.testing.assert_allclose(pred.numpy(), [0.5, 1.5, 3.5])
+
+
 @pytest.mark.parametrize("name", list(_op_cases()))
 def test_op_matches_cpu(cp, name):
     fn, arrays = _op_cases()[name]
