@@ -203,7 +203,15 @@ def add(a: Any, b: Any) -> Tensor:
     return make_result(a.data + b.data, (a, b), backward, "add")
 
 
+def _is_bool(x: Any) -> bool:
+    d = getattr(x, "dtype", None)
+    return isinstance(x, (bool, np.bool_)) or (d is not None and d == _BOOL)
+
+
 def sub(a: Any, b: Any) -> Tensor:
+    if _is_bool(a) or _is_bool(b):  # numpy would do int arithmetic on True/False; torch refuses, and so do we
+        raise TypeError("subtraction with a bool operand is not supported (as in torch); use ~ or "
+                        "logical_xor on masks, or convert them to a number type first")
     a, b = _pair(a, b)
 
     def backward(g):
@@ -236,6 +244,8 @@ def div(a: Any, b: Any) -> Tensor:
 
 def neg(a: Tensor) -> Tensor:
     a = _input(a, "neg")
+    if a.dtype == _BOOL:
+        raise TypeError("negation of a bool tensor is not supported (as in torch); use ~ on the mask")
 
     def backward(g):
         return (-g,)

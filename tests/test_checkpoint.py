@@ -493,7 +493,6 @@ def test_a_writer_killed_mid_save_never_leaves_a_partial_checkpoint(tmp_path):
         assert loaded in (done, started), (loaded, done, started)
         assert loaded >= version
         version = loaded
-    assert kills == 6
     assert mid_save >= 2, f"only {mid_save} of {kills} kills landed during a save"
     leftovers = [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
     assert len(leftovers) <= kills  # a killed writer may leave its temporary file, never the target

@@ -54,8 +54,10 @@ def test_to_is_differentiable_across_devices(cp):
 
 
 def test_mixing_devices_in_one_op_is_an_error(cp):
-    with pytest.raises((TypeError, ValueError, RuntimeError)):
-        tg.tensor(np.ones(3)) + tg.tensor(np.ones(3), device="cuda")
+    for a, b in ((tg.tensor(np.ones(3)), tg.tensor(np.ones(3), device="cuda")),
+                 (tg.tensor(np.ones(3), device="cuda"), tg.tensor(np.ones(3)))):
+        with pytest.raises(ValueError, match="different devices: (cpu and cuda|cuda and cpu)"):
+            a + b
 
 
 # ---- every op: forward and gradients equal the CPU's -----------------------------------------------------------
@@ -463,6 +465,9 @@ def test_recurrent_loops_of_each_mode_match_cpu_call_after_call(cp, gpu_backend,
     updated in place in between."""
     from tapegrad.engine import recurrent_cuda
     from tapegrad.kernels.cupy import recurrent_step, recurrent_tiled
+    if gpu_backend != "cupy" and mode in ("tiled", "persistent"):
+        pytest.skip("persistent and tiled loops are CuPy kernels; on numba-cuda these ids would rerun "
+                    "the per-step and gemm+cell paths")
     # tiled: a limit of 1 row, so that the batch of 11 is fused only because the tiled loops cover it
     monkeypatch.setattr(recurrent_cuda, "_fused_max_batch", {"gemm+cell": 0, "tiled": 1}.get(mode, 64))
     monkeypatch.setattr(recurrent_step, "PERSISTENT", mode in ("persistent", "tiled"))

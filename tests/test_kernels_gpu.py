@@ -327,6 +327,8 @@ def test_seq_kernels_match_reference(cp, backend, monkeypatch, persistent, stage
     or a launch per step, rows staged in shared memory or not (and not when they exceed it: H = 600 in
     float64), against the reference loop."""
     from tapegrad.kernels.cupy import recurrent_step, recurrent_tiled
+    if backend != "cupy" and (persistent, stage, tiled) != (False, True, False):
+        pytest.skip("the persistent, tiled and staging switches are the CuPy kernels'; numba-cuda has one loop")
     monkeypatch.setattr(recurrent_step, "PERSISTENT", persistent)
     monkeypatch.setattr(recurrent_step, "STAGE", stage)
     monkeypatch.setattr(recurrent_tiled, "ENABLED", tiled)

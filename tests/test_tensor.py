@@ -208,8 +208,13 @@ def test_numpy_scalar_on_the_left_keeps_float32():
 @pytest.mark.parametrize("scalar", [2.5, 3, np.float64(0.5), True])
 def test_float32_with_a_python_number_stays_float32(scalar):
     t = tg.tensor([1.0, 2.0])
-    for y in (t + scalar, scalar * t, t / scalar, t - scalar, t ** 2.0):
+    for y in (t + scalar, scalar * t, t / scalar, t ** 2.0):
         assert y.dtype == np.float32
+    if isinstance(scalar, bool):  # torch refuses subtraction with a bool
+        with pytest.raises(TypeError, match="bool"):
+            t - scalar
+    else:
+        assert (t - scalar).dtype == np.float32
 
 
 def test_float32_with_an_integer_array_stays_float32():
@@ -262,14 +267,6 @@ def test_eq_and_ne_are_elementwise_masks_like_the_other_comparisons():
         np.testing.assert_array_equal(m, expect)
     assert (t == None) is False and (t != None) is True  # noqa: E711 (torch answers so too)
     assert hash(t) == object.__hash__(t)
-
-
-def test_operands_on_different_devices_are_rejected_clearly():
-    # only meaningful with a GPU; on the CPU check the helper refuses mismatched devices by name
-    if not tg.cuda_available():
-        pytest.skip("no GPU")
-    with pytest.raises(ValueError, match="devices"):
-        tg.tensor([1.0]) + tg.tensor([1.0], device="cuda")
 
 
 # ---- matmul shapes ----------------------------------------------------------------------------------------

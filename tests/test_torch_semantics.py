@@ -228,11 +228,15 @@ def _operand(kind, dtype, lib):
 def test_binary_op_result_dtype_and_values_match_torch(op, dtype_a, kind_a, dtype_b, kind_b):
     torch = _torch()
     ta, tb = _operand(kind_a, dtype_a, "torch"), _operand(kind_b, dtype_b, "torch")
+    a, b = _operand(kind_a, dtype_a, "tg"), _operand(kind_b, dtype_b, "tg")
     try:
         expect = eval(f"ta {op} tb")
-    except RuntimeError:  # subtraction with a bool: torch refuses (numpy only bool - bool); not compared
+    except RuntimeError:  # subtraction with a bool: torch refuses it, and so must we
+        assert op == "-" and "bool" in (dtype_a, dtype_b)
+        for x, y in ((a, b), (b, a)):
+            with pytest.raises(TypeError, match="bool"):
+                x - y
         return
-    a, b = _operand(kind_a, dtype_a, "tg"), _operand(kind_b, dtype_b, "tg")
     for got in (eval(f"a {op} b"), eval(f"b {op} a") if op in "+*" else None):
         if got is None:
             continue
@@ -614,3 +618,11 @@ def test_tensor_of_a_list_infers_float64_from_numpy_float64_values_as_torch():
         got = tg.tensor(data)
         assert got.dtype == np.dtype(str(want.dtype).rpartition(".")[2]), data
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_negating_a_bool_tensor_is_refused_as_torch():
+    torch = _torch()
+    with pytest.raises(RuntimeError):
+        -torch.tensor([True, False])
+    with pytest.raises(TypeError, match="bool"):
+        -tg.tensor([True, False])
