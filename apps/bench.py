@@ -1141,7 +1141,7 @@ def _header(b: Bench) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tapegrad bench", description="Time tapegrad's kernels and layers "
+    p = argparse.ArgumentParser(prog="python -m tapegrad bench", description="Time tapegrad's kernels and layers "
                                 "against scipy, torch and torch_geometric on the same inputs, interleaved.")
     p.add_argument("--quick", action="store_true", help="small sizes, few repetitions (a smoke check, < 30 s)")
     p.add_argument("--json", metavar="FILE", help="write every result to FILE as JSON")
@@ -1163,6 +1163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.reps is not None and args.reps < 1:
         p.error("--reps must be >= 1")
+    if args.filter is not None and not any(args.filter in name for name in case_names(args.quick)):
+        print(f"{p.prog}: error: no case matches --filter {args.filter!r}; see --list", file=sys.stderr)
+        return 2
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
     b = Bench(Settings.make(args.quick, data_dir, args.filter, args.reps))
     t_start = time.perf_counter()
@@ -1186,8 +1189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"count in it)")
     except OSError:
         pass
-    if not b.cases:
-        print(f"no case matches --filter {args.filter!r}; see --list")
+    if not b.cases:  # the names matched but no case ran (case_names out of step with the groups)
+        print(f"{p.prog}: error: no case matches --filter {args.filter!r}; see --list", file=sys.stderr)
+        return 2
     if args.json:
         info["elapsed_s"] = elapsed
         info["argv"] = list(argv) if argv is not None else sys.argv[1:]

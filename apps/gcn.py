@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -145,35 +146,47 @@ def run(data_path: Any = "cora", seeds: Any = 10, epochs: int = 200, json_out: b
     return result
 
 
+def _number(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` in [low, high] (``(low, high]`` with ``low_open``), else exit 2."""
+    def parse(s: str) -> Any:
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an int' if kind is int else 'a number'}, got {s!r}") from None
+        if not math.isfinite(v) or not ((v > low) if low_open else (v >= low)) or (high is not None and not v <= high):
+            bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {s}")
+        return v
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tapegrad gcn --data FILE.npz --seeds N [--epochs E] [--json]``.
+    """``python -m tapegrad gcn --data FILE.npz --seeds N [--epochs E] [--json]``.
 
     Exit codes: 0 success, 1 a data error (missing, corrupt or feature-less file; one line on stderr),
-    2 bad arguments (argparse).
+    2 bad arguments (argparse, naming the option).
     """
-    p = argparse.ArgumentParser(prog="tapegrad gcn", description="Train Kipf & Welling's GCN (2 layers) "
+    p = argparse.ArgumentParser(prog="python -m tapegrad gcn", description="Train Kipf & Welling's GCN (2 layers) "
                                 "and report test accuracy over seeds and the median epoch time.")
     p.add_argument("--data", default="cora", help="a graph .npz in tapegrad's format, or 'cora' (shipped)")
-    p.add_argument("--seeds", type=int, default=10, help="number of seeds (0..N-1), default 10")
-    p.add_argument("--epochs", type=int, default=200, help="maximum epochs, default 200")
+    p.add_argument("--seeds", type=_number(int, 1), default=10, help="number of seeds (0..N-1), default 10")
+    p.add_argument("--epochs", type=_number(int, 1), default=200, help="maximum epochs, default 200")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--hidden", type=int, default=16)
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--patience", type=int, default=10, help="early-stopping window, default 10")
+    p.add_argument("--hidden", type=_number(int, 1), default=16, help="hidden units, default 16")
+    p.add_argument("--dropout", type=_number(float, 0.0, 1.0), default=0.5, help="in [0, 1], default 0.5")
+    p.add_argument("--lr", type=_number(float, 0.0, low_open=True), default=0.01, help="Adam's, default 0.01")
+    p.add_argument("--weight-decay", type=_number(float, 0.0), default=5e-4, help="first layer's L2, default 5e-4")
+    p.add_argument("--patience", type=_number(int, 1), default=10, help="early-stopping window, default 10")
     p.add_argument("--stopping", choices=STOPPING, default="kipf", help="early-stopping criterion")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--bias", action="store_true", help="give the layers a bias (PyG's default; Kipf's has none)")
     args = p.parse_args(argv)
-    if args.seeds < 1:
-        p.error("--seeds must be >= 1")
     try:
         run(args.data, seeds=args.seeds, epochs=args.epochs, json_out=args.json, hidden=args.hidden,
             dropout=args.dropout, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
             dtype=args.dtype, stopping=args.stopping, bias=args.bias)
     except (ValueError, FileNotFoundError) as e:  # a bad or missing data file: one line, exit 1
-        print(f"tapegrad gcn: error: {e}", file=sys.stderr)
+        print(f"python -m tapegrad gcn: error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -522,12 +522,17 @@ def main(argv=None) -> int:
             torch = None
     except ImportError:
         torch = None
-    import cupy
+    try:
+        import cupy
+        p = cupy.cuda.runtime.getDeviceProperties(0)
+    except Exception as e:  # no cupy, no driver, a driver too old for this cupy, no device
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        print(f"{ap.prog}: error: no usable CUDA device ({why.splitlines()[0]})", file=sys.stderr)
+        return 1
     import tapegrad  # noqa: F401
     rep = Report()
     from .bench import default_data_dir
     rep.data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    p = cupy.cuda.runtime.getDeviceProperties(0)
     header = {"device": p["name"].decode(), "sm_count": p["multiProcessorCount"],
               "cupy": cupy.__version__, "torch": getattr(torch, "__version__", None),
               "python": platform.python_version(), "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}

@@ -8,9 +8,21 @@
 * engine ops (BLAS GEMMs, numpy elementwise work) grouped by op, forward and backward separately, as
   self time (time inside nested kernels and ops is charged to them, not counted twice).
 
+Rows are keyed by name and argument shapes and dtypes; numbers among the arguments (learning rates, bias
+corrections, axes) appear by type only, so a kernel given new scalars each step keeps one row.
+
+Each row's first call is kept apart (``first_s``): it pays warm-up, dispatch, Numba's JIT or cache load
+and thread-pool start. Mean time, GB/s, GFLOP/s, the % of peak and the roofline use the later, warm calls
+only; a row called once has no warm time and shows none.
+
 A small cost model per kernel/op gives bytes moved and FLOPs, hence GB/s, GFLOP/s and the fraction of
 this machine's peak (memory bandwidth and GEMM throughput, measured once by a short probe and cached).
 With profiling off nothing here runs: the dispatch door tests one global for None.
+
+Ops are timed by rebinding their names, for the profile's duration, in every loaded module (so
+``from tapegrad import relu`` at the top of a script is seen). A reference the profiler cannot rebind (a
+local variable, an attribute or a dict entry made before the profile) runs untimed; such calls are still
+counted, through ``make_result``, and the table's footer names them (``Profile.untimed``).
 """
 from __future__ import annotations
 
@@ -19,6 +31,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -30,6 +43,7 @@ from .tensor import Tensor
 
 # The module, not the tensor() function that engine/__init__ exports under the same name.
 _tensor = importlib.import_module(__package__ + ".tensor")
+_make_result = _tensor.make_result  # the original: this module's namespace is never rebound
 
 _lock = threading.Lock()
 _active: "Profile | None" = None
@@ -78,9 +92,11 @@ def _cost_lstm_fwd(args):
 
 
 def _cost_lstm_bwd(args):
+    # reads the 4H gates, c_prev, c, grad_h and grad_c; writes the 4H grad_z and grad_c_prev (dc waits in
+    # grad_c_prev between the kernel's loops over one row: cache, not memory)
     c = args[2]
     bh, es = c.size, c.dtype.itemsize
-    return 14 * bh * es, 30 * bh
+    return (4 + 1 + 1 + 1 + 1 + 4 + 1) * bh * es, 30 * bh
 
 
 def _cost_rnn_fwd(args):
@@ -93,10 +109,23 @@ def _cost_rnn_bwd(args):
     return 3 * h.nbytes, 3 * h.size
 
 
+def _cost_adam(args):
+    # reads param, grad, exp_avg, exp_avg_sq; writes param, exp_avg, exp_avg_sq. Per element: 3 flops for
+    # the first moment, 4 for the second, 6 for the update (sqrt, /, +, /, *, -), 2 more for an L2 decay
+    # and 1 for AdamW's decoupled one (kernels/cpu/optim.py::_adam)
+    param, grad, m, v = args[:4]
+    weight_decay = args[9] if len(args) > 9 else 0.0
+    decay = args[10] if len(args) > 10 else 1.0
+    per = 13 + (2 if weight_decay else 0) + (1 if decay != 1.0 else 0)
+    moved = _nbytes(param) + _nbytes(grad) + _nbytes(m) + _nbytes(v) + _nbytes(param) + _nbytes(m) + _nbytes(v)
+    return moved, per * int(param.size)
+
+
 KERNEL_COST: dict[str, Callable] = {
     "spmm": _cost_spmm, "sddmm": _cost_sddmm, "csr_transpose": _cost_transpose, "gcn_norm": _cost_gcn_norm,
     "lstm_cell_fwd": _cost_lstm_fwd, "lstm_cell_bwd": _cost_lstm_bwd,
     "rnn_cell_fwd": _cost_rnn_fwd, "rnn_cell_bwd": _cost_rnn_bwd,
+    "adam_step": _cost_adam,
 }
 
 
@@ -358,7 +387,10 @@ class _GpuTimer:
 
 @dataclass
 class Stat:
-    """Totals for one (kind, name, backend, signature) row. Times are self times: nested records excluded."""
+    """Totals for one (kind, name, backend, signature) row. Times are self times: nested records excluded.
+
+    The row's first call is also kept on its own (``first_*``): rates and means use the warm calls after it.
+    """
 
     kind: str          # "kernel" or "op"
     name: str
@@ -369,33 +401,44 @@ class Stat:
     compile_s: float = 0.0
     bytes: int = 0
     flops: int = 0
+    first_s: float = 0.0          # the first call's self time, its JIT included
+    first_compile_s: float = 0.0
+    first_bytes: int = 0
+    first_flops: int = 0
+
+    @property
+    def warm_calls(self) -> int:
+        return max(self.calls - 1, 0)
 
     @property
     def run_s(self) -> float:
-        return self.total_s - self.compile_s
+        """Run time of the warm calls (the first call and any later JIT left out)."""
+        return max((self.total_s - self.first_s) - (self.compile_s - self.first_compile_s), 0.0)
 
     @property
-    def mean_s(self) -> float:
-        """Mean run time per call (compile time left out)."""
-        return self.run_s / self.calls if self.calls else 0.0
+    def mean_s(self) -> float | None:
+        """Mean run time per warm call; None for a row called once (its one call is all warm-up)."""
+        return self.run_s / self.warm_calls if self.warm_calls else None
 
     def as_dict(self, peak: dict | None) -> dict:
         run = self.run_s
-        gbs = self.bytes / run / 1e9 if run > 0 else 0.0
-        gflops = self.flops / run / 1e9 if run > 0 else 0.0
+        moved, work = self.bytes - self.first_bytes, self.flops - self.first_flops
+        gbs = moved / run / 1e9 if run > 0 else 0.0
+        gflops = work / run / 1e9 if run > 0 else 0.0
         d = dict(kind=self.kind, name=self.name, backend=self.backend, signature=self.signature,
-                 calls=self.calls, total_s=self.total_s, compile_s=self.compile_s, run_s=run,
-                 mean_s=self.mean_s, bytes=self.bytes, flops=self.flops, gbs=gbs, gflops=gflops,
-                 intensity=self.flops / self.bytes if self.bytes else None)
+                 calls=self.calls, total_s=self.total_s, compile_s=self.compile_s, first_s=self.first_s,
+                 warm_calls=self.warm_calls, run_s=run, mean_s=self.mean_s, bytes=self.bytes, flops=self.flops,
+                 gbs=gbs, gflops=gflops, intensity=self.flops / self.bytes if self.bytes else None)
         if peak:
             bw, gf = peak.get("bandwidth_gbs"), peak.get("gemm_gflops")
-            # None where the row moves no bytes (or does no flops): a fraction of nothing says nothing
-            d["frac_bandwidth"] = gbs / bw if bw and self.bytes and run > 0 else None
-            d["frac_gemm"] = gflops / gf if gf and self.flops and run > 0 else None
+            # None where the warm calls move no bytes (or do no flops): a fraction of nothing says nothing
+            d["frac_bandwidth"] = gbs / bw if bw and moved and run > 0 else None
+            d["frac_gemm"] = gflops / gf if gf and work and run > 0 else None
         return d
 
 
 def _signature(args: tuple) -> str:
+    """Shapes and dtypes of the arrays; numbers by type only (a per-call scalar must not split a row)."""
     parts = []
     for a in args:
         a = a.data if isinstance(a, Tensor) else a
@@ -403,10 +446,10 @@ def _signature(args: tuple) -> str:
             parts.append(f"csr{list(a.shape)} nnz={len(a.indices)}")
         elif hasattr(a, "shape") and hasattr(a, "dtype"):
             parts.append(f"{a.dtype}{list(a.shape)}")
-        elif a is None:
-            parts.append("None")
-        elif isinstance(a, (bool, int, float, str)):
+        elif a is None or isinstance(a, (bool, str)):
             parts.append(repr(a))
+        elif isinstance(a, (int, float)):
+            parts.append(type(a).__name__)
     return "(" + ", ".join(parts) + ")"
 
 
@@ -460,6 +503,8 @@ class Profile:
         self._peak: dict[str, dict] = {}
         self._gpu: _GpuTimer | None = None
         self._live = False
+        self.untimed: dict[str, int] = {}  # op results made by calls the profiler could not time, by op
+        self.events_dropped = 0           # trace events past the cap (_MAX_EVENTS)
 
     @property
     def tracked_s(self) -> float:
@@ -484,20 +529,25 @@ class Profile:
         key = (kind, name, backend, sig)
         with _lock:
             s = self.stats.get(key)
-            if s is None:
-                s = self.stats[key] = Stat(kind, name, backend, sig)
+            first = s is None
+            if first:  # warm-up, dispatch, JIT or cache load: kept out of the row's rates
+                s = self.stats[key] = Stat(kind, name, backend, sig, first_s=self_s, first_compile_s=compile_s,
+                                           first_bytes=cost[0], first_flops=cost[1])
             s.calls += 1
             s.total_s += self_s
             s.compile_s += compile_s
             s.bytes += cost[0]
             s.flops += cost[1]
-            if self.trace and len(self.events) < 1_000_000:
-                # dur is inclusive, so nested calls sit inside their parent in the viewer
-                self.events.append(dict(name=name, cat=f"{kind},{backend}", ph="X",
-                                        ts=(t_start - self._t0) * 1e6, dur=wall * 1e6,
-                                        pid=os.getpid(), tid=threading.get_ident(),
-                                        args={"shapes": sig, "self_us": self_s * 1e6,
-                                              "compile_us": compile_s * 1e6}))
+            if self.trace:
+                if len(self.events) < _MAX_EVENTS:
+                    # dur is inclusive, so nested calls sit inside their parent in the viewer
+                    self.events.append(dict(name=name, cat=f"{kind},{backend}", ph="X",
+                                            ts=(t_start - self._t0) * 1e6, dur=wall * 1e6,
+                                            pid=os.getpid(), tid=threading.get_ident(),
+                                            args={"shapes": sig, "self_us": self_s * 1e6,
+                                                  "compile_us": compile_s * 1e6, "first_call": first}))
+                else:
+                    self.events_dropped += 1
 
     def _timed(self, kind: str, name: str, backend: str, fn: Callable, args: tuple, kwargs: dict,
                cost_fn: Callable, sig_args: tuple):
@@ -537,18 +587,12 @@ class Profile:
         return self._timed("kernel", name, backend, fn, args, kwargs,
                            (lambda out: model(args)) if model is not None else (lambda out: (0, 0)), args)
 
-    def op_wrapper(self, name: str, fn: Callable) -> Callable:
-        def wrapped(*args, **kwargs):
-            if not self._live:  # a binding that outlived its profile (a module imported while profiling)
-                return fn(*args, **kwargs)
-            return self._timed("op", name, _device_of_args(args), fn, args, kwargs,
-                               lambda out: _op_cost(name, args, out), args)
-        wrapped.__wrapped__ = fn
-        wrapped.__name__ = getattr(fn, "__name__", name)
-        wrapped.__qualname__ = getattr(fn, "__qualname__", name)
-        wrapped.__doc__ = fn.__doc__
-        wrapped._tapegrad_profiled = True
-        return wrapped
+    def op_result(self, name: str) -> None:
+        """Called by every ``make_result`` while profiling: an op result made outside any timed call came
+        from an op reached through a reference the profiler could not rebind, so count it."""
+        if not getattr(self._stack, "frames", None):
+            with _lock:
+                self.untimed[name] = self.untimed.get(name, 0) + 1
 
     def backward_hook(self, node, grad):
         backend = _device_of_args((grad,))
@@ -576,12 +620,17 @@ class Profile:
         return out
 
     def table(self, limit: int = 30, with_peak: bool = True) -> str:
-        """A terminal table sorted by total time; GB/s, GFLOP/s and the % of peak use run time (no JIT)."""
+        """A terminal table sorted by total time.
+
+        ``mean us``, GB/s, GFLOP/s and the % of peak are over each row's warm calls: its first call
+        (warm-up, dispatch, JIT or cache load) is apart, in ``first ms``, of which ``jit ms`` is Numba
+        compiling or loading its cache. A row called once has no warm call and shows ``once``.
+        """
         rows = self.rows(with_peak)
         tracked = sum(r["total_s"] for r in rows)
         denom = tracked or 1.0
         head = (f"{'kind':6} {'name':30} {'backend':10} {'calls':>6} {'total ms':>9} {'%':>5} {'mean us':>9} "
-                f"{'jit ms':>8} {'GB/s':>7} {'GFLOP/s':>8} {'%bw':>5} {'%gemm':>6}  shapes")
+                f"{'first ms':>8} {'jit ms':>8} {'GB/s':>7} {'GFLOP/s':>8} {'%bw':>5} {'%gemm':>6}  shapes")
         lines = [head, "-" * len(head)]
 
         def num(v, fmt):
@@ -591,20 +640,34 @@ class Profile:
             return f"{'' if f is None else f'{100 * f:.1f}':>{width}}"
 
         for r in rows[:limit]:
+            mean = "once" if r["mean_s"] is None else f"{r['mean_s'] * 1e6:.1f}"
             lines.append(
                 f"{r['kind']:6} {r['name'][:30]:30} {r['backend']:10} {r['calls']:6d} {r['total_s'] * 1e3:9.2f} "
-                f"{100 * r['total_s'] / denom:5.1f} {r['mean_s'] * 1e6:9.1f} {num(r['compile_s'] * 1e3, '.1f'):>8} "
+                f"{100 * r['total_s'] / denom:5.1f} {mean:>9} {r['first_s'] * 1e3:8.2f} "
+                f"{num(r['compile_s'] * 1e3, '.1f'):>8} "
                 f"{num(r['gbs'] if r['bytes'] else 0, '.2f'):>7} {num(r['gflops'] if r['flops'] else 0, '.2f'):>8} "
                 f"{pct(r.get('frac_bandwidth'), 5)} {pct(r.get('frac_gemm'), 6)}  {r['signature'][:70]}")
         if len(rows) > limit:
             rest = sum(r["total_s"] for r in rows[limit:])
             lines.append(f"... {len(rows) - limit} more rows, {rest * 1e3:.2f} ms (to_json has them all)")
         jit = sum(r["compile_s"] for r in rows)
-        summary = f"tracked {tracked * 1e3:.1f} ms (of which JIT {jit * 1e3:.1f} ms)"
+        first = sum(r["first_s"] for r in rows)
+        summary = f"tracked {tracked * 1e3:.1f} ms (of which first calls {first * 1e3:.1f} ms, JIT {jit * 1e3:.1f} ms)"
         if self.wall_s:
             summary += (f" of {self.wall_s * 1e3:.1f} ms wall; the other "
                         f"{max(self.wall_s - tracked, 0.0) * 1e3:.1f} ms is Python between ops and the profiler")
         lines.append(summary)
+        lines.append("mean us, GB/s, GFLOP/s, %bw and %gemm are over warm calls: each row's first call "
+                     "(warm-up, dispatch, JIT) is in 'first ms'; 'once' = no warm call")
+        if self.untimed:
+            n = sum(self.untimed.values())
+            ops = ", ".join(f"{k} {v}" for k, v in sorted(self.untimed.items(), key=lambda kv: -kv[1])[:8])
+            lines.append(f"untimed: {n} op results ({ops}) came from ops called through a reference made before "
+                         "the profile that it cannot rebind (a local, an attribute, a dict entry); their forward "
+                         "time is in the untracked share (call tg.<op>, or bind the name inside the profile)")
+        if self.events_dropped:
+            lines.append(f"trace: {self.events_dropped} events past the cap of {_MAX_EVENTS} were dropped "
+                         "(the rows above count every call)")
         if with_peak:
             for d in self._devices():
                 p = self.peak(d)
@@ -615,25 +678,46 @@ class Profile:
         return "\n".join(lines)
 
     def to_json(self, path: str | None = None) -> dict:
-        """Every row plus the peaks and wall/tracked time; written to ``path`` when given."""
+        """Every row plus the peaks, wall/tracked time, the untimed op calls and the trace events dropped;
+        written to ``path`` when given."""
         doc = {"rows": self.rows(), "peak": {d: self.peak(d) for d in self._devices()},
-               "wall_s": self.wall_s, "tracked_s": self.tracked_s}
+               "wall_s": self.wall_s, "tracked_s": self.tracked_s, "untimed": dict(self.untimed),
+               "events_dropped": self.events_dropped}
         if path is not None:
             with open(path, "w") as f:
                 json.dump(doc, f, indent=1)
         return doc
 
     def export_chrome_trace(self, path: str) -> None:
-        """A trace viewable in chrome://tracing or https://ui.perfetto.dev (one complete event per call)."""
+        """A trace viewable in chrome://tracing or https://ui.perfetto.dev (one complete event per call).
+
+        Raises RuntimeError for a profile made with ``trace=False`` (it kept no events). Warns when there is
+        nothing to show, and when events past the cap were dropped (the trace then says so at its end).
+        """
+        if not self.trace:
+            raise RuntimeError("this profile was made with trace=False and kept no events: "
+                               "use tapegrad.profile(trace=True) to export a trace")
         meta = [dict(name="process_name", ph="M", pid=os.getpid(), tid=0, args={"name": "tapegrad"})]
+        events = meta + self.events
+        if not self.events:
+            warnings.warn("the profile recorded no kernel or op call: the trace is empty", RuntimeWarning,
+                          stacklevel=2)
+        if self.events_dropped:
+            last = max(e["ts"] + e["dur"] for e in self.events)
+            events.append(dict(name=f"trace truncated: {self.events_dropped} later events dropped "
+                                    f"(cap {_MAX_EVENTS})", ph="i", s="g", ts=last, pid=os.getpid(), tid=0))
+            warnings.warn(f"the trace holds the first {_MAX_EVENTS} events; {self.events_dropped} later ones "
+                          "were dropped", RuntimeWarning, stacklevel=2)
         with open(path, "w") as f:
-            json.dump({"traceEvents": meta + self.events, "displayTimeUnit": "ms"}, f)
+            json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
 
     def roofline(self, path: str, device: str = "cpu", label: int = 12) -> None:
         """A roofline plot (PNG): arithmetic intensity vs achieved GFLOP/s, one point per kernel/op name.
 
-        Rows of one name (all shapes) are pooled; rows with no flops or no bytes (views, copies, scalar
-        losses' backward) have no place on a roofline and are left out. The ``label`` largest are named.
+        Rows of one name (all shapes) are pooled over their warm calls (each row's first call left out,
+        as in the table); rows with no flops or no bytes (views, copies, scalar losses' backward) or no
+        warm call have no place on a roofline and are left out. A point's area follows its warm run
+        time. The ``label`` largest are named.
         """
         try:
             import matplotlib
@@ -647,12 +731,11 @@ class Profile:
         for s in self.stats.values():
             if (s.backend == "cpu") != (device == "cpu"):
                 continue
-            p = pooled.setdefault((s.kind, s.name), [0, 0, 0.0, 0.0])
-            p[0] += s.bytes
-            p[1] += s.flops
+            p = pooled.setdefault((s.kind, s.name), [0, 0, 0.0])
+            p[0] += s.bytes - s.first_bytes
+            p[1] += s.flops - s.first_flops
             p[2] += s.run_s
-            p[3] += s.total_s
-        points = [(k, f / b, f / run / 1e9, run) for k, (b, f, run, tot) in pooled.items()
+        points = [(k, f / b, f / run / 1e9, run) for k, (b, f, run) in pooled.items()
                   if b > 0 and f > 0 and run > 0]
         fig, ax = plt.subplots(figsize=(8, 5))
         if points:
@@ -682,13 +765,13 @@ class Profile:
             if i < label:
                 ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
         for kind, colour in colours.items():
-            ax.scatter([], [], color=colour, label=f"{kind} (area ~ time; \u25bc backward)")
+            ax.scatter([], [], color=colour, label=f"{kind} (area ~ warm time; \u25bc backward)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlim(x_lo, x_hi)
         ax.set_ylim(y_lo, y_top)
         ax.set_xlabel("arithmetic intensity (FLOP / byte)")
-        ax.set_ylabel("achieved GFLOP/s (run time, JIT excluded)")
+        ax.set_ylabel("achieved GFLOP/s (warm calls: first call and JIT excluded)")
         ax.set_title(f"tapegrad kernels and ops against this machine's roofline ({device})")
         ax.grid(True, which="major", ls=":", lw=0.5)
         ax.legend(loc="lower right", fontsize=8)
@@ -719,33 +802,81 @@ PROFILED_OPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _bindings(originals: dict[int, tuple[str, Callable]]) -> list[tuple[Any, str, Callable, str]]:
-    """Every (module, attribute) of a loaded tapegrad module bound to one of the ops above.
+# Trace events kept per profile; calls past it are still counted in the rows (the tests shrink it).
+_MAX_EVENTS = 1_000_000
 
-    ``from ..engine.sparse import spmm`` (layers/gcn.py) and the package's re-exports make their own
-    names for an op; each must be swapped too, or the calls through it go unseen.
-    """
+# One wrapper per op function, made on first use and kept: a wrapper that escaped a profile (bound into a
+# local while profiling) then times into whichever profile is active, and passes straight through otherwise.
+_wrappers: dict[int, tuple[Callable, Callable]] = {}  # id(op) -> (op, its wrapper)
+
+
+def _op_wrapper(name: str, fn: Callable) -> Callable:
+    hit = _wrappers.get(id(fn))
+    if hit is not None and hit[0] is fn:
+        return hit[1]
+
+    def wrapped(*args, **kwargs):
+        prof = _active
+        if prof is None or not prof._live:
+            return fn(*args, **kwargs)
+        return prof._timed("op", name, _device_of_args(args), fn, args, kwargs,
+                           lambda out: _op_cost(name, args, out), args)
+    wrapped.__wrapped__ = fn
+    wrapped.__name__ = getattr(fn, "__name__", name)
+    wrapped.__qualname__ = getattr(fn, "__qualname__", name)
+    wrapped.__doc__ = fn.__doc__
+    wrapped._tapegrad_profiled = True
+    _wrappers[id(fn)] = (fn, wrapped)
+    return wrapped
+
+
+def _counting_make_result(data: Any, parents: Any, backward: Callable, name: str) -> Tensor:
+    """``make_result`` while profiling: tells the active profile about every op result (see Profile.op_result)."""
+    prof = _active
+    if prof is not None and prof._live:
+        prof.op_result(name)
+    return _make_result(data, parents, backward, name)
+
+
+def _module_dicts() -> list[dict]:
+    """The namespaces of every loaded module: the user's script and its imports as well as tapegrad's."""
     import sys
-    found = []
-    for modname, mod in list(sys.modules.items()):
-        if mod is None or not (modname == "tapegrad" or modname.startswith("tapegrad.")):
+    out, own = [], globals()
+    for mod in list(sys.modules.values()):
+        try:
+            ns = vars(mod)
+        except TypeError:  # a non-module object placed in sys.modules
             continue
-        for attr, value in list(vars(mod).items()):
-            hit = originals.get(id(value))
-            if hit is not None and hit[1] is value:
-                found.append((mod, attr, value, hit[0]))
-    return found
+        if ns is not own and isinstance(ns, dict):
+            out.append(ns)
+    return out
+
+
+def _rebind(swap: dict[int, tuple[Any, Any]]) -> list[tuple[dict, str, Any]]:
+    """Replace, in every loaded module, each global bound to a key of ``swap`` (by identity) by its new
+    value; returns (namespace, name, old value) for each replacement."""
+    done = []
+    for ns in _module_dicts():
+        for attr, value in list(ns.items()):
+            hit = swap.get(id(value))
+            if hit is not None and hit[0] is value:
+                ns[attr] = hit[1]
+                done.append((ns, attr, value))
+    return done
 
 
 @contextmanager
 def profile(trace: bool = True) -> Iterator[Profile]:
-    """Profile everything run inside the block (one profile at a time per process)."""
+    """Profile everything run inside the block (one profile at a time per process).
+
+    ``trace=False`` keeps no per-call events (``export_chrome_trace`` then raises), only the rows.
+    """
     global _active
     with _lock:
         if _active is not None:
             raise RuntimeError("a profile is already active")
         prof = _active = Profile(trace)
-    patched: list[tuple[Any, str, Callable]] = []
+    swap: dict[int, tuple[Any, Any]] = {}
     event, listener = None, None
     try:
         try:
@@ -755,7 +886,6 @@ def profile(trace: bool = True) -> Iterator[Profile]:
                 event.register(kind, listener)
         except Exception:  # numba missing or its event API changed: compile time then counts as run time
             event, listener = None, None
-        originals: dict[int, tuple[str, Callable]] = {}
         for modname, names in PROFILED_OPS.items():
             try:
                 mod = importlib.import_module(modname)
@@ -764,11 +894,9 @@ def profile(trace: bool = True) -> Iterator[Profile]:
             for name in names:
                 fn = getattr(mod, name, None)
                 if fn is not None and not getattr(fn, "_tapegrad_profiled", False):
-                    originals[id(fn)] = (name, fn)
-        wrappers = {id(fn): prof.op_wrapper(name, fn) for name, fn in originals.values()}
-        for mod, attr, fn, _ in _bindings(originals):
-            patched.append((mod, attr, fn))
-            setattr(mod, attr, wrappers[id(fn)])
+                    swap[id(fn)] = (fn, _op_wrapper(name, fn))
+        swap[id(_make_result)] = (_make_result, _counting_make_result)
+        _rebind(swap)
         prof._live = True
         registry._hook = prof.kernel_hook
         _tensor._profiler = prof
@@ -779,9 +907,8 @@ def profile(trace: bool = True) -> Iterator[Profile]:
         prof._live = False
         registry._hook = None
         _tensor._profiler = None
-        for mod, attr, fn in patched:
-            setattr(mod, attr, fn)
-        _restore_late_bindings()
+        # back to the originals everywhere, modules imported during the profile included
+        _rebind({id(new): (new, old) for old, new in swap.values()})
         if event is not None and listener is not None:
             for kind in _CompileListener.KINDS:
                 try:
@@ -789,17 +916,6 @@ def profile(trace: bool = True) -> Iterator[Profile]:
                 except Exception:
                     pass
         _active = None
-
-
-def _restore_late_bindings() -> None:
-    """Put back the original op wherever a module imported during the profile bound a wrapper."""
-    import sys
-    for modname, mod in list(sys.modules.items()):
-        if mod is None or not (modname == "tapegrad" or modname.startswith("tapegrad.")):
-            continue
-        for attr, value in list(vars(mod).items()):
-            if getattr(value, "_tapegrad_profiled", False) and callable(value):
-                setattr(mod, attr, value.__wrapped__)
 
 
 def _numba_listener(target: _CompileListener):
