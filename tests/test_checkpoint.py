@@ -315,22 +315,16 @@ def test_a_checkpoint_of_another_model_or_optimizer_changes_nothing(tmp_path, tr
     with pytest.raises(KeyError, match="parameters"):
         tg.load(path, other, small_opt)
     assert_unchanged(other, small_opt, small_snap)
-    # right names, wrong shape of a moment
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
-    arrays["optim/param1.exp_avg"] = arrays["optim/param1.exp_avg"][:-1]
-    np.savez(tmp_path / "shape.npz", **arrays)
-    with pytest.raises(ValueError, match="shape"):
-        tg.load(tmp_path / "shape.npz", other, opt2)
-    assert_unchanged(other, opt2, snap)
-    # a parameter of another shape
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
-    arrays["model/convs.1.bias"] = arrays["model/convs.1.bias"][:-1]
-    np.savez(tmp_path / "pshape.npz", **arrays)
-    with pytest.raises(RuntimeError, match="size mismatch for convs.1.bias"):
-        tg.load(tmp_path / "pshape.npz", other, opt2)
-    assert_unchanged(other, opt2, snap)
+    # right names, wrong shape: of a moment, then of a parameter
+    for key, error, match in (("optim/param1.exp_avg", ValueError, "shape"),
+                              ("model/convs.1.bias", RuntimeError, "size mismatch for convs.1.bias")):
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        arrays[key] = arrays[key][:-1]
+        np.savez(tmp_path / "shape.npz", **arrays)
+        with pytest.raises(error, match=match):
+            tg.load(tmp_path / "shape.npz", other, opt2)
+        assert_unchanged(other, opt2, snap)
 
 
 def test_a_checkpoint_with_non_finite_parameters_loads_as_torch_would(tmp_path, trained_and_other):
