@@ -5,7 +5,7 @@ kernels, with GCN, RNN and LSTM layers on top.
     x = tg.tensor([[1.0, 2.0]], requires_grad=True)
     (x * x).sum().backward()      # x.grad == 2 x
 """
-from .engine import (Tensor, tensor, as_tensor, from_numpy, from_dlpack, grad, no_grad, enable_grad, is_grad_enabled, detect_anomaly, gradcheck,
+from .engine import (Tensor, tensor, as_tensor, from_numpy, from_dlpack, grad, no_grad, enable_grad, set_grad_enabled, is_grad_enabled, detect_anomaly, gradcheck,
                      manual_seed, cuda_available, set_cuda_graphs, cuda_graphs_enabled,
                      add, sub, mul, div, neg, pow, exp, log, tanh, sigmoid, relu, matmul, sum, mean, reshape,
                      transpose, permute, concat, stack, split, where, masked_fill, softmax, log_softmax,

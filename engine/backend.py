@@ -40,6 +40,8 @@ def check_device(device: str | None) -> str:
     """Normalise a device name; ``cuda:0`` and ``cuda`` both mean the current GPU."""
     if device is None:
         return "cpu"
+    if type(device).__name__ == "device" and type(device).__module__ == "torch":
+        device = str(device)  # torch.device('cuda:0'), as users pass it
     if not isinstance(device, str):
         raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(device).__name__}")
     name = device.split(":")[0]

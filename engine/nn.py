@@ -34,7 +34,8 @@ def _row_ids(index: Any, n: int, xp) -> Any:
             raise ValueError(f"a boolean index must have length {n}, got shape {rows.shape}")
         return xp.flatnonzero(rows)
     if rows.dtype.kind not in "iu":
-        raise TypeError(f"index must hold integer row ids or booleans, got dtype {rows.dtype}")
+        raise TypeError(f"index must hold integer row ids or booleans, got dtype {rows.dtype} (the third "
+                        "argument is the row subset, not torch's class weight=, which is not supported)")
     return rows
 
 
@@ -177,6 +178,9 @@ def embedding(weight: Tensor, idx: Any) -> Tensor:
     The backward adds each grad row into the row it came from (ids may repeat).
     """
     weight = as_tensor(weight)
+    if weight.dtype.kind != "f" and getattr(idx, "dtype", np.dtype(float)).kind == "f":
+        raise TypeError("embedding takes (weight, ids): the float table first, unlike torch's "
+                        "F.embedding(input, weight)")
     if weight.ndim != 2:
         raise ValueError(f"embedding weight must be 2-D [V, D], got shape {weight.shape}")
     xp = array_module(weight.data)

@@ -277,7 +277,7 @@ def exp(a: Tensor) -> Tensor:
 
     def backward(g):
         return (g * out,)
-    return make_result(out, (a,), backward, "exp")
+    return make_result(out, (a,), backward, "exp", saved=(out,))
 
 
 def log(a: Tensor) -> Tensor:
@@ -297,7 +297,7 @@ def tanh(a: Tensor) -> Tensor:
 
     def backward(g):
         return (g * (1 - out * out),)
-    return make_result(out, (a,), backward, "tanh")
+    return make_result(out, (a,), backward, "tanh", saved=(out,))
 
 
 def sigmoid(a: Tensor) -> Tensor:
@@ -318,7 +318,7 @@ def sigmoid(a: Tensor) -> Tensor:
 
     def backward(g):
         return (g * out * (1 - out),)
-    return make_result(out, (a,), backward, "sigmoid")
+    return make_result(out, (a,), backward, "sigmoid", saved=(out,))
 
 
 def relu(a: Tensor) -> Tensor:
@@ -672,7 +672,7 @@ def softmax(a: Tensor, axis: int = -1) -> Tensor:
 
     def backward(g):
         return (out * (g - (g * out).sum(axis=axis, keepdims=True)),)
-    return make_result(out, (a,), backward, "softmax")
+    return make_result(out, (a,), backward, "softmax", saved=(out,))
 
 
 def log_softmax(a: Tensor, axis: int = -1) -> Tensor:
@@ -687,7 +687,7 @@ def log_softmax(a: Tensor, axis: int = -1) -> Tensor:
 
     def backward(g):
         return (g - xp.exp(out) * g.sum(axis=axis, keepdims=True),)
-    return make_result(out, (a,), backward, "log_softmax")
+    return make_result(out, (a,), backward, "log_softmax", saved=(out,))
 
 
 # ---- dtype / device ------------------------------------------------------------------------------------------

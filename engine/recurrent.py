@@ -46,8 +46,14 @@ __all__ = ["lstm_sequence", "rnn_sequence"]
 
 # ---- argument checks ---------------------------------------------------------------------------------------
 
+def _required(name: str, a: Any) -> Any:
+    if a is None:
+        raise TypeError(f"{name} is required (a zero state is tg.tensor(numpy.zeros((B, H), dtype)))")
+    return a
+
+
 def _float_tensor(name: str, a: Any, ndim: int) -> Tensor:
-    t = as_tensor(a)
+    t = as_tensor(_required(name, a))
     if t.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {t.shape}")
     if t.dtype not in (np.float32, np.float64):
@@ -55,8 +61,10 @@ def _float_tensor(name: str, a: Any, ndim: int) -> Tensor:
     return t
 
 
-def _check_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, gate_mult: int):
+def _check_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, gate_mult: int, reverse: bool):
     """Tensors for every argument, checked for shape, dtype and device; returns them and (T, B, I, H)."""
+    if not isinstance(reverse, (bool, np.bool_)):
+        raise TypeError(f"reverse must be a bool, got {reverse!r}")
     x = _float_tensor("x", x, 3)
     w_ih = _float_tensor("w_ih", w_ih, 2)
     w_hh = _float_tensor("w_hh", w_hh, 2)
@@ -257,7 +265,7 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
 
     Returns (output [T, B, H], h_n [B, H], c_n [B, H]); output[t] = h_t (zero on padding).
     """
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, (T, B, _, H) = _check_args(x, h0, c0, w_ih, w_hh, b_ih, b_hh, 4)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, (T, B, _, H) = _check_args(x, h0, _required("c0", c0), w_ih, w_hh, b_ih, b_hh, 4, reverse)
     lens = _check_lengths(lengths, T, B)
     xp = array_module(x.data)
     if xp is not np:  # the GPU replays the step loop as a CUDA graph
@@ -329,7 +337,7 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
 
     c_last = cs[last] if need_grad else cs[T & 1]
     out = hs[a:a + T]
-    h_n, c_n = hs[last], c_last
+    h_n, c_n = hs[last].copy(), c_last.copy()  # apart from output's buffer, as torch's (B x H: cheap)
     if batches is not None:
         out = batches.unsort(out, 1) * batches.mask
         h_n, c_n = batches.unsort(h_n, 0), batches.unsort(c_n, 0)
@@ -368,7 +376,7 @@ def lstm_sequence(x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any, b_ih: Any = No
         return _weight_grads(dz, xa, hs[1 - a:1 - a + T], w_ih_d, batches, dh, dc,
                              (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
 
-    h_n_t = make_result(h_n, parents, backward, "lstm_sequence")
+    h_n_t = make_result(h_n, parents, backward, "lstm_sequence", saved=(hs, cs))  # output is a view of hs
     out_t = _side_output(out, h_n_t, stash, "out", "lstm_sequence.output")
     c_n_t = _side_output(c_n, h_n_t, stash, "c_n", "lstm_sequence.c_n")
     return out_t, h_n_t, c_n_t
@@ -426,7 +434,7 @@ def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     relu = nonlinearity == "relu"
-    x, h0, _, w_ih, w_hh, b_ih, b_hh, (T, B, _, H) = _check_args(x, h0, None, w_ih, w_hh, b_ih, b_hh, 1)
+    x, h0, _, w_ih, w_hh, b_ih, b_hh, (T, B, _, H) = _check_args(x, h0, None, w_ih, w_hh, b_ih, b_hh, 1, reverse)
     lens = _check_lengths(lengths, T, B)
     xp = array_module(x.data)
     if xp is not np:  # the GPU replays the step loop as a CUDA graph
@@ -484,7 +492,7 @@ def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
         recur = True
 
     out = hs[a:a + T]
-    h_n = hs[last]
+    h_n = hs[last].copy()  # apart from output's buffer, as torch's
     if batches is not None:
         out = batches.unsort(out, 1) * batches.mask
         h_n = batches.unsort(h_n, 0)
@@ -520,6 +528,6 @@ def rnn_sequence(x: Any, h0: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: 
         return _weight_grads(dz, xa, hs[1 - a:1 - a + T], w_ih_d, batches, dh, None,
                              (x, h0, None, w_ih, w_hh, b_ih, b_hh))
 
-    h_n_t = make_result(h_n, parents, backward, "rnn_sequence")
+    h_n_t = make_result(h_n, parents, backward, "rnn_sequence", saved=(hs,))  # output is a view of hs
     out_t = _side_output(out, h_n_t, stash, "out", "rnn_sequence.output")
     return out_t, h_n_t

@@ -11,9 +11,10 @@ nodes it walked.
 """
 from __future__ import annotations
 
+import functools
 import operator
-
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -36,25 +37,57 @@ _mode = _GradMode()
 _profiler = None
 
 
-@contextmanager
-def no_grad() -> Iterator[None]:
+class set_grad_enabled:
+    """Record (``True``) or not (``False``) inside the block, as torch's: a context manager, reusable and
+    nestable, or a decorator (``@tg.no_grad()`` and bare ``@tg.no_grad``)."""
+
+    _enabled = True
+
+    def __init__(self, mode: bool = True) -> None:
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"set_grad_enabled takes a bool, got {type(mode).__name__}")
+        self._enabled = bool(mode)
+        self._saved: list = []
+
+    def __enter__(self) -> None:
+        self._saved.append(_mode.enabled)  # a stack: the same object may be entered again, nested
+        _mode.enabled = self._enabled
+
+    def __exit__(self, *exc: Any) -> None:
+        _mode.enabled = self._saved.pop()
+
+    def __call__(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with set_grad_enabled(self._enabled):  # a fresh one per call: calls may overlap in threads
+                return fn(*args, **kwargs)
+        return wrapper
+
+
+class _ModeWithoutArgument(set_grad_enabled):
+    """A grad mode with no argument, usable as ``@mode`` as well as ``@mode()`` and ``with mode():``."""
+
+    def __new__(cls, fn: Callable | None = None):
+        self = super().__new__(cls)
+        if fn is not None:  # bare @no_grad: decorate at once
+            self.__init__()
+            return self(fn)
+        return self
+
+    def __init__(self, fn: Callable | None = None) -> None:
+        super().__init__(self._enabled)
+
+
+class no_grad(_ModeWithoutArgument):
     """Record nothing inside the block (inference, optimiser updates)."""
-    prev = _mode.enabled
-    _mode.enabled = False
-    try:
-        yield
-    finally:
-        _mode.enabled = prev
+
+    _enabled = False
 
 
-@contextmanager
-def enable_grad() -> Iterator[None]:
-    prev = _mode.enabled
-    _mode.enabled = True
-    try:
-        yield
-    finally:
-        _mode.enabled = prev
+class enable_grad(_ModeWithoutArgument):
+    """Record inside the block, also within an outer :class:`no_grad`."""
+
+    _enabled = True
 
 
 def is_grad_enabled() -> bool:
@@ -79,34 +112,87 @@ def detect_anomaly() -> Iterator[None]:
 _writes = 0
 
 
+# The buffers written, as torch's version counters are shared by a tensor and its views: id(buffer) ->
+# (weak reference to it, write count), a buffer being the array at the end of a view's ``.base`` chain.
+# cupy arrays take no weak references, so on the GPU only writes through the tensor itself are seen.
+_written_buffers: dict = {}
+
+
+def _buffer(a: Any) -> Any:
+    base = getattr(a, "base", None)
+    while base is not None and (isinstance(base, np.ndarray) or is_cupy(base)):
+        a, base = base, getattr(base, "base", None)
+    return a
+
+
 def mark_written(t: "Tensor") -> None:
-    """Record that ``t.data`` was changed in place (an optimiser's update): a backward through an op that
-    read ``t`` before this then raises, as torch's does, instead of using the new values."""
+    """Record that ``t.data`` was changed in place (an optimiser's update, ``-=`` under no_grad): a
+    backward through an op that read it, or read any view of the same buffer (``t.detach()``, ``t[:]``),
+    before this then raises, as torch's does, instead of using the new values."""
     global _writes
     _writes += 1
     t._version = _writes
+    buf = _buffer(t.data)
+    try:
+        _written_buffers[id(buf)] = (weakref.ref(buf), _writes)
+    except TypeError:
+        return
+    if len(_written_buffers) > 4096:  # drop the entries of buffers that are gone
+        for key, (ref, _) in list(_written_buffers.items()):
+            if ref() is None:
+                del _written_buffers[key]
+
+
+def _written_since(t: "Tensor", writes: int) -> bool:
+    return getattr(t, "_version", 0) > writes or _buffer_written_since(t.data, writes)
+
+
+def _buffer_written_since(a: Any, writes: int) -> bool:
+    buf = _buffer(a)
+    entry = _written_buffers.get(id(buf))
+    return entry is not None and entry[1] > writes and entry[0]() is buf
+
+
+class _Size(int):
+    """An element count (numpy's ``a.size``) that, called, gives the shape (torch's ``t.size(dim)``)."""
+
+    def __new__(cls, n: int, shape: tuple) -> "_Size":
+        self = super().__new__(cls, n)
+        self.shape = shape
+        return self
+
+    def __call__(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
 
 
 class Node:
     """One recorded op: the parents it read and the closure that turns grad_out into their grads;
-    ``writes``: the in-place write count when it ran (see :func:`mark_written`)."""
+    ``writes``: the in-place write count when it ran (see :func:`mark_written`); ``saved``: arrays
+    besides the parents' data that its backward reads (its own output for exp, tanh, softmax, ...),
+    which must not change before the backward either."""
 
-    __slots__ = ("parents", "backward", "name", "writes")
+    __slots__ = ("parents", "backward", "name", "writes", "saved")
 
-    def __init__(self, parents: tuple, backward: Callable, name: str) -> None:
+    def __init__(self, parents: tuple, backward: Callable, name: str, saved: tuple = ()) -> None:
         self.parents = parents
         self.backward = backward
         self.name = name
         self.writes = _writes
+        self.saved = saved
 
 
-def _check_unwritten(node: Node) -> None:
+def _check_unwritten(node: Node, out: "Tensor") -> None:
     for p in node.parents:
-        if getattr(p, "_version", 0) > node.writes:
+        if _written_since(p, node.writes):
             raise RuntimeError(
                 f"a tensor of shape {p.shape} that the backward of {node.name} needs was modified in place "
                 "after the forward (an optimiser step, say); call backward() before step(), or run the "
                 "forward again")
+    if node.saved and (getattr(out, "_version", 0) > node.writes
+                       or any(_buffer_written_since(a, node.writes) for a in node.saved)):
+        raise RuntimeError(
+            f"a result of {node.name} that its backward reads was modified in place after the forward; "
+            "modify a copy (tg.tensor(x) copies, as x.clone() in torch) instead")
 
 
 def _released(grad_out):
@@ -155,9 +241,10 @@ class Tensor:
         return self.data.ndim
 
     @property
-    def size(self) -> int:
-        """The number of elements, as numpy's ``size`` (torch's ``size()`` is :attr:`shape` here)."""
-        return self.data.size
+    def size(self) -> "_Size":
+        """The number of elements, as numpy's ``size``; called, the shape, as torch's: ``t.size()`` is
+        ``t.shape`` and ``t.size(0)`` its first entry."""
+        return _Size(self.data.size, self.data.shape)
 
     def numel(self) -> int:
         """The number of elements, as torch's ``numel()``: ``sum(p.numel() for p in model.parameters())``."""
@@ -502,11 +589,14 @@ def _array(a: Any) -> Any:
     return np.asarray(a) if isinstance(a, np.generic) else a
 
 
-def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: str) -> Tensor:
+def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: str,
+                saved: tuple = ()) -> Tensor:
     """Wrap an op's output, recording a node when recording is on and a parent requires grad.
 
     ``backward(grad_out)`` returns one gradient (or None) per parent, each of the parent's shape or
-    broadcastable to it (the walk sums broadcast axes away).
+    broadcastable to it (the walk sums broadcast axes away). ``saved``: arrays other than the parents'
+    data that the backward reads (``(data,)`` when it uses the result itself), so that an in-place
+    write to them, or to any view of their buffers, before the backward is an error.
     """
     out = Tensor.__new__(Tensor)
     out.data = np.asarray(data) if isinstance(data, np.generic) else data
@@ -518,7 +608,7 @@ def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: 
         for p in parents:
             if p.requires_grad:
                 out.requires_grad = True
-                out._node = Node(parents if type(parents) is tuple else tuple(parents), backward, name)
+                out._node = Node(parents if type(parents) is tuple else tuple(parents), backward, name, saved)
                 break
     if mode.anomaly:
         _check_finite(data, f"the forward of {name}")
@@ -603,8 +693,8 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False, capture: dict 
             g = g.astype(t.data.dtype, copy=True)
             t.grad = g if t.grad is None else _array(t.grad + g)
             continue
-        if node.writes != _writes:  # something was written since this op ran: was it one of its inputs?
-            _check_unwritten(node)
+        if node.writes != _writes:  # something was written since this op ran: was it one it needs?
+            _check_unwritten(node, t)
         parent_grads = node.backward(g) if _profiler is None else _profiler.backward_hook(node, g)
         if anomaly:
             for pg in parent_grads:

@@ -626,3 +626,119 @@ def test_negating_a_bool_tensor_is_refused_as_torch():
         -torch.tensor([True, False])
     with pytest.raises(TypeError, match="bool"):
         -tg.tensor([True, False])
+
+
+# ---- second audit (/work/audit/engine2): writes through views and to outputs, grad modes, size() ----------------
+@pytest.mark.parametrize("view", [lambda w: w.detach(), lambda w: w[:], lambda w: w.reshape(3, 1)],
+                         ids=["detach", "slice", "reshape"])
+def test_an_inplace_write_through_a_view_of_a_saved_tensor_raises_as_torch(view):
+    torch = _torch()
+    for lib, no_grad, w in ((torch, torch.no_grad, torch.tensor([1.0, 2.0, 3.0], requires_grad=True)),
+                            (tg, tg.no_grad, tg.tensor([1.0, 2.0, 3.0], requires_grad=True))):
+        y = (w * w).sum()
+        with no_grad():
+            v = view(w)
+            v += 1
+        with pytest.raises(RuntimeError, match="modified" if lib is tg else None):
+            y.backward()
+
+
+@pytest.mark.parametrize("name", ["exp", "tanh", "sigmoid", "softmax", "log_softmax"])
+def test_an_inplace_write_to_an_output_the_backward_reads_raises_as_torch(name):
+    torch = _torch()
+    xt = torch.tensor([0.3, -0.7], dtype=torch.float64, requires_grad=True)
+    yt = getattr(torch, name)(xt, dim=0) if "softmax" in name else getattr(torch, name)(xt)
+    with torch.no_grad():
+        yt *= 0
+    with pytest.raises(RuntimeError):
+        yt.sum().backward()
+    x = tg.tensor([0.3, -0.7], requires_grad=True)
+    y = getattr(tg, name)(x)
+    with tg.no_grad():
+        y *= 0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.sum().backward()
+
+
+def test_an_inplace_write_to_an_output_that_add_does_not_read_is_fine():
+    x = tg.tensor([0.3, -0.7], requires_grad=True)
+    y = x + 1.0
+    with tg.no_grad():
+        y *= 2  # add's backward reads nothing of its own: no error, the gradient of sum(y) wrt x is 1
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [1.0, 1.0])
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+def test_sequence_output_and_h_n_are_separate_and_writing_output_is_caught(kind):
+    rng = np.random.default_rng(0)
+    T, B, I, H = 3, 2, 2, 2
+    G = 4 * H if kind == "lstm" else H
+    args = [tg.tensor(a, requires_grad=True) for a in (rng.standard_normal((T, B, I)), rng.standard_normal((B, H)))]
+    state = [tg.tensor(rng.standard_normal((B, H)), requires_grad=True)] if kind == "lstm" else []
+    weights = [tg.tensor(rng.standard_normal(s), requires_grad=True) for s in ((G, I), (G, H))]
+    res = getattr(tg.engine, f"{kind}_sequence")(*args, *state, *weights)
+    out, h_n = res[0], res[1]
+    before = h_n.numpy().copy()
+    assert not np.shares_memory(out.numpy(), h_n.numpy())
+    with tg.no_grad():
+        out *= 0.0
+    np.testing.assert_array_equal(h_n.numpy(), before)  # as torch: h_n is its own tensor
+    with pytest.raises(RuntimeError, match="modified in place"):
+        h_n.sum().backward()  # the backward reads the buffer out was written through
+
+
+def test_sequence_ops_name_a_missing_state_and_a_non_bool_reverse():
+    x, h, w, u = np.zeros((3, 2, 4)), np.zeros((2, 5)), np.zeros((20, 4)), np.zeros((20, 5))
+    with pytest.raises(TypeError, match="c0 is required"):
+        tg.engine.lstm_sequence(x, h, None, w, u)
+    with pytest.raises(TypeError, match="h0 is required"):
+        tg.engine.rnn_sequence(x, None, np.zeros((5, 4)), np.zeros((5, 5)))
+    with pytest.raises(TypeError, match="reverse must be a bool"):
+        tg.engine.lstm_sequence(x, h, h, w, u, reverse="no")
+
+
+def test_grad_modes_are_reusable_nestable_and_decorate_with_or_without_parentheses():
+    x = tg.tensor([1.0], requires_grad=True)
+    ctx = tg.no_grad()
+    with ctx:
+        with ctx:
+            assert not (x * 2).requires_grad
+        with tg.enable_grad():
+            assert (x * 2).requires_grad
+        assert not tg.is_grad_enabled()
+    assert tg.is_grad_enabled()
+
+    @tg.no_grad
+    def bare():
+        return (x * 2).requires_grad
+
+    @tg.no_grad()
+    def called():
+        return (x * 2).requires_grad
+    assert bare() is False and called() is False and tg.is_grad_enabled()
+    with tg.set_grad_enabled(False):
+        assert not (x * 2).requires_grad
+    with pytest.raises(TypeError):
+        tg.set_grad_enabled("no")
+
+
+def test_size_is_the_element_count_and_called_the_shape_as_torch():
+    torch = _torch()
+    a = np.zeros((3, 4))
+    t, tt = tg.tensor(a), torch.tensor(a)
+    assert t.size() == tuple(tt.size()) and t.size(1) == tt.size(1) and t.size(-1) == tt.size(-1)
+    assert t.size == a.size == tt.numel()
+
+
+def test_argument_order_mistakes_against_torch_habits_are_named():
+    with pytest.raises(TypeError, match="weight, ids"):
+        tg.embedding(tg.tensor([1, 2]), tg.tensor(np.ones((3, 2))))
+    with pytest.raises(TypeError, match="weight="):
+        tg.cross_entropy(tg.tensor(np.ones((3, 2))), [0, 1, 1], np.array([1.0, 2.0]))
+
+
+def test_a_torch_device_is_accepted_where_a_device_name_is():
+    torch = _torch()
+    assert tg.tensor([1.0], device=torch.device("cpu")).device == "cpu"
+    assert tg.Linear(2, 3, device=torch.device("cpu")).device == "cpu"
