@@ -52,9 +52,14 @@ def _accuracy(logits: np.ndarray, y: np.ndarray, idx: np.ndarray) -> float:
 
 def train_one(data: Any, x: Any, seed: int, epochs: int = 200, hidden: int = 16, dropout: float = 0.5,
               lr: float = 0.01, weight_decay: float = 5e-4, patience: int = 10, dtype: str = "float32",
-              stopping: str = "kipf", bias: bool = False) -> dict:
+              stopping: str = "kipf", bias: bool = False,
+              on_epoch: Callable[[int, float, float], None] | None = None) -> dict:
     """Train one GCN on ``data`` (a Planetoid) with features ``x`` (row-normalised CSR); returns
-    {'test_acc', 'val_acc', 'epochs', 'epoch_ms': [per-epoch training-step times]}."""
+    {'test_acc', 'val_acc', 'epochs', 'epoch_ms': [per-epoch training-step times]}.
+
+    ``on_epoch(epoch, train_loss, val_acc)``, if given, is called after each epoch's evaluation (the
+    demo's progress bar); it is not timed and does not change the training.
+    """
     if stopping not in STOPPING:
         raise ValueError(f"stopping must be one of {STOPPING}, got {stopping!r}")
     manual_seed(seed)
@@ -86,6 +91,8 @@ def train_one(data: Any, x: Any, seed: int, epochs: int = 200, hidden: int = 16,
             w = first.lin.weight.data
             val_loss += weight_decay * 0.5 * float((w.astype(np.float64) ** 2).sum())
         val_losses.append(val_loss)
+        if on_epoch is not None:
+            on_epoch(epoch, loss.item(), _accuracy(logits, y, data.val_idx))
         if stopping == "kipf":
             if epoch > patience and val_loss > np.mean(val_losses[-(patience + 1):-1]):
                 break

@@ -15,6 +15,7 @@ a sparse :class:`tapegrad.CSR` [N, F]: then ``X W`` is one ``spmm`` over the sto
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -286,34 +287,64 @@ class GCN(Module):
     and to every hidden layer, as in Kipf & Welling. For sparse (CSR) input features the input dropout
     drops stored entries (:func:`sparse_dropout_values`), which equals dense dropout in distribution.
 
+    **Not PyG's** ``torch_geometric.nn.models.GCN``, although the layers and parameter names are PyG's:
+
+    - The arguments are ``GCN(in_channels, hidden_channels, out_channels, *, num_layers=2, ...)``:
+      ``out_channels`` is third and required, and everything after it is keyword-only. PyG's order
+      is ``GCN(in_channels, hidden_channels, num_layers, out_channels=None, ...)``. A PyG-style
+      positional call such as ``GCN(1433, 16, 2, 7)`` raises a TypeError here; it does not build a
+      7-layer model. Beware that a 3-argument PyG call ``GCN(1433, 16, 2)`` (2 layers, 16 outputs in
+      PyG) means 2 *outputs* here. Keywords for every argument work in both libraries.
+    - Dropout is Kipf & Welling's, which differs from PyG in training mode: the default is 0.5 (PyG:
+      0.0), and it is applied before *every* conv, input features included. PyG drops only after each
+      hidden activation, so its ``num_layers=1`` model has no dropout at all. In eval mode the two agree
+      (same weights, same outputs).
+    - The activation is always ReLU and there is no normalisation layer: ``act=`` and ``norm=`` are
+      refused.
+
     Args:
         in_channels, hidden_channels, out_channels (int): input, hidden and output widths.
-        num_layers (int): number of GCNConv layers (default 2).
-        dropout (float): dropout probability (default 0.5).
-        cached, improved, add_self_loops, normalize, bias: passed to every :class:`GCNConv`
-            (``cached=True`` suits transductive training on one graph).
-        dtype, device: as for every Module.
+        num_layers (int, keyword-only): number of GCNConv layers (default 2).
+        dropout (float, keyword-only): dropout probability (default 0.5).
+        cached, improved, add_self_loops, normalize, bias (keyword-only): passed to every
+            :class:`GCNConv` (``cached=True`` suits transductive training on one graph).
+        dtype, device (keyword-only): as for every Module.
 
     Parameters: ``convs.0.bias``, ``convs.0.lin.weight``, ... (``convs`` is a ModuleList).
 
     Shapes: x [N, in_channels] (dense or CSR), edge_index CSR [N, N] or [2, E] -> [N, out_channels].
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
-                 dropout: float = 0.5, cached: bool = False, improved: bool = False,
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, *args: Any,
+                 num_layers: int = 2, dropout: float = 0.5, cached: bool = False, improved: bool = False,
                  add_self_loops: bool | None = None, normalize: bool = True, bias: bool = True,
                  dtype: Any = np.float32, device: str | None = None) -> None:
+        # *args only catches PyG's positional order, GCN(in, hidden, num_layers, out), with a message
+        if args:
+            given = ", ".join(repr(a) for a in (in_channels, hidden_channels, out_channels, *args))
+            rest = ", <the others as keywords>" if len(args) > 1 else ""
+            pyg = f"GCN({in_channels!r}, {hidden_channels!r}, {args[0]!r}, num_layers={out_channels!r}{rest})"
+            raise TypeError(f"GCN({given}): tg.GCN takes 3 positional arguments (in_channels, hidden_channels, "
+                            f"out_channels), got {3 + len(args)}; num_layers and the rest are keyword-only. "
+                            "Unlike PyG's GCN(in_channels, hidden_channels, num_layers, out_channels), "
+                            f"out_channels comes third: for PyG's meaning write {pyg}")
         super().__init__(dtype, device)
-        if not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+        for name, v in (("in_channels", in_channels), ("hidden_channels", hidden_channels),
+                        ("out_channels", out_channels), ("num_layers", num_layers)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, numbers.Real):
+            raise TypeError(f"dropout must be a number in [0, 1] (the probability of zeroing an element), "
+                            f"got {type(dropout).__name__} {dropout!r}")
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout}")
-        self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
+        self.in_channels, self.hidden_channels = int(in_channels), int(hidden_channels)
+        self.out_channels = int(out_channels)
         self.num_layers, self.dropout = int(num_layers), float(dropout)
-        widths = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
+        widths = [self.in_channels] + [self.hidden_channels] * (self.num_layers - 1) + [self.out_channels]
         kw = dict(improved=improved, cached=cached, add_self_loops=add_self_loops, normalize=normalize,
                   bias=bias, dtype=dtype, device=device)
-        self.convs = ModuleList([GCNConv(widths[i], widths[i + 1], **kw) for i in range(num_layers)],
+        self.convs = ModuleList([GCNConv(widths[i], widths[i + 1], **kw) for i in range(self.num_layers)],
                                 dtype=dtype, device=device)
 
     def forward(self, x: Any, edge_index: Any, edge_weight: Any = None) -> Tensor:

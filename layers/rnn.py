@@ -49,6 +49,25 @@ def _empty_batch(module: Module, inputs: tuple, out_shape: tuple, n_states: int)
             [empty(state) for _ in range(n_states if module._gate_mult == 4 else 0)])
 
 
+def _check_bool(name: str, value: Any) -> bool:
+    """torch's check: a string such as 'False' is truthy, so only real booleans are taken."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    return bool(value)
+
+
+def _check_proj_size(proj_size: Any) -> int:
+    if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
+        raise TypeError(f"proj_size should be an integer (0: no projection), got {type(proj_size).__name__} "
+                        f"{proj_size!r}")
+    if proj_size < 0:
+        raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {proj_size}")
+    if proj_size > 0:
+        raise NotImplementedError(f"proj_size={proj_size}: LSTMs with projections are not supported by tapegrad; "
+                                  "only proj_size=0 (no projection, torch's default) is")
+    return 0
+
+
 def _uniform_init(module: Module, hidden_size: int) -> None:
     """Every weight and bias U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as PyTorch's RNNs."""
     bound = 1.0 / math.sqrt(hidden_size)
@@ -75,8 +94,9 @@ class RNNBase(Module):
         if dropout > 0 and num_layers == 1:
             warnings.warn(f"dropout={dropout} and num_layers=1: dropout acts only between layers, "
                           "so it does nothing here", stacklevel=3)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        self.bias = _check_bool("bias", bias)
+        self.batch_first = _check_bool("batch_first", batch_first)
+        self.proj_size = 0  # torch's attribute; LSTM(proj_size > 0) is refused
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
         gates = self._gate_mult * self.hidden_size
@@ -116,6 +136,11 @@ class RNNBase(Module):
 
     # ---- argument handling ----------------------------------------------------------------------------------
     def _prepare_input(self, input: Any) -> tuple[Tensor, bool]:
+        if type(input).__name__ == "PackedSequence":  # torch's, told apart without importing torch
+            raise TypeError("input is a PackedSequence; tapegrad's RNNs take the padded batch and its lengths "
+                            "instead: padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(packed, "
+                            f"batch_first={self.batch_first}), then call the layer as (padded, lengths=lengths), "
+                            "which gives packed-sequence semantics")
         x = _as_input(self, input, "input")
         if x.ndim not in (2, 3):
             raise ValueError(f"input must be 3-D ({'[B, T, I]' if self.batch_first else '[T, B, I]'}) or "
@@ -238,7 +263,8 @@ class RNN(RNNBase):
         hidden_size: features of the hidden state h.
         num_layers: stacked layers (default 1).
         nonlinearity: ``'tanh'`` (default) or ``'relu'``.
-        bias: use b_ih and b_hh (default True).
+        bias: use b_ih and b_hh (default True). A bool, as for batch_first: torch's check, since a
+            string such as 'False' would read as True.
         batch_first: input and output are [B, T, feature] instead of [T, B, feature] (not h_n). Default False.
         dropout: probability of dropout on the outputs of every layer but the last, in training (default 0).
         bidirectional: also run each layer from the end (default False); outputs are concatenated.
@@ -301,6 +327,8 @@ class LSTM(RNNBase):
     Args:
         input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
         bidirectional=False, dtype=float32, device=None: as for :class:`RNN`.
+        proj_size: 0 (default, torch's: no projection) is the only value accepted; an LSTM with
+            projections (proj_size > 0) raises NotImplementedError.
 
     Inputs: ``input, hx=None, lengths=None``
         - input: [T, B, input_size] ([B, T, input_size] if batch_first), or unbatched [T, input_size].
@@ -324,7 +352,8 @@ class LSTM(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype: Any = np.float32, device: str | None = None) -> None:
+                 proj_size: int = 0, dtype: Any = np.float32, device: str | None = None) -> None:
+        _check_proj_size(proj_size)
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, device)
 
@@ -350,7 +379,7 @@ class RNNCellBase(Module):
         super().__init__(dtype, device)
         self.input_size = _positive_int("input_size", input_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.bias = bool(bias)
+        self.bias = _check_bool("bias", bias)  # stricter than torch's cells, which read 'False' as True
         gates = self._gate_mult * self.hidden_size
         self.weight_ih = self.new_parameter((gates, self.input_size))
         self.weight_hh = self.new_parameter((gates, self.hidden_size))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from collections.abc import Mapping
 from typing import Any, Callable, Iterator, NamedTuple
 
 from ..engine.tensor import Tensor
@@ -35,15 +36,41 @@ from .optim import clip_grad_norm
 
 
 def detach_state(state: Any) -> Any:
-    """The same recurrent state cut from the graph: a Tensor, or a tuple/list of them (``(h, c)``),
-    nested to any depth; ``None`` and non-tensors pass through unchanged."""
+    """The same recurrent state cut from the graph: a Tensor, or a container of them nested to any depth.
+
+    Containers keep their type: a tuple or list (``(h, c)``), a namedtuple (rebuilt as the same
+    namedtuple, so ``state.h`` still works) and a dict or other mapping (the same keys, and the same
+    mapping type where it can be rebuilt from ``{key: value}`` or copied and updated, as a
+    defaultdict; else a dict). ``None`` and other non-tensors pass through unchanged.
+    """
     if isinstance(state, Tensor):
         return state.detach()
     if isinstance(state, tuple):
-        return tuple(detach_state(s) for s in state)
+        parts = [detach_state(s) for s in state]
+        return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
     if isinstance(state, list):
         return [detach_state(s) for s in state]
+    if isinstance(state, Mapping):
+        detached = {k: detach_state(v) for k, v in state.items()}
+        if type(state) is dict:
+            return detached
+        try:  # OrderedDict, a dict subclass, MappingProxyType...: the same type when it takes a dict
+            return type(state)(detached)
+        except TypeError:  # e.g. a defaultdict (its first argument is the factory)
+            return _rebuild_mapping(state, detached)
     return state
+
+
+def _rebuild_mapping(state: Mapping, detached: dict) -> Mapping:
+    """A copy of ``state`` with ``detached``'s values, for mappings whose constructor needs more than a dict."""
+    if hasattr(state, "copy"):
+        try:
+            out = state.copy()
+            out.update(detached)
+            return out
+        except (TypeError, AttributeError):
+            pass
+    return detached
 
 
 _UNSET = object()  # a state not captured yet (None is a valid state: the model's initial one)
@@ -108,9 +135,10 @@ class TBPTT:
     Args:
         segment_fn: ``segment_fn(start, stop, state, with_loss) -> (loss, new_state)`` runs the model
             over steps ``[start, stop)`` of the sequence starting from ``state`` (``None`` at the very
-            start) and returns the state after step ``stop - 1`` (a Tensor or a tuple such as
-            ``(h, c)``, with its graph). When ``with_loss`` is true, ``loss`` is the mean loss per step
-            over the segment (a one-element Tensor); otherwise it may be ``None``.
+            start) and returns the state after step ``stop - 1`` (a Tensor, or a tuple such as
+            ``(h, c)``, a list, namedtuple or dict of them, with its graph; see :func:`detach_state`).
+            When ``with_loss`` is true, ``loss`` is the mean loss per step over the segment (a
+            one-element Tensor); otherwise it may be ``None``.
         optimizer: any tapegrad optimiser; it is zeroed, stepped, and its parameters are clipped.
         k1: steps between updates (and steps whose loss each update counts).
         k2: steps each update backpropagates through (default ``k1``; must be ``>= k1``). ``k2 > k1``

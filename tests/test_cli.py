@@ -244,3 +244,18 @@ def test_profile_prints_no_table_when_the_target_did_not_run(target, code, messa
     out = capsys.readouterr()
     assert message in out.err
     assert "total ms" not in out.out and "peak cpu" not in out.out
+
+
+def test_demo_gcn_is_the_gcn_commands_training_for_the_same_seed(monkeypatch):
+    """`python -m tapegrad demo` reports what `python -m tapegrad gcn` does for its seed (audit 2, finding 6):
+    the paper's setup (no bias, L2 term in the early-stopping loss), one implementation."""
+    from tapegrad.apps import demo, gcn
+    from tapegrad.datasets import load_planetoid, row_normalize
+    data = load_planetoid("cora")
+    want = gcn.train_one(data, row_normalize(data.x), seed=0)
+    calls = []
+    real = gcn.train_one
+    monkeypatch.setattr(gcn, "train_one", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    got = demo.train_gcn(seed=0, progress=False)
+    assert len(calls) == 1
+    assert (got["test_acc"], got["val_acc"], got["epochs"]) == (want["test_acc"], want["val_acc"], want["epochs"])

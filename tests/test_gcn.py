@@ -338,3 +338,66 @@ def test_edge_index_to_csr_one_self_loop_keeps_the_last_listed_weight():
     db = sp.csr_matrix((B.data, B.indices, B.indptr), shape=B.shape).toarray()
     np.testing.assert_array_equal(da, [[7.0, 2.0], [0.0, 4.0]])  # A[target, source]
     np.testing.assert_array_equal(db, [[10.5, 2.0], [0.0, 4.0]])  # the default still sums
+
+
+# ---- tg.GCN is not PyG's models.GCN: the differences are refused or documented (audit 2, findings 1, 2, 8) ----
+
+def test_gcn_refuses_pygs_positional_order_and_says_how_to_write_it():
+    # PyG: GCN(in, hidden, num_layers, out). Here that used to build 7 layers with 2 outputs, silently.
+    with pytest.raises(TypeError, match=r"out_channels comes third.*GCN\(1433, 16, 7, num_layers=2\)"):
+        GCN(1433, 16, 2, 7)
+    with pytest.raises(TypeError, match="keyword-only"):
+        GCN(10, 16, 3, 2, 0.5)
+    model = GCN(1433, 16, 7, num_layers=2)
+    assert (model.num_layers, model.out_channels, len(model.state_dict())) == (2, 7, 4)
+
+
+def test_gcn_arguments_after_out_channels_are_keyword_only():
+    import inspect
+    params = list(inspect.signature(GCN.__init__).parameters.values())[1:]
+    assert [p.name for p in params[:3]] == ["in_channels", "hidden_channels", "out_channels"]
+    assert params[3].kind is inspect.Parameter.VAR_POSITIONAL  # only there to explain the PyG order
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[4:])
+    assert {p.name for p in params[4:]} >= {"num_layers", "dropout", "cached", "bias", "dtype", "device"}
+
+
+def test_gcn_refuses_pygs_act_and_norm():
+    with pytest.raises(TypeError, match="act"):
+        GCN(10, 16, 3, act="relu")
+    with pytest.raises(TypeError, match="norm"):
+        GCN(10, 16, 3, norm=None)
+
+
+def test_gcn_docstring_states_its_differences_from_pygs_gcn():
+    doc = " ".join(GCN.__doc__.split())
+    assert "Not PyG's" in doc and "GCN(1433, 16, 2, 7)" in doc
+    assert "input features included" in doc and "PyG drops only after each hidden activation" in doc
+    assert "default is 0.5 (PyG: 0.0)" in doc
+
+
+def test_gcn_dropout_placement_is_kipfs_input_and_hidden():
+    """The documented behaviour (unchanged): a 1-layer GCN still drops its input in training."""
+    rng = np.random.default_rng(0)
+    ei, n = _graph(rng)
+    x = rng.normal(size=(n, F_IN))
+    model = GCN(F_IN, 4, F_OUT, num_layers=1, dtype=np.float64)
+    tg.manual_seed(0)
+    train_out = model(x, ei).numpy()
+    model.eval()
+    assert not np.allclose(train_out, model(x, ei).numpy())
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(hidden_channels=0), ValueError, "hidden_channels must be a positive integer, got 0"),
+    (dict(in_channels=0), ValueError, "in_channels"),
+    (dict(out_channels=0), ValueError, "out_channels"),
+    (dict(num_layers=True), ValueError, "num_layers"),
+    (dict(num_layers=2.0), ValueError, "num_layers"),
+    (dict(dropout="0.5"), TypeError, "dropout must be a number.*str"),
+    (dict(dropout=True), TypeError, "dropout"),
+    (dict(dropout=1.5), ValueError, "dropout"),
+])
+def test_gcn_constructor_errors_name_the_right_argument(kw, exc, match):
+    args = dict(in_channels=10, hidden_channels=16, out_channels=3) | kw
+    with pytest.raises(exc, match=match):
+        GCN(**args)

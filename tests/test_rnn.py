@@ -372,3 +372,60 @@ def test_cells_with_a_batch_of_zero_give_torchs_shapes():
         want = theirs(torch.zeros(0, 3))
         got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
         assert [g.shape for g in got] == [tuple(w.shape) for w in want]
+
+
+# ---- constructor and input checks as torch's (audit 2, finding 8) -------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+@pytest.mark.parametrize("name", ["bias", "batch_first"])
+@pytest.mark.parametrize("value", ["False", 0, 1, None])
+def test_a_non_bool_bias_or_batch_first_raises_type_error_as_torch(kind, name, value):
+    with pytest.raises(TypeError, match=f"{name} should be of type bool, got: {type(value).__name__}"):
+        {"lstm": torch.nn.LSTM, "rnn": torch.nn.RNN}[kind](3, 4, **{name: value})
+    with pytest.raises(TypeError, match=f"{name} should be of type bool, got: {type(value).__name__}"):
+        {"lstm": LSTM, "rnn": RNN}[kind](3, 4, **{name: value})
+
+
+@pytest.mark.parametrize("cell", [LSTMCell, RNNCell])
+def test_cells_refuse_a_non_bool_bias_and_accept_numpy_bools(cell):
+    # stricter than torch's cells, which read bias='False' as True
+    with pytest.raises(TypeError, match="bias should be of type bool, got: str"):
+        cell(3, 4, bias="False")
+    assert cell(3, 4, bias=np.False_).bias_ih is None
+    assert LSTM(3, 4, bias=np.False_, batch_first=np.True_).batch_first is True
+
+
+def test_proj_size_zero_is_torchs_no_projection_and_a_projection_is_refused():
+    torch.manual_seed(0)
+    tmod = torch.nn.LSTM(3, 4, 1, True, False, 0.0, False, 0).double()  # proj_size positionally, as torch
+    ours = LSTM(3, 4, 1, True, False, 0.0, False, 0, dtype=np.float64)
+    assert ours.proj_size == 0 and list(ours.state_dict()) == list(tmod.state_dict())
+    ours.load_state_dict({k: v.numpy() for k, v in tmod.state_dict().items()})
+    x = np.random.default_rng(0).normal(size=(5, 2, 3))
+    np.testing.assert_allclose(ours(x)[0].numpy(), tmod(torch.tensor(x))[0].detach().numpy(), atol=1e-12)
+    assert LSTM(3, 4, proj_size=0).proj_size == 0
+    with pytest.raises(NotImplementedError, match="proj_size=2.*not supported.*proj_size=0"):
+        LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size"):
+        LSTM(3, 4, proj_size=-1)
+    with pytest.raises(TypeError, match="proj_size"):
+        LSTM(3, 4, proj_size=1.5)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_packed_sequence_input_points_to_lengths_and_the_recipe_matches_torch(batch_first):
+    torch.manual_seed(0)
+    tmod = torch.nn.LSTM(3, 4, batch_first=batch_first).double()
+    ours = LSTM(3, 4, batch_first=batch_first, dtype=np.float64)
+    ours.load_state_dict({k: v.numpy() for k, v in tmod.state_dict().items()})
+    x = torch.randn(2, 5, 3, dtype=torch.float64) if batch_first else torch.randn(5, 2, 3, dtype=torch.float64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3], batch_first=batch_first)
+    with pytest.raises(TypeError, match=rf"PackedSequence.*pad_packed_sequence\(packed, batch_first={batch_first}\)"
+                                        r".*lengths=lengths"):
+        ours(packed)
+    padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(packed, batch_first=batch_first)  # the recipe
+    out, (h, c) = ours(padded, lengths=lengths)
+    t_out, (t_h, t_c) = tmod(packed)
+    t_out, _ = torch.nn.utils.rnn.pad_packed_sequence(t_out, batch_first=batch_first)
+    np.testing.assert_allclose(out.numpy(), t_out.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(h.numpy(), t_h.detach().numpy(), atol=1e-12)

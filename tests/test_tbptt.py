@@ -1,4 +1,5 @@
 """Truncated BPTT(k1, k2): window arithmetic, gradients against a hand-written truncated BPTT, state carry."""
+import collections
 import itertools
 
 import numpy as np
@@ -248,3 +249,74 @@ def test_a_non_finite_gradient_stops_tbptt_before_the_step():
     with pytest.raises(FloatingPointError, match="weight|bias|parameter"):
         tg.TBPTT(seg, opt, 2, clip=1.0, length=4).step()
     np.testing.assert_array_equal(m.weight.data, before)
+
+
+# ---- dict and namedtuple states (audit 2, finding 3) -----------------------------------------------------------
+
+HC = collections.namedtuple("HC", "h c")
+
+
+def test_detach_state_keeps_namedtuples_and_detaches_mapping_values():
+    w = tg.tensor([[1.0, 2.0]], requires_grad=True)
+    h, c = w * 2, w * 3
+    nt = detach_state(HC(h, c))
+    assert type(nt) is HC and nt.h.is_leaf and not nt.c.requires_grad
+    np.testing.assert_array_equal(nt.c.numpy(), c.numpy())
+    d = detach_state({"h": h, "c": c, "step": 3, "layers": [(h, c)]})
+    assert type(d) is dict and list(d) == ["h", "c", "step", "layers"] and d["step"] == 3
+    assert not d["h"].requires_grad and not d["layers"][0][1].requires_grad
+    od = detach_state(collections.OrderedDict(c=c, h=h))
+    assert type(od) is collections.OrderedDict and list(od) == ["c", "h"] and not od["h"].requires_grad
+    dd = detach_state(collections.defaultdict(list, h=h))
+    assert type(dd) is collections.defaultdict and dd.default_factory is list and not dd["h"].requires_grad
+    assert h.requires_grad  # the input state is left as it was
+
+
+def _cell_and_head(seed=0):
+    tg.manual_seed(seed)
+    return tg.LSTMCell(2, 4, dtype=np.float64), tg.Linear(4, 1, dtype=np.float64)
+
+
+def _run_steps(cell, head, X, a, b, st):
+    loss = 0
+    for t in range(a, b):
+        st = cell(X[t], st)
+        loss = loss + ((head(st[0]) - X[t, :, :1]) ** 2).mean()
+    return loss * (1.0 / (b - a)), st
+
+
+@pytest.mark.parametrize("container", ["dict", "namedtuple"])
+def test_tbptt_with_a_dict_or_namedtuple_state_equals_a_hand_written_loop(container):
+    X = np.random.default_rng(0).normal(size=(12, 3, 2))
+    pack = (lambda h, c: {"h": h, "c": c}) if container == "dict" else HC
+    unpack = (lambda s: (s["h"], s["c"])) if container == "dict" else (lambda s: (s.h, s.c))
+
+    cell, head = _cell_and_head()
+    params = list(cell.parameters()) + list(head.parameters())
+
+    def segment(a, b, state, with_loss):
+        if state is not None:
+            assert type(state) is (dict if container == "dict" else HC)
+            assert not any(s.requires_grad for s in unpack(state))  # cut where the window starts
+        loss, st = _run_steps(cell, head, X, a, b, None if state is None else unpack(state))
+        return loss, pack(*st)
+
+    tb = TBPTT(segment, SGD(params, lr=0.1), k1=4, length=12)
+    losses = tb.run()
+    assert len(losses) == 3 and tb.done and type(tb.state) is type(pack(*unpack(tb.state)))
+
+    # the same training by hand: a (h, c) tuple, detached after every window
+    ref_cell, ref_head = _cell_and_head()
+    ref_params = list(ref_cell.parameters()) + list(ref_head.parameters())
+    opt, st, ref_losses = SGD(ref_params, lr=0.1), None, []
+    for a in range(0, 12, 4):
+        loss, st = _run_steps(ref_cell, ref_head, X, a, a + 4, st)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ref_losses.append(loss.item())
+        st = (st[0].detach(), st[1].detach())
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)
+    for p, q in zip(params, ref_params):
+        np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(unpack(tb.state)[1].numpy(), st[1].numpy(), rtol=1e-12)
