@@ -417,8 +417,11 @@ def mean(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
     n = 1
     for ax in axes:
         n *= a.shape[ax]
-    if n == 0:
-        raise ValueError(f"mean over an empty axis of a tensor of shape {a.shape}")
+    if n == 0:  # over no elements: NaN, as torch's; the input is empty, so its gradient is too
+        xp = array_module(a.data)
+        shape = a.data.sum(axis=axes, keepdims=keepdims).shape
+        out = xp.full(shape, np.nan, dtype=_float_data(a).dtype)
+        return make_result(out, (a,), lambda g: (xp.zeros(a.shape, dtype=a.dtype),), "mean")
     # div, not mul by 1/n: an integer tensor's mean is a float (1/n in its dtype would be 0)
     return div(sum(a, axes, keepdims), n)
 

@@ -311,8 +311,14 @@ class Tensor:
         return Tensor(self.data)
 
     def numpy(self) -> np.ndarray:
-        """The data as a numpy array (copied off the GPU if needed; shared on the CPU)."""
-        return to_device(self.data, "cpu")
+        """The data as a numpy array (copied off the GPU if needed; shared on the CPU). For a tensor that
+        requires grad the shared array is read-only: a write through it would escape the checks that
+        keep a backward from using changed values (torch refuses ``.numpy()`` there altogether)."""
+        a = to_device(self.data, "cpu")
+        if self.requires_grad and a is self.data:
+            a = a.view()
+            a.flags.writeable = False
+        return a
 
     def item(self) -> float:
         if self.data.size != 1:
