@@ -239,7 +239,7 @@ def div(a: Any, b: Any) -> Tensor:
         ga = g / bd if a.requires_grad else None
         gb = -g * out / bd if b.requires_grad else None
         return ga, gb
-    return make_result(out, (a, b), backward, "div")
+    return make_result(out, (a, b), backward, "div", saved=(out,))  # b's grad reads the quotient
 
 
 def neg(a: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ class _GradMode(threading.local):
     def __init__(self) -> None:
         self.enabled = True
         self.anomaly = False
+        self.saved: list = []  # the states that grad-mode blocks entered in this thread replaced
 
 
 _mode = _GradMode()
@@ -47,14 +48,15 @@ class set_grad_enabled:
         if not isinstance(mode, (bool, np.bool_)):
             raise TypeError(f"set_grad_enabled takes a bool, got {type(mode).__name__}")
         self._enabled = bool(mode)
-        self._saved: list = []
 
     def __enter__(self) -> None:
-        self._saved.append(_mode.enabled)  # a stack: the same object may be entered again, nested
+        # the previous state goes on this thread's stack, so one object may be entered again, nested,
+        # or from several threads at once
+        _mode.saved.append(_mode.enabled)
         _mode.enabled = self._enabled
 
     def __exit__(self, *exc: Any) -> None:
-        _mode.enabled = self._saved.pop()
+        _mode.enabled = _mode.saved.pop()
 
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -112,10 +114,14 @@ def detect_anomaly() -> Iterator[None]:
 _writes = 0
 
 
-# The buffers written, as torch's version counters are shared by a tensor and its views: id(buffer) ->
-# (weak reference to it, write count), a buffer being the array at the end of a view's ``.base`` chain.
-# cupy arrays take no weak references, so on the GPU only writes through the tensor itself are seen.
+# The writes into each buffer (the array at the end of a view's ``.base`` chain), so that a write through
+# one view is seen by an op that read another (torch's version counters are shared by a tensor and its
+# views): id(buffer) -> (weak reference to it, [(first byte, end byte, write count), ...]). Only byte
+# ranges that overlap count, so two batches cut from one dataset array stay apart. An entry goes when
+# its buffer does. cupy arrays take no weak references: on the GPU only writes through the tensor itself
+# are seen.
 _written_buffers: dict = {}
+_MAX_RANGES = 16  # per buffer; past it the oldest two merge into one range that covers both (never less)
 
 
 def _buffer(a: Any) -> Any:
@@ -133,14 +139,31 @@ def mark_written(t: "Tensor") -> None:
     _writes += 1
     t._version = _writes
     buf = _buffer(t.data)
-    try:
-        _written_buffers[id(buf)] = (weakref.ref(buf), _writes)
-    except TypeError:
-        return
-    if len(_written_buffers) > 4096:  # drop the entries of buffers that are gone
-        for key, (ref, _) in list(_written_buffers.items()):
-            if ref() is None:
-                del _written_buffers[key]
+    key = id(buf)
+    entry = _written_buffers.get(key)
+    if entry is None or entry[0]() is not buf:
+        try:
+            ref = weakref.ref(buf, functools.partial(_forget, key))
+        except TypeError:
+            return
+        entry = _written_buffers[key] = (ref, [])
+    ranges = entry[1]
+    lo, hi = _byte_range(t.data)
+    ranges.append((lo, hi, _writes))
+    if len(ranges) > _MAX_RANGES:
+        (lo0, hi0, _), (lo1, hi1, w1) = ranges[0], ranges[1]
+        ranges[:2] = [(min(lo0, lo1), max(hi0, hi1), w1)]
+
+
+def _forget(key: int, ref: Any) -> None:
+    """A written buffer is gone: drop its entry (unless its id already belongs to a newer one)."""
+    entry = _written_buffers.get(key)
+    if entry is not None and entry[0] is ref:
+        _written_buffers.pop(key, None)
+
+
+def _byte_range(a: Any) -> tuple:
+    return np.lib.array_utils.byte_bounds(a)
 
 
 def _written_since(t: "Tensor", writes: int) -> bool:
@@ -150,7 +173,10 @@ def _written_since(t: "Tensor", writes: int) -> bool:
 def _buffer_written_since(a: Any, writes: int) -> bool:
     buf = _buffer(a)
     entry = _written_buffers.get(id(buf))
-    return entry is not None and entry[1] > writes and entry[0]() is buf
+    if entry is None or entry[0]() is not buf:
+        return False
+    lo, hi = _byte_range(a)
+    return any(w > writes and start < hi and lo < end for start, end, w in entry[1])
 
 
 class _Size(int):
@@ -163,6 +189,9 @@ class _Size(int):
 
     def __call__(self, dim: int | None = None) -> Any:
         return self.shape if dim is None else self.shape[dim]
+
+    def __reduce__(self) -> tuple:  # copies and pickles are plain ints
+        return int, (int(self),)
 
 
 class Node:

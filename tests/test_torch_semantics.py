@@ -742,3 +742,72 @@ def test_a_torch_device_is_accepted_where_a_device_name_is():
     torch = _torch()
     assert tg.tensor([1.0], device=torch.device("cpu")).device == "cpu"
     assert tg.Linear(2, 3, device=torch.device("cpu")).device == "cpu"
+
+
+def test_an_inplace_write_to_a_quotient_raises_because_divs_backward_reads_it():
+    a = tg.tensor([1.0, 2.0], requires_grad=True)
+    b = tg.tensor([2.0, 4.0], requires_grad=True)
+    y = a / b
+    with tg.no_grad():
+        y *= 100
+    with pytest.raises(RuntimeError, match="result of div"):
+        y.sum().backward()
+
+
+def test_writes_to_one_batch_of_a_dataset_array_leave_another_batchs_graph_alone_as_torch():
+    torch = _torch()
+    data = np.random.default_rng(0).standard_normal((64, 3))
+    w = tg.tensor(np.ones((3, 1)), requires_grad=True)
+    first, second = tg.from_numpy(data[:32]), tg.from_numpy(data[32:])
+    loss = (first @ w).sum()
+    second /= 2.0  # normalising the next batch in place: no byte of the first batch changes
+    loss.backward()
+    wt = torch.ones((3, 1), dtype=torch.float64, requires_grad=True)
+    (torch.from_numpy(data[:32]) @ wt).sum().backward()
+    np.testing.assert_array_equal(w.grad, wt.grad.numpy())
+    overlapping = tg.from_numpy(data[16:48])
+    loss = (first @ w).sum()
+    overlapping *= 0.0  # rows 16..31 of the first batch do change
+    with pytest.raises(RuntimeError, match="modified in place"):
+        loss.backward()
+
+
+def test_size_copies_and_pickles_as_a_plain_int():
+    import copy
+    import pickle
+    s = tg.tensor(np.zeros((3, 4))).size
+    for c in (copy.copy(s), copy.deepcopy(s), pickle.loads(pickle.dumps(s))):
+        assert c == 12 and type(c) is int
+
+
+def test_one_no_grad_object_shared_by_threads_restores_each_threads_own_state():
+    import threading
+    ctx = tg.no_grad()
+    inside, results = threading.Barrier(2), {}
+
+    def run(name, enabled):
+        with tg.set_grad_enabled(enabled):
+            with ctx:
+                inside.wait()  # both threads inside the shared block at once
+            results[name] = tg.is_grad_enabled()
+    threads = [threading.Thread(target=run, args=(n, e)) for n, e in (("A", True), ("B", False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"A": True, "B": False}
+
+
+def test_a_written_buffers_record_goes_with_the_buffer():
+    import importlib
+    tape = importlib.import_module("tapegrad.engine.tensor")
+    before = len(tape._written_buffers)
+    ps = [tg.tensor(np.zeros(4), requires_grad=True) for _ in range(50)]
+    for p in ps:
+        p.grad = np.ones(4)
+    tg.optim.SGD(ps, lr=0.1).step()
+    assert len(tape._written_buffers) == before + 50
+    del ps, p
+    import gc
+    gc.collect()
+    assert len(tape._written_buffers) == before
