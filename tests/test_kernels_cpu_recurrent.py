@@ -440,3 +440,21 @@ def test_step_kernels_match_the_references():
         gz = S.rnn_step_bwd(dz_next, np.ascontiguousarray(wr.T), None, grad_out, h, np.empty((B, H)), relu)
         gh = dz_next @ wr + grad_out
         np.testing.assert_allclose(gz, gh * (h > 0) if relu else gh * (1 - h * h), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the reference's 1 / (1 + inf) = 0
+@pytest.mark.parametrize("dtype,low", [(np.float32, -90.0), (np.float64, -710.0)])
+def test_a_saturated_gate_is_exactly_closed_and_minus_zero_keeps_its_sign(dtype, low):
+    """sigmoid(z) is 0 below the exp clamp, as the reference and torch give (it was 1.6e-38 in float32,
+    so a closed forget gate let a huge c_prev through); tanh(-0.0) is -0.0."""
+    H = 3
+    z = np.zeros((2, 4 * H), dtype)
+    z[0, H:2 * H] = [low, -np.inf, -1e30]     # forget gate of row 0: far below the clamp
+    z[0, :H] = low                            # input gate too
+    z[1, 2 * H:3 * H] = -0.0                  # the g gate's tanh of -0.0
+    c_prev = np.full((2, H), 1e30 if dtype == np.float32 else 1e300, dtype)
+    gates, c, h = registry.get("lstm_cell_fwd", "cpu")(z, c_prev)
+    want = ref.lstm_cell_fwd(z, c_prev)
+    np.testing.assert_array_equal(gates[0, :2 * H], 0.0)
+    np.testing.assert_array_equal(c[0], want[1][0])
+    assert np.all(np.signbit(gates[1, 2 * H:3 * H])) and np.all(np.signbit(want[0][1, 2 * H:3 * H]))

@@ -48,7 +48,7 @@ _EXP_MAX = _F(87.0)  # keeps 2**n a normal float: |n| <= 126
 _TANH_P = tuple(_F(p) for p in (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
                                   1.33314422036e-1, -3.33332819422e-1))
 _TANH_SMALL = _F(0.625)  # below it tanh uses its odd polynomial (1 - 2/(e^2x + 1) would cancel)
-_ONE, _TWO = _F(1.0), _F(2.0)
+_ZERO, _ONE, _TWO = _F(0.0), _F(1.0), _F(2.0)
 
 _SHIFT64 = 6755399441055744.0  # 1.5 * 2**52
 _LOG2E64 = 1.4426950408889634
@@ -130,7 +130,8 @@ def _tanh_f32(x):
     a = abs(x)
     z = x * x
     t0, t1, t2, t3, t4 = _TANH_P
-    small = _fma(x * z, _fma(_fma(_fma(_fma(t0, z, t1), z, t2), z, t3), z, t4), x)
+    # copysign: tanh(-0.0) is -0.0, which the polynomial's sum of zeros loses
+    small = math.copysign(_fma(x * z, _fma(_fma(_fma(_fma(t0, z, t1), z, t2), z, t3), z, t4), x), x)
     big = math.copysign(_ONE - _TWO / (_exp_f32(a + a) + _ONE), x)
     return small if a < _TANH_SMALL else big
 
@@ -144,7 +145,7 @@ def _tanh_f64(x):
     p0, p1, p2 = _TANH_P64
     q0, q1, q2 = _TANH_Q64
     ratio = _fma(_fma(p0, z, p1), z, p2) / _fma(_fma(z + q0, z, q1), z, q2)
-    small = _fma(x * z, ratio, x)
+    small = math.copysign(_fma(x * z, ratio, x), x)  # tanh(-0.0) is -0.0
     big = math.copysign(1.0 - 2.0 / (_exp_f64(a + a) + 1.0), x)
     return small if a < 0.625 else big
 
@@ -161,10 +162,13 @@ def _tanh(x):
 
 @overload(_sigmoid)
 def _sigmoid_impl(x):
+    # Below -_EXP_MAX the clamped exp would leave 1 / (1 + e^87) ~ 1.6e-38 where the true value is (or
+    # rounds to) 0: a closed gate must be exactly closed. A select, so the loop still vectorises; NaN fails
+    # the comparison and stays NaN.
     if x == types.float32:
-        return lambda x: _ONE / (_ONE + _exp_f32(-x))
+        return lambda x: _ZERO if x < -_EXP_MAX else _ONE / (_ONE + _exp_f32(-x))
     if x == types.float64:
-        return lambda x: 1.0 / (1.0 + _exp_f64(-x))
+        return lambda x: 0.0 if x < -_EXP_MAX64 else 1.0 / (1.0 + _exp_f64(-x))
     return None
 
 
