@@ -20,6 +20,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+try:
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds
+except ImportError:  # numpy < 2
+    _byte_bounds = np.byte_bounds
+
 from .backend import array_module, check_device, device_of, is_cupy, require_cuda, to_device
 
 
@@ -163,7 +168,7 @@ def _forget(key: int, ref: Any) -> None:
 
 
 def _byte_range(a: Any) -> tuple:
-    return np.lib.array_utils.byte_bounds(a)
+    return _byte_bounds(a)
 
 
 def _written_since(t: "Tensor", writes: int) -> bool:
