@@ -662,10 +662,16 @@ def masked_fill(a: Tensor, mask: Any, value: Any) -> Tensor:
 
 # ---- softmax family -----------------------------------------------------------------------------------------
 
-def softmax(a: Tensor, axis: int = -1) -> Tensor:
-    a = _input(a, "softmax")
+def _normalised_input(a: Any, axis: Any, op: str) -> tuple:
+    """(a as a Tensor, its data as floats, the axis checked) for softmax and log_softmax; a 0-d input
+    keeps the axis it was given, as numpy's reductions take it."""
+    a = _input(a, op)
     ad = _float_data(a)
-    axis = _axis(axis, max(ad.ndim, 1), "softmax") if ad.ndim else axis
+    return a, ad, (_axis(axis, ad.ndim, op) if ad.ndim else axis)
+
+
+def softmax(a: Tensor, axis: int = -1) -> Tensor:
+    a, ad, axis = _normalised_input(a, axis, "softmax")
     xp = array_module(ad)
     if ad.size == 0:  # nothing to normalise (max over an empty axis has no identity)
         return make_result(ad.copy(), (a,), lambda g: (g,), "softmax")
@@ -679,9 +685,7 @@ def softmax(a: Tensor, axis: int = -1) -> Tensor:
 
 
 def log_softmax(a: Tensor, axis: int = -1) -> Tensor:
-    a = _input(a, "log_softmax")
-    ad = _float_data(a)
-    axis = _axis(axis, max(ad.ndim, 1), "log_softmax") if ad.ndim else axis
+    a, ad, axis = _normalised_input(a, axis, "log_softmax")
     xp = array_module(ad)
     if ad.size == 0:
         return make_result(ad.copy(), (a,), lambda g: (g,), "log_softmax")

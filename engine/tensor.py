@@ -153,7 +153,7 @@ def mark_written(t: "Tensor") -> None:
             return
         entry = _written_buffers[key] = (ref, [])
     ranges = entry[1]
-    lo, hi = _byte_range(t.data)
+    lo, hi = _byte_bounds(t.data)
     ranges.append((lo, hi, _writes))
     if len(ranges) > _MAX_RANGES:
         (lo0, hi0, _), (lo1, hi1, w1) = ranges[0], ranges[1]
@@ -167,10 +167,6 @@ def _forget(key: int, ref: Any) -> None:
         _written_buffers.pop(key, None)
 
 
-def _byte_range(a: Any) -> tuple:
-    return _byte_bounds(a)
-
-
 def _written_since(t: "Tensor", writes: int) -> bool:
     return getattr(t, "_version", 0) > writes or _buffer_written_since(t.data, writes)
 
@@ -180,7 +176,7 @@ def _buffer_written_since(a: Any, writes: int) -> bool:
     entry = _written_buffers.get(id(buf))
     if entry is None or entry[0]() is not buf:
         return False
-    lo, hi = _byte_range(a)
+    lo, hi = _byte_bounds(a)
     return any(w > writes and start < hi and lo < end for start, end, w in entry[1])
 
 

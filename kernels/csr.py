@@ -221,7 +221,8 @@ class CSR:
 def transpose_arrays(backend: str, indptr: Any, indices: Any, data: Any, n_rows: int, n_cols: int):
     """The csr_transpose kernel of ``backend`` on a checked pattern, with the indices first widened when
     their dtype cannot hold the row ids n_rows - 1 that A^T stores (int8 ids of a 200-row matrix would
-    wrap). Every backend's kernel gives A^T the dtype of the indices it is passed."""
+    wrap). The GPU kernels give A^T the dtype of the indices they are passed, so the widening is done
+    here, for every backend (the CPU kernel and the reference would also widen on their own)."""
     return registry.call("csr_transpose", backend, indptr, widened_indices(indices, n_rows), data, n_cols)
 
 
