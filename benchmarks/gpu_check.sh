@@ -32,7 +32,8 @@ python -c "import xdist" 2>/dev/null && par="-n 8"
 timeout 180 python -m pytest -q -m gpu -p no:cacheprovider --tb=short -rs $par \
   tests/test_kernels_gpu.py tests/test_gpu_engine.py > "$out/gpu_tests.txt" 2>&1
 echo "gpu tests exit code: $?" | tee -a "$out/gpu_tests.txt"
-grep -E "^(FAILED|ERROR)|passed|failed" "$out/gpu_tests.txt" | tail -40
+grep -E "^(FAILED|ERROR)|passed|failed|skipped" "$out/gpu_tests.txt" | tail -40
+grep -qE "[0-9]+ passed" "$out/gpu_tests.txt" || echo "NO GPU TEST PASSED: see $out/gpu_tests.txt (is the GPU reachable?)"
 # Two processes, so that a fault in one group of cases (a CUDA error is sticky) leaves the other's numbers.
 timeout 40 python benchmarks/gpu_bench.py --only rnn --json "$out/gpu_bench_rnn.json" "$@" 2>&1 | tee "$out/gpu_bench.txt"
 timeout 200 python benchmarks/gpu_bench.py --only launch,gcn,spmm --json "$out/gpu_bench.json" "$@" 2>&1 \

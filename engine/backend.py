@@ -9,6 +9,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from numpy.lib.array_utils import byte_bounds as _numpy_byte_bounds
+except ImportError:  # numpy < 2
+    _numpy_byte_bounds = np.byte_bounds
+
 DEVICES = ("cpu", "cuda")
 
 
@@ -30,6 +35,15 @@ def host_values(xp, *scalars: Any) -> list:
     if xp is np:
         return [s.item() for s in scalars]
     return xp.stack(scalars).tolist()
+
+
+def byte_bounds(a: Any) -> tuple[int, int]:
+    """(first byte, one past the last byte) that array ``a`` spans in its memory, for numpy or cupy
+    arrays (numpy's version reads ``__array_interface__``, which cupy arrays do not have)."""
+    if is_cupy(a):
+        import cupy
+        return cupy.byte_bounds(a)
+    return _numpy_byte_bounds(a)
 
 
 def device_of(a: Any) -> str:

@@ -20,12 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-try:
-    from numpy.lib.array_utils import byte_bounds as _byte_bounds
-except ImportError:  # numpy < 2
-    _byte_bounds = np.byte_bounds
-
-from .backend import array_module, check_device, device_of, is_cupy, require_cuda, to_device
+from .backend import array_module, byte_bounds, check_device, device_of, is_cupy, require_cuda, to_device
 
 
 class _GradMode(threading.local):
@@ -123,8 +118,7 @@ _writes = 0
 # one view is seen by an op that read another (torch's version counters are shared by a tensor and its
 # views): id(buffer) -> (weak reference to it, [(first byte, end byte, write count), ...]). Only byte
 # ranges that overlap count, so two batches cut from one dataset array stay apart. An entry goes when
-# its buffer does. cupy arrays take no weak references: on the GPU only writes through the tensor itself
-# are seen.
+# its buffer does. The same holds for cupy arrays on the GPU.
 _written_buffers: dict = {}
 _MAX_RANGES = 16  # per buffer; past it the oldest two merge into one range that covers both (never less)
 
@@ -153,7 +147,7 @@ def mark_written(t: "Tensor") -> None:
             return
         entry = _written_buffers[key] = (ref, [])
     ranges = entry[1]
-    lo, hi = _byte_bounds(t.data)
+    lo, hi = byte_bounds(t.data)
     ranges.append((lo, hi, _writes))
     if len(ranges) > _MAX_RANGES:
         (lo0, hi0, _), (lo1, hi1, w1) = ranges[0], ranges[1]
@@ -176,7 +170,7 @@ def _buffer_written_since(a: Any, writes: int) -> bool:
     entry = _written_buffers.get(id(buf))
     if entry is None or entry[0]() is not buf:
         return False
-    lo, hi = _byte_bounds(a)
+    lo, hi = byte_bounds(a)
     return any(w > writes and start < hi and lo < end for start, end, w in entry[1])
 
 
@@ -469,7 +463,12 @@ def _inplace(t: Tensor, other: Any, op: str, out_of_place: Callable) -> Tensor:
         return out_of_place(t, other)
     # numpy's / cupy's own in-place op: same-kind casting (float64 into float32 is fine, a float into an
     # integer tensor raises, as in torch), broadcasting into t's shape only
-    _INPLACE[op](t.data, _raw(other))
+    data = _raw(other)
+    if isinstance(other, Tensor) and other.device != t.device or is_cupy(data) and not is_cupy(t.data):
+        raise ValueError(f"operands are on different devices: {t.device} and {device_of(data)}")
+    if isinstance(data, np.ndarray) and is_cupy(t.data):
+        data = to_device(data, "cuda")  # a host array follows a GPU tensor, as in the out-of-place ops
+    _INPLACE[op](t.data, data)
     mark_written(t)  # a graph that read t before this can no longer backpropagate through it
     return t
 

@@ -105,7 +105,39 @@ def test_host_operands_follow_a_gpu_tensor_as_in_the_cpu_ops(cp):
     assert (pred + target).device == "cuda" and (pred * 2).device == "cuda"
     with tg.no_grad():
         pred -= 0.5  # in place on the GPU array, as torch
-    np.testing.assert_allclose(pred.numpy(), [0.5, 1.5, 3.5])
+        pred += np.array([0.5, 0.5, 0.5])  # a host array follows the GPU tensor here too
+        with pytest.raises(ValueError, match="different devices: cuda and cpu"):
+            pred *= tg.tensor(np.ones(3))
+    assert isinstance(pred.data, cp.ndarray)
+    np.testing.assert_allclose(pred.numpy(), [1.0, 2.0, 4.0])
+
+
+@pytest.mark.parametrize("view", [lambda w: w.detach(), lambda w: w[:2], lambda w: w.reshape(3, 1)],
+                         ids=["detach", "slice", "reshape"])
+def test_an_inplace_write_through_a_view_of_a_saved_gpu_tensor_raises(cp, view):
+    w = tg.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True, device="cuda")
+    y = (w * w).sum()
+    with tg.no_grad():
+        v = view(w)
+        v += 1
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.backward()
+
+
+def test_an_optimiser_step_on_one_gpu_batch_leaves_another_cut_from_the_same_buffer_alone(cp):
+    data = cp.arange(8, dtype=cp.float64).reshape(4, 2)
+    first, second = tg.as_tensor(data[:2]), tg.as_tensor(data[2:])
+    w = tg.tensor(np.ones((2, 2)), requires_grad=True, device="cuda")
+    loss = (second @ w).sum()
+    with tg.no_grad():
+        first += 1  # bytes of the buffer the backward does not read
+    loss.backward()
+    np.testing.assert_allclose(cp.asnumpy(w.grad), [[10.0, 10.0], [12.0, 12.0]])
+    opt = tg.optim.SGD([w], lr=0.1)
+    loss = (second @ w).sum()
+    opt.step()  # w was read by the forward and is now changed: the backward would use the new values
+    with pytest.raises(RuntimeError, match="modified in place"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("name", list(_op_cases()))
