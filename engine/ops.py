@@ -555,10 +555,17 @@ def getitem(a: Tensor, key: Any) -> Tensor:
 def _tensor_list(tensors: Any, op: str) -> list:
     if isinstance(tensors, (Tensor, np.ndarray)) or is_cupy(tensors):
         raise TypeError(f"{op} takes a sequence of tensors, got a single {type(tensors).__name__}")
+    tensors = list(tensors)
     out = [t if isinstance(t, Tensor) else Tensor(_operand_array(t, f"{op}: tensor {i}"))
            for i, t in enumerate(tensors)]
     if not out:
         raise ValueError(f"{op} needs at least one tensor")
+    devices = sorted({t.device for t in out})
+    if len(devices) > 1:
+        if any(isinstance(t, Tensor) and t.device == "cpu" for t in tensors):
+            raise ValueError(f"{op}: tensors are on different devices: {' and '.join(devices)}")
+        # only host arrays and numbers beside the GPU tensors: they follow them, as in the arithmetic ops
+        out = [Tensor(to_device(t.data, "cuda")) if t.device == "cpu" else t for t in out]
     dtype = out[0].dtype
     for t in out[1:]:
         dtype = _promote(dtype, t.dtype)

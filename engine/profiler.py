@@ -232,7 +232,8 @@ def _cache_path() -> str:
 def _gpu_name() -> str:
     try:
         import cupy
-        return str(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"])
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
     except Exception:
         try:
             from numba import cuda

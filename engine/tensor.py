@@ -417,12 +417,12 @@ class Tensor:
     def __itruediv__(self, other): return _inplace(self, other, "/=", _ops.div)
 
     # Comparisons give plain boolean arrays (masks), never graph nodes.
-    def __lt__(self, other): return self.data < _raw(other)
-    def __le__(self, other): return self.data <= _raw(other)
-    def __gt__(self, other): return self.data > _raw(other)
-    def __ge__(self, other): return self.data >= _raw(other)
-    def __eq__(self, other): return False if other is None else self.data == _raw(other)
-    def __ne__(self, other): return True if other is None else self.data != _raw(other)
+    def __lt__(self, other): return self.data < _operand_for(self, other)
+    def __le__(self, other): return self.data <= _operand_for(self, other)
+    def __gt__(self, other): return self.data > _operand_for(self, other)
+    def __ge__(self, other): return self.data >= _operand_for(self, other)
+    def __eq__(self, other): return False if other is None else self.data == _operand_for(self, other)
+    def __ne__(self, other): return True if other is None else self.data != _operand_for(self, other)
     # elementwise == would otherwise make Tensors unhashable; the tape keys its sets and dicts by identity
     __hash__ = object.__hash__
 
@@ -452,6 +452,18 @@ def _raw(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
 
+def _operand_for(t: Tensor, other: Any) -> Any:
+    """The array (or number) of ``other`` for an in-place op or a comparison with ``t``, on t's device: a
+    host array or list follows a GPU tensor, as in the arithmetic ops (cupy refuses numpy operands); a
+    tensor or GPU array on another device is refused."""
+    data = _raw(other)
+    if isinstance(other, Tensor) and other.device != t.device or is_cupy(data) and not is_cupy(t.data):
+        raise ValueError(f"operands are on different devices: {t.device} and {device_of(data)}")
+    if isinstance(data, (np.ndarray, list, tuple)) and is_cupy(t.data):
+        data = to_device(np.asarray(data), "cuda")
+    return data
+
+
 _INPLACE = {"+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv}
 
 
@@ -463,12 +475,7 @@ def _inplace(t: Tensor, other: Any, op: str, out_of_place: Callable) -> Tensor:
         return out_of_place(t, other)
     # numpy's / cupy's own in-place op: same-kind casting (float64 into float32 is fine, a float into an
     # integer tensor raises, as in torch), broadcasting into t's shape only
-    data = _raw(other)
-    if isinstance(other, Tensor) and other.device != t.device or is_cupy(data) and not is_cupy(t.data):
-        raise ValueError(f"operands are on different devices: {t.device} and {device_of(data)}")
-    if isinstance(data, np.ndarray) and is_cupy(t.data):
-        data = to_device(data, "cuda")  # a host array follows a GPU tensor, as in the out-of-place ops
-    _INPLACE[op](t.data, data)
+    _INPLACE[op](t.data, _operand_for(t, other))
     mark_written(t)  # a graph that read t before this can no longer backpropagate through it
     return t
 

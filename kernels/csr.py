@@ -111,7 +111,7 @@ class CSR:
 
         On an undirected (symmetric) ``edge_index`` all three give the same matrix.
 
-        edge_index: [2, E] integers (numpy or a CPU torch tensor). ``num_nodes`` defaults to max id + 1.
+        edge_index: [2, E] integers (numpy, cupy or a CPU torch tensor). ``num_nodes`` defaults to max id + 1.
         edge_weight: [E] or None (unweighted, every value 1); float32/float64 weights keep their dtype,
         integer (and float16) weights become float32, as ``GCNConv``'s path casts them. Duplicate edges
         are summed, self-loops included: two loops on node i of weights 2 and 3 become one loop of
@@ -122,7 +122,7 @@ class CSR:
         """
         if flow not in (None, "source_to_target", "target_to_source"):
             raise ValueError(f"flow must be None, 'source_to_target' or 'target_to_source', got {flow!r}")
-        ei = np.asarray(edge_index)
+        ei = np.asarray(validate.on_host(edge_index))
         if ei.ndim != 2 or ei.shape[0] != 2:
             raise ValueError(f"edge_index must have shape [2, E], got {ei.shape}")
         if ei.dtype.kind not in "iu":
@@ -137,7 +137,7 @@ class CSR:
             raise ValueError(f"edge_index holds node ids outside [0, {n})")
         w = None
         if edge_weight is not None:
-            w = np.asarray(edge_weight)
+            w = np.asarray(validate.on_host(edge_weight))
             if w.shape != (ei.shape[1],):
                 raise ValueError(f"edge_weight must have shape ({ei.shape[1]},), got {w.shape}")
             if w.dtype.kind not in "fiu":

@@ -20,6 +20,12 @@ def _xp(a: Any):
     return np
 
 
+def on_host(a: Any) -> Any:
+    """``a`` itself, or for a cupy array its copy in host memory (graph construction runs on the host;
+    cupy refuses ``np.asarray``)."""
+    return a.get() if type(a).__module__.startswith("cupy") else a
+
+
 def is_array(a: Any) -> bool:
     return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..engine import nn as F
 from ..engine import ops
 from ..engine import random as _random
-from ..engine.backend import to_device
+from ..engine.backend import is_cupy, to_device
 from ..engine.sparse import gcn_norm, spmm
 from ..engine.tensor import Tensor
 from ..kernels.csr import CSR
@@ -42,15 +42,25 @@ class _GlorotLinear(Linear):
 
 
 def _host_array(a: Any, name: str) -> np.ndarray:
-    """numpy view of an array-like (numpy, list, tapegrad Tensor, torch tensor)."""
+    """numpy view of an array-like (numpy, list, tapegrad Tensor, torch tensor); a copy of a cupy array."""
     if isinstance(a, Tensor):
         return a.numpy()
+    if is_cupy(a):
+        return a.get()
     if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor
         return a.detach().cpu().numpy()
     try:
         return np.asarray(a)
     except Exception as e:  # pragma: no cover - exotic inputs
         raise TypeError(f"{name} must be an array, got {type(a).__name__}") from e
+
+
+def _feature_tensor(x: Any, dtype: Any, device: str) -> Tensor:
+    """Dense features given as an array (numpy, cupy, list, torch tensor) as a Tensor in the layer's dtype
+    on its device; a cupy array on the GPU is not sent through the host."""
+    if is_cupy(x) and device == "cuda":
+        return Tensor(x.astype(dtype, copy=False))
+    return Tensor(to_device(np.asarray(_host_array(x, "x"), dtype=dtype), device))
 
 
 def edge_index_to_csr(edge_index: Any, num_nodes: int, edge_weight: Any = None, dtype: Any = None,
@@ -234,7 +244,7 @@ class GCNConv(Module):
                 if x.dtype != self.dtype:
                     raise TypeError(f"x has dtype {x.dtype} but the layer is {self.dtype}; cast one of them")
             else:
-                x = Tensor(to_device(np.asarray(_host_array(x, "x"), dtype=self.dtype), self.device))
+                x = _feature_tensor(x, self.dtype, self.device)
             if x.ndim != 2:
                 raise ValueError(f"x must be 2-D [num_nodes, in_channels], got shape {x.shape}")
             if x.shape[1] != self.in_channels:
@@ -357,7 +367,7 @@ class GCN(Module):
                 h = conv(h, edge_index, edge_weight, x_values=vals)
             else:
                 if not isinstance(h, Tensor):
-                    h = Tensor(to_device(np.asarray(_host_array(h, "x"), dtype=self.dtype), self.device))
+                    h = _feature_tensor(h, self.dtype, self.device)
                 h = conv(F.dropout(h, self.dropout, self.training), edge_index, edge_weight)
             if i < last:
                 h = ops.relu(h)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..engine.backend import array_module
+from ..engine.backend import array_module, to_device
 from ..engine.tensor import Tensor, enable_grad, mark_written
 from ..kernels import reference, registry
 from .module import _zero_grad
@@ -148,7 +148,7 @@ class Optimizer:
                 gi = int(index)
                 if gi >= len(self.param_groups) or name not in self.param_groups[gi] or name == "params":
                     raise KeyError(f"optimizer state has {key!r}, which this optimizer does not know")
-                v = np.asarray(value)
+                v = np.asarray(to_device(value, "cpu"))
                 group_updates.append((gi, name, tuple(v.tolist()) if v.ndim else v.item()))
             else:
                 k = int(index)
@@ -157,7 +157,7 @@ class Optimizer:
                 if name not in self._STATE_NAMES:
                     raise KeyError(f"unrecognised optimizer state key {key!r}")
                 p = params[k]
-                v = np.asarray(value)
+                v = np.asarray(to_device(value, "cpu"))  # a cupy array is copied over
                 if name == "step":
                     if v.shape != () or v.dtype.kind not in "iu":
                         raise ValueError(f"optimizer state {key!r} must be one integer, got {v.dtype} {v.shape}")

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..engine import nn as F
 from ..engine import ops
-from ..engine.backend import array_module
+from ..engine.backend import array_module, to_device
 from ..engine.recurrent import lstm_sequence, rnn_sequence
 from ..engine.tensor import Tensor, as_tensor
 from . import init
@@ -178,7 +178,7 @@ class RNNBase(Module):
     def _prepare_lengths(lengths: Any, batched: bool) -> Any:
         if lengths is None or batched:
             return lengths
-        arr = np.asarray(lengths.data if isinstance(lengths, Tensor) else lengths)
+        arr = np.asarray(to_device(lengths.data if isinstance(lengths, Tensor) else lengths, "cpu"))
         if arr.size != 1:
             raise ValueError(f"lengths for an unbatched input must be one number, got shape {arr.shape}")
         return arr.reshape(1)

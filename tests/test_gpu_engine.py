@@ -112,6 +112,61 @@ def test_host_operands_follow_a_gpu_tensor_as_in_the_cpu_ops(cp):
     np.testing.assert_allclose(pred.numpy(), [1.0, 2.0, 4.0])
 
 
+def test_host_arrays_and_lists_follow_a_gpu_tensor_in_comparisons_in_place_ops_and_concat(cp):
+    t = tg.tensor(np.array([1.0, 2.0, 3.0]), device="cuda")
+    for mask in (t < np.array([2.0, 2.0, 2.0]), t >= [2.0, 2.0, 2.0], t == np.array([1.0, 0.0, 3.0])):
+        assert isinstance(mask, cp.ndarray)
+    np.testing.assert_array_equal(cp.asnumpy(t == np.array([1.0, 0.0, 3.0])), [True, False, True])
+    with tg.no_grad():
+        t += [1.0, 1.0, 1.0]
+    np.testing.assert_array_equal(t.numpy(), [2.0, 3.0, 4.0])
+    for op in (tg.concat, tg.stack):
+        joined = op([t, np.array([5.0, 6.0, 7.0])])
+        assert joined.device == "cuda" and isinstance(joined.data, cp.ndarray)
+        with pytest.raises(ValueError, match="different devices: cpu and cuda"):
+            op([t, tg.tensor(np.zeros(3))])
+        with pytest.raises(ValueError, match="different devices"):
+            t < tg.tensor(np.zeros(3))
+    np.testing.assert_array_equal(tg.concat([t, np.array([5.0])]).numpy(), [2.0, 3.0, 4.0, 5.0])
+
+
+def test_raw_cupy_features_and_edge_index_go_into_a_gpu_gcn(cp):
+    ei = _graph(seed=5)
+    x = np.random.default_rng(5).standard_normal((300, 24))
+    tg.manual_seed(0)
+    cpu = tg.GCN(24, 8, 3, num_layers=2, dropout=0.0, dtype=np.float64)
+    gpu = tg.GCN(24, 8, 3, num_layers=2, dropout=0.0, dtype=np.float64).to("cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    want = cpu(x, ei).numpy()
+    got = gpu(cp.asarray(x), cp.asarray(ei))  # arrays, not tensors, as for numpy input
+    assert got.device == "cuda"
+    _close(got, want)
+    _close(gpu.convs[0](cp.asarray(x), cp.asarray(ei), cp.ones(ei.shape[1])), cpu.convs[0](x, ei, np.ones(ei.shape[1])))
+    _close(cpu(cp.asarray(x), ei), want)  # a GPU array into a CPU model is copied over
+
+
+def test_unbatched_recurrent_input_with_gpu_lengths(cp):
+    tg.manual_seed(0)
+    model = tg.LSTM(3, 4, device="cuda")
+    x = tg.tensor(np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32), device="cuda")
+    full, _ = model(x)
+    for lengths in (tg.tensor(np.array([5]), device="cuda"), cp.asarray([5])):
+        out, _ = model(x, lengths=lengths)
+        _close(out, full.numpy())
+
+
+def test_optimizer_state_loads_from_gpu_arrays(cp):
+    w = tg.Parameter(cp.ones(3))
+    opt = tg.optim.Adam([w], lr=0.1)
+    (w * w).sum().backward()
+    opt.step()
+    state = {k: cp.asarray(v) if isinstance(v, np.ndarray) and v.ndim else v for k, v in opt.state_dict().items()}
+    other = tg.optim.Adam([tg.Parameter(cp.ones(3))], lr=0.1)
+    other.load_state_dict(state)
+    for k, v in other.state_dict().items():
+        np.testing.assert_array_equal(v, opt.state_dict()[k])
+
+
 @pytest.mark.parametrize("view", [lambda w: w.detach(), lambda w: w[:2], lambda w: w.reshape(3, 1)],
                          ids=["detach", "slice", "reshape"])
 def test_an_inplace_write_through_a_view_of_a_saved_gpu_tensor_raises(cp, view):
