@@ -144,7 +144,7 @@ def _load_graph(name: str, data_dir: Path | None):
     from tapegrad.kernels import CSR
     if name == "pubmed":
         if data_dir is None or not (data_dir / "pubmed.npz").exists():
-            raise FileNotFoundError(f"pubmed.npz not found in {data_dir}")
+            raise FileNotFoundError(f"pubmed.npz not found in {data_dir} (set --data-dir or $TAPEGRAD_DATA)")
         z = np.load(data_dir / "pubmed.npz")
         n = len(z["adj_indptr"]) - 1
         return CSR(z["adj_indptr"], z["adj_indices"], None, (n, n))
@@ -248,6 +248,8 @@ def gcn_case(rep: Report, cupy, torch) -> None:
     from .bench import _pyg_namespace, _tg_gcn_setup
     name = "gcn/epoch/cora"
     try:
+        if rep.data_dir is None or not (rep.data_dir / "cora.npz").exists():
+            raise FileNotFoundError(f"cora.npz not found in {rep.data_dir} (set --data-dir or $TAPEGRAD_DATA)")
         data = datasets.load_planetoid(str(rep.data_dir / "cora.npz"))
         x = datasets.row_normalize(data.x).toarray().astype(np.float32)
         model, opt = _tg_gcn_setup(data)

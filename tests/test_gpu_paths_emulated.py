@@ -9,20 +9,45 @@ here; the simulator tests and a real GPU check those.
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-from child_pytest import run_pytest
+from child_pytest import REPO_ROOT, run_pytest
 
 HERE = Path(__file__).resolve().parent
 GPU_TESTS = ["tests/test_gpu_engine.py", "tests/test_kernels_gpu.py"]
 
 
-def test_gpu_tests_pass_on_the_emulated_cupy():
+def _emulated_env() -> dict:
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)  # numba-cuda's own kernels cannot take the emulated arrays
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE / "emulated_gpu"), env.get("PYTHONPATH")]))
-    code, _, counts = run_pytest(["-m", "gpu", "-p", "emulated_gpu_plugin", *GPU_TESTS], env)
+    return env
+
+
+def test_gpu_tests_pass_on_the_emulated_cupy():
+    code, _, counts = run_pytest(["-m", "gpu", "-p", "emulated_gpu_plugin", *GPU_TESTS], _emulated_env())
     assert code == 0, f"GPU tests failed on the emulated cupy (exit {code}); output above"
     # most of the engine's and layers' GPU tests run here; the rest launch GPU kernels or the driver themselves
     assert counts.get("passed", 0) >= 250, f"only {counts.get('passed', 0)} GPU tests ran on the emulated cupy"
+
+
+def test_the_gpu_benchmark_script_runs_its_recurrent_and_gcn_groups_on_the_emulated_cupy(tmp_path):
+    """benchmarks/gpu_check.sh runs this script on a lent GPU machine with minutes to spare; a crash in its
+    host code shows here first. (Its launch and SpMM groups need cuSPARSE and compiled kernels.)"""
+    out = tmp_path / "gpu_bench.json"
+    proc = subprocess.run([sys.executable, str(HERE / "emulated_gpu" / "run_emulated.py"), "benchmarks/gpu_bench.py",
+                           "--quick", "--only", "rnn,gcn", "--json", str(out)],
+                          cwd=REPO_ROOT, env=_emulated_env(), capture_output=True, text=True, timeout=600)
+    log = proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, log
+    cases = {c["name"]: c for c in json.loads(out.read_text())["cases"]}
+    recurrent = [name for name in cases if name.startswith(("lstm/", "rnn/"))]
+    assert len(recurrent) == 4, log  # train and infer, LSTM and RNN, at the --quick size
+    for name in recurrent:
+        assert "error" not in cases[name] and cases[name]["rows"][cases[name]["ours"]]["median_s"] > 0, log
+    gcn = cases["gcn/epoch/cora"]  # a fresh clone may have no ../shared/data beside it
+    assert "rows" in gcn or "cora.npz not found" in gcn["error"], log

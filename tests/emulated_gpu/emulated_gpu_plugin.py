@@ -116,6 +116,11 @@ class _GPUOnly:
 
 
 def pytest_configure(config):
+    install()
+
+
+def install() -> None:
+    """Serve the GPU kernel table with the CPU kernels (and the two RawKernels above) for emulated arrays."""
     assert getattr(cupy, "EMULATED", False), "emulated_gpu_plugin needs tests/emulated_gpu first on PYTHONPATH"
     cupy.RawModule = _EmulatedModule
     from tapegrad.kernels import registry
@@ -135,7 +140,6 @@ def pytest_configure(config):
     registry.get = get
     for key in [k for k in registry._resolved if k[1] != "cpu"]:
         del registry._resolved[key]
-    config.addinivalue_line("markers", "emulated_cupy: run under the numpy-backed cupy emulator")
 
 
 # Tests that launch GPU kernels or the driver themselves, or capture CUDA graphs: test name -> why.
