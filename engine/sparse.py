@@ -8,13 +8,21 @@ import numpy as np
 from ..kernels import registry
 from ..kernels import gcn_norm as _gcn_norm_kernel
 from ..kernels.csr import CSR
-from .backend import array_module
+from .backend import array_module, to_device
 from .ops import as_tensor, reshape
 from .tensor import Tensor, make_result
 
 
 def _values_as(data: Any, dtype) -> Any:
     return data if data is None or data.dtype == dtype else data.astype(dtype)
+
+
+def _on_device_of(A: CSR, x: Any) -> Any:
+    """A Tensor as it is (on another device it is refused below); an array or list as a constant on A's
+    device, as host constants follow GPU tensors in the dense ops."""
+    if x is None or isinstance(x, Tensor):
+        return x
+    return Tensor(to_device(as_tensor(x).data, A.device))
 
 
 def spmm(A: CSR, x: Any, values: Tensor | None = None) -> Tensor:
@@ -31,7 +39,7 @@ def spmm(A: CSR, x: Any, values: Tensor | None = None) -> Tensor:
     """
     if not isinstance(A, CSR):
         raise TypeError(f"spmm needs a tapegrad.CSR as A, got {type(A).__name__}")
-    x = as_tensor(x)
+    x, values = _on_device_of(A, x), _on_device_of(A, values)
     if x.ndim == 1:
         return reshape(spmm(A, reshape(x, (-1, 1)), values), (-1,))
     if x.ndim != 2:

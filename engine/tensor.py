@@ -506,7 +506,12 @@ def _wrap(data: Any, dtype: Any) -> tuple:
     elif isinstance(data, np.generic):
         arr, shared = np.asarray(data), False
     else:
-        arr, shared = np.asarray(data), False
+        try:
+            arr = np.asarray(data)
+        except TypeError:  # cupy arrays refuse implicit conversion: copy them over (rare, so not looked for first)
+            data = _gpu_items_on_host(data)
+            arr = np.asarray(data)
+        shared = False
         kind = arr.dtype.kind
         if kind == "f" and dtype is None and not (arr.dtype == np.float64 and _holds_float64(data)):
             dtype = np.dtype(np.float32)
@@ -517,6 +522,15 @@ def _wrap(data: Any, dtype: Any) -> tuple:
     if dtype is not None and arr.dtype != dtype:
         arr, shared = arr.astype(dtype), False
     return arr, shared
+
+
+def _gpu_items_on_host(data: Any) -> Any:
+    """Nested lists with any cupy arrays in them (a list of 0-d GPU losses) copied to the host, as
+    torch.tensor makes a CPU tensor of CUDA scalars; ``data`` itself when there are none."""
+    if isinstance(data, (list, tuple)):
+        items = [_gpu_items_on_host(v) for v in data]
+        return items if any(a is not b for a, b in zip(items, data)) else data
+    return data.get() if is_cupy(data) else data
 
 
 def _holds_float64(data: Any) -> bool:

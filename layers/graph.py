@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import ops
+from ..engine.backend import device_of, is_cupy, to_device
 from ..engine.tensor import Tensor
 from ..kernels import validate
 from ..kernels.csr import CSR
@@ -129,11 +130,14 @@ def laplacian_eigh(A: Any, k: int | None = None, dense: bool | None = None) -> t
 
 
 def _basis(U: Any, like: Any) -> Any:
+    """The eigenvectors as an array on the signal's device (laplacian_eigh gives numpy arrays), a Tensor of
+    its dtype for a Tensor signal."""
     if isinstance(U, Tensor):
         return U
-    U = np.asarray(U)
+    U = U if is_cupy(U) else np.asarray(U)
     if U.ndim != 2:
         raise ValueError(f"U must be a 2-D matrix of eigenvectors [N, k], got shape {U.shape}")
+    U = to_device(U, like.device if isinstance(like, Tensor) else device_of(like))
     if isinstance(like, Tensor):
         return Tensor(U.astype(like.dtype, copy=False))
     return U
@@ -142,7 +146,7 @@ def _basis(U: Any, like: Any) -> Any:
 def _signal(name: str, x: Any) -> Any:
     if isinstance(x, Tensor):
         return x
-    x = np.asarray(x)  # lists and scalars too
+    x = x if is_cupy(x) else np.asarray(x)  # lists and scalars too
     if x.ndim not in (1, 2):
         raise ValueError(f"{name} must be 1-D or 2-D, got shape {x.shape}")
     return x
@@ -160,7 +164,7 @@ def graph_fourier(x: Any, U: Any) -> Any:
         raise ValueError(f"x has {x.shape[0]} nodes but U has {Ub.shape[0]} rows")
     if isinstance(x, Tensor) or isinstance(Ub, Tensor):
         return ops.matmul(ops.transpose(Ub if isinstance(Ub, Tensor) else Tensor(Ub)), x)
-    return Ub.T @ np.asarray(x)
+    return Ub.T @ x
 
 
 def inverse_graph_fourier(x_hat: Any, U: Any) -> Any:
@@ -171,7 +175,7 @@ def inverse_graph_fourier(x_hat: Any, U: Any) -> Any:
         raise ValueError(f"x_hat has {x_hat.shape[0]} coefficients but U has {Ub.shape[1]} columns")
     if isinstance(x_hat, Tensor) or isinstance(Ub, Tensor):
         return ops.matmul(Ub if isinstance(Ub, Tensor) else Tensor(Ub), x_hat)
-    return Ub @ np.asarray(x_hat)
+    return Ub @ x_hat
 
 
 GRID_OFFSETS_8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))

@@ -130,6 +130,42 @@ def test_host_arrays_and_lists_follow_a_gpu_tensor_in_comparisons_in_place_ops_a
     np.testing.assert_array_equal(tg.concat([t, np.array([5.0])]).numpy(), [2.0, 3.0, 4.0, 5.0])
 
 
+def test_graph_fourier_transforms_of_gpu_signals_use_host_eigenvectors(cp):
+    ei = _graph(n=40, seed=2)
+    A = tg.CSR.from_edge_index(ei, 40)
+    w, U = tg.laplacian_eigh(A, k=5)  # numpy arrays, from scipy
+    x = np.random.default_rng(2).standard_normal((40, 3))
+    want = tg.graph_fourier(x, U)
+    xt = tg.tensor(x, requires_grad=True, device="cuda")
+    got = tg.graph_fourier(xt, U)
+    assert got.device == "cuda"
+    _close(got, want)
+    _close(tg.graph_fourier(cp.asarray(x), U), want)
+    back = tg.inverse_graph_fourier(got, U)
+    _close(back, tg.inverse_graph_fourier(want, U))
+    back.sum().backward()
+    _close(xt.grad, U @ U.T @ np.ones((40, 3)))
+
+
+def test_a_list_of_gpu_scalars_makes_a_host_tensor_as_torch(cp):
+    losses = [cp.asarray(1.5), cp.asarray(2.5)]  # e.g. loss.data kept from each step
+    t = tg.tensor(losses)
+    assert t.device == "cpu" and t.dtype == np.float64
+    np.testing.assert_array_equal(t.numpy(), [1.5, 2.5])
+
+
+def test_spmm_of_a_gpu_matrix_and_a_host_array_runs_on_the_gpu(cp):
+    A = tg.CSR.from_edge_index(_graph(n=50, seed=4), 50)
+    x = np.random.default_rng(4).standard_normal((50, 3))
+    want = tg.spmm(A, x).numpy()
+    Ag = A.to("cuda")
+    for got in (tg.spmm(Ag, x), Ag @ x, tg.spmm(Ag, x, values=np.ones(A.nnz))):
+        assert got.device == "cuda"
+    _close(tg.spmm(Ag, x), want)
+    with pytest.raises(ValueError, match="A is on cuda but x is on cpu"):
+        tg.spmm(Ag, tg.tensor(x))
+
+
 def test_raw_cupy_features_and_edge_index_go_into_a_gpu_gcn(cp):
     ei = _graph(seed=5)
     x = np.random.default_rng(5).standard_normal((300, 24))

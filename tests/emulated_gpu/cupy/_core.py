@@ -373,7 +373,7 @@ class ndarray:  # shown as cupy.ndarray
         return complex(self._a)
 
     def __repr__(self):
-        return repr(self._a).replace("array(", "array(", 1)
+        return repr(self._a)
 
     def __str__(self):
         return str(self._a)
