@@ -560,7 +560,7 @@ def _tensor_list(tensors: Any, op: str) -> list:
            for i, t in enumerate(tensors)]
     if not out:
         raise ValueError(f"{op} needs at least one tensor")
-    devices = sorted({t.device for t in out})
+    devices = sorted({t.device for t in out}) if len({type(t.data) for t in out}) > 1 else ()
     if len(devices) > 1:
         if any(isinstance(t, Tensor) and t.device == "cpu" for t in tensors):
             raise ValueError(f"{op}: tensors are on different devices: {' and '.join(devices)}")

@@ -18,11 +18,12 @@ def _values_as(data: Any, dtype) -> Any:
 
 
 def _on_device_of(A: CSR, x: Any) -> Any:
-    """A Tensor as it is (on another device it is refused below); an array or list as a constant on A's
-    device, as host constants follow GPU tensors in the dense ops."""
+    """A Tensor as it is; a host array or list as a constant on a GPU matrix's device, as host constants
+    follow GPU tensors in the dense ops (anything else on another device is refused below)."""
     if x is None or isinstance(x, Tensor):
         return x
-    return Tensor(to_device(as_tensor(x).data, A.device))
+    x = as_tensor(x)
+    return Tensor(to_device(x.data, "cuda")) if A.device == "cuda" and x.device == "cpu" else x
 
 
 def spmm(A: CSR, x: Any, values: Tensor | None = None) -> Tensor:

@@ -456,11 +456,13 @@ def _operand_for(t: Tensor, other: Any) -> Any:
     """The array (or number) of ``other`` for an in-place op or a comparison with ``t``, on t's device: a
     host array or list follows a GPU tensor, as in the arithmetic ops (cupy refuses numpy operands); a
     tensor or GPU array on another device is refused."""
-    data = _raw(other)
+    data = other.data if isinstance(other, Tensor) else other
+    if type(data) is type(t.data) or isinstance(data, (int, float)):
+        return data  # the common case, in training loops: an array of the same kind, or a number
     if isinstance(other, Tensor) and other.device != t.device or is_cupy(data) and not is_cupy(t.data):
         raise ValueError(f"operands are on different devices: {t.device} and {device_of(data)}")
     if isinstance(data, (np.ndarray, list, tuple)) and is_cupy(t.data):
-        data = to_device(np.asarray(data), "cuda")
+        data = to_device(np.asarray(_gpu_items_on_host(data)) if isinstance(data, (list, tuple)) else data, "cuda")
     return data
 
 
@@ -508,8 +510,10 @@ def _wrap(data: Any, dtype: Any) -> tuple:
     else:
         try:
             arr = np.asarray(data)
-        except TypeError:  # cupy arrays refuse implicit conversion: copy them over (rare, so not looked for first)
-            data = _gpu_items_on_host(data)
+        except TypeError:  # cupy arrays in it refuse implicit conversion
+            arr = None
+        if arr is None or arr.dtype == object:  # cupy arrays or Tensors in a list: take their arrays (rare, so
+            data = _gpu_items_on_host(data)      # not looked for before numpy's own conversion)
             arr = np.asarray(data)
         shared = False
         kind = arr.dtype.kind
@@ -525,11 +529,13 @@ def _wrap(data: Any, dtype: Any) -> tuple:
 
 
 def _gpu_items_on_host(data: Any) -> Any:
-    """Nested lists with any cupy arrays in them (a list of 0-d GPU losses) copied to the host, as
-    torch.tensor makes a CPU tensor of CUDA scalars; ``data`` itself when there are none."""
+    """Nested lists with Tensors or cupy arrays in them (a list of 0-d losses) as host arrays, as
+    torch.tensor makes a CPU tensor of (CUDA) scalar tensors; ``data`` itself when there are none."""
     if isinstance(data, (list, tuple)):
         items = [_gpu_items_on_host(v) for v in data]
         return items if any(a is not b for a, b in zip(items, data)) else data
+    if isinstance(data, Tensor):
+        data = data.data
     return data.get() if is_cupy(data) else data
 
 

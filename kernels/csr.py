@@ -165,12 +165,6 @@ class CSR:
         index_dtype = np.int32 if n < 2**31 else np.int64
         return cls(indptr, ucols.astype(index_dtype), data, (n, n))
 
-    def __matmul__(self, x: Any) -> Any:
-        """``A @ x``: :func:`tapegrad.spmm` (a Tensor, differentiable in x), as scipy's and torch's sparse
-        matrices multiply."""
-        from ..engine.sparse import spmm  # the engine builds on the kernels, not the other way round
-        return spmm(self, x)
-
     def to(self, device: str) -> "CSR":
         """This matrix on another device ('cpu' or 'cuda'); itself when already there."""
         if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):

@@ -137,7 +137,10 @@ def _basis(U: Any, like: Any) -> Any:
     U = U if is_cupy(U) else np.asarray(U)
     if U.ndim != 2:
         raise ValueError(f"U must be a 2-D matrix of eigenvectors [N, k], got shape {U.shape}")
-    U = to_device(U, like.device if isinstance(like, Tensor) else device_of(like))
+    device = like.device if isinstance(like, Tensor) else device_of(like)
+    if is_cupy(U) and device == "cpu":
+        raise ValueError("U is on cuda but the signal is on cpu")
+    U = to_device(U, device)  # the host eigenvectors follow a GPU signal
     if isinstance(like, Tensor):
         return Tensor(U.astype(like.dtype, copy=False))
     return U

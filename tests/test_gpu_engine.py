@@ -159,11 +159,13 @@ def test_spmm_of_a_gpu_matrix_and_a_host_array_runs_on_the_gpu(cp):
     x = np.random.default_rng(4).standard_normal((50, 3))
     want = tg.spmm(A, x).numpy()
     Ag = A.to("cuda")
-    for got in (tg.spmm(Ag, x), Ag @ x, tg.spmm(Ag, x, values=np.ones(A.nnz))):
+    for got in (tg.spmm(Ag, x), Ag @ tg.tensor(x, device="cuda"), tg.spmm(Ag, x, values=np.ones(A.nnz))):
         assert got.device == "cuda"
     _close(tg.spmm(Ag, x), want)
     with pytest.raises(ValueError, match="A is on cuda but x is on cpu"):
         tg.spmm(Ag, tg.tensor(x))
+    with pytest.raises(ValueError, match="A is on cpu but x is on cuda"):
+        tg.spmm(A, cp.asarray(x))  # a GPU array is not copied back for a host matrix
 
 
 def test_raw_cupy_features_and_edge_index_go_into_a_gpu_gcn(cp):
@@ -185,10 +187,11 @@ def test_unbatched_recurrent_input_with_gpu_lengths(cp):
     tg.manual_seed(0)
     model = tg.LSTM(3, 4, device="cuda")
     x = tg.tensor(np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32), device="cuda")
-    full, _ = model(x)
-    for lengths in (tg.tensor(np.array([5]), device="cuda"), cp.asarray([5])):
-        out, _ = model(x, lengths=lengths)
-        _close(out, full.numpy())
+    first3, (h3, _) = model(x[:3])
+    for lengths in (tg.tensor(np.array([3]), device="cuda"), cp.asarray([3])):
+        out, (h, _) = model(x, lengths=lengths)  # steps past the length are padding: zeros, as torch's
+        _close(out, np.concatenate([first3.numpy(), np.zeros((2, 4), np.float32)]))
+        _close(h, h3.numpy())
 
 
 def test_optimizer_state_loads_from_gpu_arrays(cp):
@@ -201,6 +204,8 @@ def test_optimizer_state_loads_from_gpu_arrays(cp):
     other.load_state_dict(state)
     for k, v in other.state_dict().items():
         np.testing.assert_array_equal(v, opt.state_dict()[k])
+    moments = [v for s in other.state.values() for v in s.values() if getattr(v, "ndim", 0)]
+    assert moments and all(isinstance(v, cp.ndarray) for v in moments)  # the state lives beside its parameter
 
 
 @pytest.mark.parametrize("view", [lambda w: w.detach(), lambda w: w[:2], lambda w: w.reshape(3, 1)],

@@ -9,11 +9,13 @@ here; the simulator tests and a real GPU check those.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 from child_pytest import REPO_ROOT, run_pytest
 
@@ -28,11 +30,18 @@ def _emulated_env() -> dict:
     return env
 
 
-def test_gpu_tests_pass_on_the_emulated_cupy():
-    code, _, counts = run_pytest(["-m", "gpu", "-p", "emulated_gpu_plugin", *GPU_TESTS], _emulated_env())
+def test_gpu_tests_pass_on_the_emulated_cupy(tmp_path):
+    report = tmp_path / "emulated.xml"
+    code, _, counts = run_pytest(["-m", "gpu", "-p", "emulated_gpu_plugin", f"--junitxml={report}", *GPU_TESTS],
+                                 _emulated_env())
     assert code == 0, f"GPU tests failed on the emulated cupy (exit {code}); output above"
-    # most of the engine's and layers' GPU tests run here; the rest launch GPU kernels or the driver themselves
-    assert counts.get("passed", 0) >= 250, f"only {counts.get('passed', 0)} GPU tests ran on the emulated cupy"
+    passed = collections.Counter(
+        case.get("classname", "").rsplit(".", 1)[-1]
+        for case in ElementTree.parse(report).iter("testcase") if not len(case))  # no skipped/failure child
+    # the engine's, layers' and optimisers' GPU tests (the rest launch GPU kernels or the driver themselves,
+    # or take numba-cuda, which the emulated arrays cannot reach); and the kernel wrappers' host side
+    assert passed["test_gpu_engine"] >= 55, f"only {passed['test_gpu_engine']} engine GPU tests ran: {counts}"
+    assert passed["test_kernels_gpu"] >= 200, f"only {passed['test_kernels_gpu']} kernel GPU tests ran: {counts}"
 
 
 def test_the_gpu_benchmark_script_runs_its_recurrent_and_gcn_groups_on_the_emulated_cupy(tmp_path):

@@ -548,7 +548,7 @@ _CREATION_LIKE = {"zeros", "ones", "empty", "full", "arange", "linspace", "eye",
                   "logspace", "fromfunction", "frombuffer"}
 # how many leading positional arguments are array operands (CuPy refuses numpy arrays there); the rest are
 # host parameters (split points, shapes, axes, take's indices), which CuPy reads on the host or copies over
-_N_ARRAY_ARGS = {"where": 3, "clip": 3, "dot": 2, "vdot": 2, "inner": 2, "outer": 2, "tensordot": 2, "kron": 2,
+_N_ARRAY_ARGS = {"where": 3, "clip": 3, "dot": 2, "matmul": 2, "vdot": 2, "inner": 2, "outer": 2, "tensordot": 2, "kron": 2,
                  "take_along_axis": 2, "put_along_axis": 3, "may_share_memory": 2, "shares_memory": 2,
                  "copyto": 2, "array_equal": 2, "allclose": 2, "isclose": 2, "searchsorted": 2, "bincount": 2,
                  "broadcast_arrays": 99, "cross": 2, "place": 3, "putmask": 3, "select": 2, "choose": 2,
