@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import engine as E
 from ..engine import nn as F
+from ..engine.backend import check_device
 from ..engine.tensor import Tensor, no_grad
 from ..layers.basic import Embedding, Linear
 from ..layers.module import Module
@@ -220,19 +221,22 @@ def prepare(ids: np.ndarray, batch: int, seq_len: int, val_chunks: int) -> tuple
 def train(ids: np.ndarray, vocab_size: int, steps: int, hidden: int = 128, embed: int = 32, num_layers: int = 1,
           seq_len: int = 64, batch: int = 32, lr: float = 3e-3, clip: float = 5.0, seed: int = 0,
           val_chunks: int = 8, progress: Callable[[int, float], None] | None = None,
-          model: CharLSTM | None = None) -> dict:
+          model: CharLSTM | None = None, device: str = "cpu") -> dict:
     """Train a CharLSTM for ``steps`` TBPTT windows; returns a dict with the model and the losses.
 
     The model is ``CharLSTM(vocab_size, hidden, embed, num_layers)`` initialised after
     ``manual_seed(seed)``, unless ``model`` is given (then it is trained as it is). ``progress(step,
-    loss)`` is called after every step (a tqdm bar, a logger).
+    loss)`` is called after every step (a tqdm bar, a logger). ``device='cuda'`` trains on the GPU (each
+    window's character ids go over as they are used; a step's time includes reading its loss back).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     train_streams, val_streams, n_val = prepare(ids, batch, seq_len, val_chunks)
+    device = check_device(device)
     if model is None:
         E.manual_seed(seed)
         model = CharLSTM(vocab_size, hidden, embed, num_layers)
+    model.to(device)
     opt = Adam(model.parameters(), lr=lr)
 
     def segment(start: int, stop: int, state: Any, with_loss: bool) -> tuple[Tensor, Any]:
@@ -304,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OpenBLAS threads while training; 1 is fastest for these small GEMMs on a small CPU, "
                         "0 leaves numpy's setting alone (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default: %(default)s)")
     return p
 
 
@@ -314,6 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.blas_threads < 0:
         parser.error(f"--blas-threads must be >= 0, got {args.blas_threads}")
+    try:
+        check_device(args.device)
+    except RuntimeError as e:  # no cupy or no GPU, said in one line
+        print(f"charrnn: error: {e}", file=sys.stderr)
+        return 1
     try:
         vocab, _, ids = load_text_ids(args.data)
     except FileNotFoundError as e:
@@ -333,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with blas_threads(args.blas_threads):
             res = train(ids, len(vocab), args.steps, hidden=args.hidden, embed=args.embed,
                         num_layers=args.layers, seq_len=args.seq_len, batch=args.batch, lr=args.lr, clip=args.clip,
-                        seed=args.seed, val_chunks=args.val_chunks, progress=progress)
+                        seed=args.seed, val_chunks=args.val_chunks, progress=progress, device=args.device)
             text = sample(res["model"], vocab, prime="\n", n=args.sample, temperature=args.temperature,
                           seed=args.seed) if args.sample > 0 else None
     except ValueError as e:

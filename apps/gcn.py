@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..datasets import load_planetoid, row_normalize
+from ..engine.backend import check_device, to_device
 from ..engine.nn import cross_entropy
 from ..engine.random import manual_seed
 from ..engine.tensor import no_grad
@@ -50,25 +51,39 @@ def _accuracy(logits: np.ndarray, y: np.ndarray, idx: np.ndarray) -> float:
     return float((logits[idx].argmax(axis=1) == y[idx]).mean())
 
 
+def _synchronizer(device: str) -> Callable[[], None]:
+    """Waits for the device's queued work (GPU kernels run after the host has moved on), so that a timed
+    epoch is the GPU's time; a no-op on the CPU."""
+    if device == "cpu":
+        return lambda: None
+    import cupy
+    return cupy.cuda.get_current_stream().synchronize
+
+
 def train_one(data: Any, x: Any, seed: int, epochs: int = 200, hidden: int = 16, dropout: float = 0.5,
               lr: float = 0.01, weight_decay: float = 5e-4, patience: int = 10, dtype: str = "float32",
               stopping: str = "kipf", bias: bool = False,
-              on_epoch: Callable[[int, float, float], None] | None = None) -> dict:
+              on_epoch: Callable[[int, float, float], None] | None = None, device: str = "cpu") -> dict:
     """Train one GCN on ``data`` (a Planetoid) with features ``x`` (row-normalised CSR); returns
     {'test_acc', 'val_acc', 'epochs', 'epoch_ms': [per-epoch training-step times]}.
 
     ``on_epoch(epoch, train_loss, val_acc)``, if given, is called after each epoch's evaluation (the
-    demo's progress bar); it is not timed and does not change the training.
+    demo's progress bar); it is not timed and does not change the training. ``device='cuda'`` trains on
+    the GPU (graph, features and labels move there once; an epoch's time waits for the GPU to finish).
     """
     if stopping not in STOPPING:
         raise ValueError(f"stopping must be one of {STOPPING}, got {stopping!r}")
     manual_seed(seed)
+    device = check_device(device)
     model = GCN(data.num_features, hidden, data.num_classes, num_layers=2, dropout=dropout, cached=True,
-                bias=bias, dtype=dtype)
+                bias=bias, dtype=dtype).to(device)
     first, second = model.convs[0], model.convs[1]
     opt = Adam([dict(params=list(first.parameters()), weight_decay=weight_decay),
                 dict(params=list(second.parameters()), weight_decay=0.0)], lr=lr)
-    y, A = data.y, data.A
+    y, A = data.y, data.A.to(device)
+    x = x.to(device)
+    y_train, train_idx = to_device(y, device), to_device(data.train_idx, device)
+    sync = _synchronizer(device)
     val_losses: list[float] = []
     times: list[float] = []
     best = (np.inf, None, 0)  # (val loss, eval logits, epoch)
@@ -78,9 +93,10 @@ def train_one(data: Any, x: Any, seed: int, epochs: int = 200, hidden: int = 16,
         model.train()
         opt.zero_grad()
         out = model(x, A)
-        loss = cross_entropy(out, y, data.train_idx)
+        loss = cross_entropy(out, y_train, train_idx)
         loss.backward()
         opt.step()
+        sync()
         times.append(time.perf_counter() - t0)
 
         model.eval()
@@ -108,7 +124,8 @@ def train_one(data: Any, x: Any, seed: int, epochs: int = 200, hidden: int = 16,
 
 def run(data_path: Any = "cora", seeds: Any = 10, epochs: int = 200, json_out: bool = False, hidden: int = 16,
         dropout: float = 0.5, lr: float = 0.01, weight_decay: float = 5e-4, patience: int = 10,
-        dtype: str = "float32", stopping: str = "kipf", bias: bool = False, verbose: bool = True) -> dict:
+        dtype: str = "float32", stopping: str = "kipf", bias: bool = False, verbose: bool = True,
+        device: str = "cpu") -> dict:
     """Train over ``seeds`` (a count: seeds 0..n-1, or a list of seeds) and summarise.
 
     Returns {'test_acc_mean', 'test_acc_std' (population std, in [0, 1] like the mean), 'epoch_ms_median'
@@ -132,7 +149,7 @@ def run(data_path: Any = "cora", seeds: Any = 10, epochs: int = 200, json_out: b
     accs, times, n_epochs = [], [], []
     for s in seed_list:
         r = train_one(data, x, s, epochs=epochs, hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay,
-                      patience=patience, dtype=dtype, stopping=stopping, bias=bias)
+                      patience=patience, dtype=dtype, stopping=stopping, bias=bias, device=device)
         accs.append(r["test_acc"])
         times.extend(r["epoch_ms"])
         n_epochs.append(r["epochs"])
@@ -187,11 +204,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stopping", choices=STOPPING, default="kipf", help="early-stopping criterion")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--bias", action="store_true", help="give the layers a bias (PyG's default; Kipf's has none)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train, default cpu")
     args = p.parse_args(argv)
+    try:
+        check_device(args.device)
+    except RuntimeError as e:  # no cupy or no GPU, said in one line
+        print(f"python -m tapegrad gcn: error: {e}", file=sys.stderr)
+        return 1
     try:
         run(args.data, seeds=args.seeds, epochs=args.epochs, json_out=args.json, hidden=args.hidden,
             dropout=args.dropout, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
-            dtype=args.dtype, stopping=args.stopping, bias=args.bias)
+            dtype=args.dtype, stopping=args.stopping, bias=args.bias, device=args.device)
     except (ValueError, FileNotFoundError) as e:  # a bad or missing data file: one line, exit 1
         print(f"python -m tapegrad gcn: error: {e}", file=sys.stderr)
         return 1

@@ -111,6 +111,17 @@ def test_charrnn_text_too_short_is_a_clear_error(tmp_path, capsys):
     assert "too short" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["gcn", "charrnn"])
+def test_device_cuda_without_a_gpu_is_a_one_line_error_with_exit_1(command, capsys):
+    from tapegrad.engine.backend import cuda_available
+    if cuda_available():
+        pytest.skip("this machine has a usable GPU")
+    assert _exit_code([command, "--device", "cuda"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "device='cuda' is unavailable" in lines[0]
+    assert _exit_code([command, "--device", "tpu"]) == 2
+
+
 # ---- tiny real runs ---------------------------------------------------------------------------------------------------
 
 def test_charrnn_json_run_reports_finite_losses(small_text, capsys):
