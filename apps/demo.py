@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..datasets import load_planetoid, row_normalize
+from ..engine.backend import check_device
 from ..engine.nn import cross_entropy
 from ..engine.random import manual_seed
 from ..layers.gcn import GCN
@@ -46,7 +47,8 @@ def warm_up() -> None:
     loss.backward()
 
 
-def train_gcn(epochs: int = 200, seed: int = 0, progress: bool = True, patience: int = 10) -> dict:
+def train_gcn(epochs: int = 200, seed: int = 0, progress: bool = True, patience: int = 10,
+              device: str = "cpu") -> dict:
     """Kipf & Welling on Cora, one seed: :func:`tapegrad.apps.gcn.train_one` with its defaults (the
     reference code's setup: 2 layers without bias, 16 hidden, dropout 0.5, weight decay 5e-4 on the first
     layer, Adam lr 0.01, early stopping on the validation loss with the L2 term). The same seed gives
@@ -57,19 +59,19 @@ def train_gcn(epochs: int = 200, seed: int = 0, progress: bool = True, patience:
         def update(epoch: int, loss: float, val_acc: float) -> None:
             bar.set_postfix_str(f"loss {loss:.3f}, val acc {100 * val_acc:.1f}%", refresh=False)
             bar.update(1)
-        r = gcn_app.train_one(data, x, seed, epochs=epochs, patience=patience, on_epoch=update)
+        r = gcn_app.train_one(data, x, seed, epochs=epochs, patience=patience, on_epoch=update, device=device)
     return {"test_acc": r["test_acc"], "val_acc": r["val_acc"], "epochs": r["epochs"]}
 
 
 def train_lstm(steps: int, hidden: int, seq_len: int, batch: int, lr: float, seed: int,
-               progress: bool = True) -> tuple[dict, list[str]]:
+               progress: bool = True, device: str = "cpu") -> tuple[dict, list[str]]:
     vocab, _, ids = charrnn.load_text_ids("tinyshakespeare")
     with _bar(steps, "LSTM on text", progress) as bar:
         def update(step: int, loss: float) -> None:
             bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
             bar.update(1)
         res = charrnn.train(ids, len(vocab), steps, hidden=hidden, embed=32, seq_len=seq_len, batch=batch,
-                            lr=lr, seed=seed, progress=update)
+                            lr=lr, seed=seed, progress=update, device=device)
     return res, vocab
 
 
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blas-threads", type=int, default=1, metavar="N",
                    help="OpenBLAS threads for the char-LSTM (0: leave numpy's setting) (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default: %(default)s)")
     return p
 
 
@@ -99,6 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.lr <= 0 or args.seed < 0 or args.blas_threads < 0:
         parser.error("--lr must be > 0, --seed >= 0 and --blas-threads >= 0")
+    try:
+        check_device(args.device)
+    except RuntimeError as e:  # no cupy or no GPU, said in one line
+        print(f"python -m tapegrad demo: error: {e}", file=sys.stderr)
+        return 1
     progress = not args.no_progress
     phases: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -108,13 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     phases["warm-up (load / JIT-compile kernels)"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    gcn = train_gcn(args.gcn_epochs, args.seed, progress)
+    gcn = train_gcn(args.gcn_epochs, args.seed, progress, device=args.device)
     phases[f"GCN training ({gcn['epochs']} epochs)"] = time.perf_counter() - t0
 
     with charrnn.blas_threads(args.blas_threads):
         t0 = time.perf_counter()
         lstm, vocab = train_lstm(args.lstm_steps, args.hidden, args.seq_len, args.batch, args.lr, args.seed,
-                                 progress)
+                                 progress, device=args.device)
         phases[f"char-LSTM training ({args.lstm_steps} steps of {args.batch}x{args.seq_len} chars)"] = \
             time.perf_counter() - t0
 

@@ -111,7 +111,7 @@ def test_charrnn_text_too_short_is_a_clear_error(tmp_path, capsys):
     assert "too short" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["gcn", "charrnn"])
+@pytest.mark.parametrize("command", ["gcn", "charrnn", "demo"])
 def test_device_cuda_without_a_gpu_is_a_one_line_error_with_exit_1(command, capsys):
     from tapegrad.engine.backend import cuda_available
     if cuda_available():
