@@ -31,7 +31,7 @@ PY
 par=""
 python -c "import xdist" 2>/dev/null && par="-n 8"
 timeout 160 python -m pytest -q -m gpu -p no:cacheprovider --tb=short -rs $par \
-  tests/test_kernels_gpu.py tests/test_gpu_engine.py > "$out/gpu_tests.txt" 2>&1
+  tests/test_kernels_gpu.py tests/test_gpu_engine.py tests/test_cupy_rules.py > "$out/gpu_tests.txt" 2>&1
 echo "gpu tests exit code: $?" | tee -a "$out/gpu_tests.txt"
 grep -E "^(FAILED|ERROR)|passed|failed|skipped" "$out/gpu_tests.txt" | tail -40
 grep -qE "[0-9]+ passed" "$out/gpu_tests.txt" || echo "NO GPU TEST PASSED: see $out/gpu_tests.txt (is the GPU reachable?)"

@@ -20,7 +20,7 @@ from xml.etree import ElementTree
 from child_pytest import REPO_ROOT, run_pytest
 
 HERE = Path(__file__).resolve().parent
-GPU_TESTS = ["tests/test_gpu_engine.py", "tests/test_kernels_gpu.py"]
+GPU_TESTS = ["tests/test_gpu_engine.py", "tests/test_kernels_gpu.py", "tests/test_cupy_rules.py"]
 
 
 def _emulated_env() -> dict:
@@ -42,6 +42,7 @@ def test_gpu_tests_pass_on_the_emulated_cupy(tmp_path):
     # or take numba-cuda, which the emulated arrays cannot reach); and the kernel wrappers' host side
     assert passed["test_gpu_engine"] >= 55, f"only {passed['test_gpu_engine']} engine GPU tests ran: {counts}"
     assert passed["test_kernels_gpu"] >= 200, f"only {passed['test_kernels_gpu']} kernel GPU tests ran: {counts}"
+    assert passed["test_cupy_rules"] >= 5, f"the emulator's cupy rules did not all run: {counts}"
 
 
 def test_the_gpu_benchmark_script_runs_its_recurrent_and_gcn_groups_on_the_emulated_cupy(tmp_path):
