@@ -57,7 +57,7 @@ def _synchronizer(device: str) -> Callable[[], None]:
     if device == "cpu":
         return lambda: None
     import cupy
-    return cupy.cuda.get_current_stream().synchronize
+    return cupy.cuda.Device().synchronize
 
 
 def train_one(data: Any, x: Any, seed: int, epochs: int = 200, hidden: int = 16, dropout: float = 0.5,

@@ -80,6 +80,8 @@ def require_cuda() -> None:
         except ImportError as e:
             _cuda_error = (f"device='cuda' is unavailable: cupy is not installed ({e}); "
                            "install it with pip install 'tapegrad[cuda12]' or 'tapegrad[cuda13]'")
+        except Exception as e:  # a broken install: say so every time, not once
+            _cuda_error = f"device='cuda' is unavailable: importing cupy failed ({type(e).__name__}: {e})"
         else:
             try:
                 n = cupy.cuda.runtime.getDeviceCount()

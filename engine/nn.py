@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from . import random as _random
-from .backend import array_module, host_values
+from .backend import array_module, host_values, is_cupy
 from .ops import _pair, as_tensor
 from .tensor import Tensor, make_result
 
@@ -184,14 +184,21 @@ def embedding(weight: Tensor, idx: Any) -> Tensor:
     if weight.ndim != 2:
         raise ValueError(f"embedding weight must be 2-D [V, D], got shape {weight.shape}")
     xp = array_module(weight.data)
-    ids = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
+    ids = idx.data if isinstance(idx, Tensor) else idx
+    if not (isinstance(ids, np.ndarray) or is_cupy(ids)):
+        ids = np.asarray(ids)
     if ids.size == 0 and ids.dtype.kind == "f":  # an empty list
         ids = ids.astype(np.int64)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding ids must be integers, got dtype {ids.dtype}")
     v, d = weight.shape
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= v):
-        raise ValueError(f"embedding ids must be in [0, {v}), got range [{int(ids.min())}, {int(ids.max())}]")
+    if ids.size:  # checked where the ids are: host ids for a GPU table cost no GPU read
+        low, high = host_values(array_module(ids), ids.min(), ids.max())
+        if low < 0 or high >= v:
+            raise ValueError(f"embedding ids must be in [0, {v}), got range [{low}, {high}]")
+    if is_cupy(ids) and xp is np:
+        raise ValueError("embedding: the ids are on cuda but the weight is on cpu")
+    ids = xp.asarray(ids)
 
     def backward(g):
         full = xp.zeros((v, d), dtype=weight.dtype)

@@ -23,7 +23,7 @@ import numpy as np
 from ..engine import nn as F
 from ..engine import ops
 from ..engine import random as _random
-from ..engine.backend import is_cupy, to_device
+from ..engine.backend import array_module, is_cupy, to_device
 from ..engine.sparse import gcn_norm, spmm
 from ..engine.tensor import Tensor
 from ..kernels.csr import CSR
@@ -277,8 +277,10 @@ def sparse_dropout_values(x: CSR, p: float, training: bool = True, dtype: Any = 
     if not training or p == 0.0:
         return None
     dtype = np.dtype(dtype)
-    keep = _random.uniform((x.nnz,), x.device) >= p  # drawn on the host: the same mask on every device
-    vals = keep.astype(dtype) * dtype.type(0.0 if p == 1.0 else 1.0 / (1.0 - p))
+    if p == 1.0:
+        vals = array_module(x.indices).zeros(x.nnz, dtype)
+    else:  # drawn where the values live, as dense dropout's masks: on the GPU no host draw or transfer
+        vals = _random.dropout_mask((x.nnz,), p, x.device, dtype)
     if x.data is not None:
         vals *= x.data.astype(dtype, copy=False)
     return Tensor(vals)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..engine.backend import array_module, to_device
+from ..engine.backend import array_module, is_cupy, to_device
 from ..engine.tensor import Tensor, enable_grad, mark_written
 from ..kernels import reference, registry
 from .module import _zero_grad
@@ -291,6 +291,19 @@ def _norm_type(norm_type: Any) -> float:
     return value
 
 
+def _host_floats(values: list) -> list[float]:
+    """Numbers and 0-d arrays as Python floats; the GPU ones come back in one transfer (a read per
+    parameter would make the host wait for the GPU once per parameter)."""
+    on_gpu = [i for i, v in enumerate(values) if is_cupy(v)]
+    out = [float(v) for v in values] if not on_gpu else list(values)
+    if on_gpu:
+        import cupy
+        for i, v in zip(on_gpu, cupy.stack([values[i].astype(np.float64) for i in on_gpu]).tolist()):
+            out[i] = v
+        out = [float(v) for v in out]
+    return out
+
+
 def clip_grad_norm(params: Iterable, max_norm: float, norm_type: float | str = 2.0,
                    error_if_nonfinite: bool = False, foreach: bool | None = None) -> float:
     """Scale all gradients together so their joint norm is at most ``max_norm``; returns the norm before,
@@ -319,15 +332,16 @@ def clip_grad_norm(params: Iterable, max_norm: float, norm_type: float | str = 2
             xp = array_module(p.grad)
             a = xp.abs(p.grad.astype(np.float64))
             if nt == 0:
-                parts.append(float(xp.count_nonzero(a)))
+                parts.append(xp.count_nonzero(a))
             elif a.size == 0:  # the neutral element of the reduction below
                 parts.append(math.inf if nt == -math.inf else 0.0)
             elif nt == math.inf:
-                parts.append(float(a.max()))
+                parts.append(a.max())
             elif nt == -math.inf:
-                parts.append(float(a.min()))
+                parts.append(a.min())
             else:
-                parts.append(float((a ** nt).sum()))
+                parts.append((a ** nt).sum())
+        parts = _host_floats(parts)
         if nt == 0:  # torch: the 0-norm of the per-parameter 0-norms
             total = float(sum(1 for x in parts if x != 0))
         elif math.isinf(nt):

@@ -640,9 +640,11 @@ def test_gcn_app_trains_on_the_gpu(cp):
     from tapegrad.apps import gcn
     from tapegrad.datasets import load_planetoid, row_normalize
     data = load_planetoid("cora")
-    r = gcn.train_one(data, row_normalize(data.x), seed=0, epochs=30, stopping="none", device="cuda")
-    assert r["epochs"] == 30 and all(t > 0 for t in r["epoch_ms"])
-    assert r["test_acc"] > 0.6  # 30 epochs on Cora: well above the 0.3 of the largest class
+    r = gcn.train_one(data, row_normalize(data.x), seed=0, epochs=100, stopping="none", device="cuda")
+    assert r["epochs"] == 100 and all(t > 0 for t in r["epoch_ms"])
+    # 100 epochs on Cora: 0.78 to 0.82 over 40 seeds on the CPU (GPU dropout masks differ for one seed);
+    # the largest class alone gives 0.3
+    assert r["test_acc"] > 0.7
 
 
 def test_charrnn_app_trains_and_samples_on_the_gpu(cp):
@@ -653,4 +655,6 @@ def test_charrnn_app_trains_and_samples_on_the_gpu(cp):
     r = charrnn.train(ids, len(vocab), steps=30, hidden=32, seq_len=16, batch=4, val_chunks=2, device="cuda")
     assert all(p.device == "cuda" for p in r["model"].parameters())
     assert r["losses"][-1] < r["losses"][0] and np.isfinite(r["val_loss"])
-    assert set(charrnn.sample(r["model"], vocab, n=20)) <= set(vocab)
+    greedy = charrnn.sample(r["model"], vocab, n=20, temperature=0)
+    assert len(greedy) == 20
+    assert charrnn.sample(r["model"].to("cpu"), vocab, n=20, temperature=0) == greedy  # the same model on the CPU

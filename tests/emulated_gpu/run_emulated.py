@@ -12,6 +12,8 @@ import sys
 import emulated_gpu_plugin
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
     emulated_gpu_plugin.install()
     if sys.argv[1] == "-m":
         sys.argv = sys.argv[2:]
