@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..engine.backend import array_module, is_cupy, to_device
+from ..engine.backend import array_module, host_values, is_cupy, to_device
 from ..engine.tensor import Tensor, enable_grad, mark_written
 from ..kernels import reference, registry
 from .module import _zero_grad
@@ -294,14 +294,13 @@ def _norm_type(norm_type: Any) -> float:
 def _host_floats(values: list) -> list[float]:
     """Numbers and 0-d arrays as Python floats; the GPU ones come back in one transfer (a read per
     parameter would make the host wait for the GPU once per parameter)."""
+    out = list(values)
     on_gpu = [i for i, v in enumerate(values) if is_cupy(v)]
-    out = [float(v) for v in values] if not on_gpu else list(values)
     if on_gpu:
         import cupy
-        for i, v in zip(on_gpu, cupy.stack([values[i].astype(np.float64) for i in on_gpu]).tolist()):
+        for i, v in zip(on_gpu, host_values(cupy, *(values[i] for i in on_gpu))):
             out[i] = v
-        out = [float(v) for v in out]
-    return out
+    return [float(v) for v in out]
 
 
 def clip_grad_norm(params: Iterable, max_norm: float, norm_type: float | str = 2.0,

@@ -29,17 +29,7 @@ import numpy as np
 import pytest
 
 import cupy
-from cupy._core import ndarray
-
-
-def _to_host(x):
-    if isinstance(x, ndarray):
-        return x._a
-    if isinstance(x, tuple):
-        return tuple(_to_host(v) for v in x)
-    if isinstance(x, list):
-        return [_to_host(v) for v in x]
-    return x
+from cupy._core import _unwrap, ndarray
 
 
 def _back(r, wrapped):
@@ -64,7 +54,7 @@ def _on_cpu(name, cpu_fn):
         for a in list(args) + list(kwargs.values()):
             if isinstance(a, np.ndarray):  # the real GPU kernels take device arrays only
                 raise TypeError(f"emulated cupy: GPU kernel {name} got a numpy array")
-        r = cpu_fn(*_to_host(args), **{k: _to_host(v) for k, v in kwargs.items()})
+        r = cpu_fn(*_unwrap(args), **_unwrap(kwargs))
         return _back(r, wrapped)
     gpu_kernel.cpu_kernel = cpu_fn
     return gpu_kernel
