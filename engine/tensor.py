@@ -11,6 +11,7 @@ nodes it walked.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import operator
 import threading
@@ -236,7 +237,7 @@ class Tensor:
     by :meth:`backward` for leaves that require grad.
     """
 
-    __slots__ = ("data", "requires_grad", "grad", "_node", "_version", "__weakref__")
+    __slots__ = ("data", "requires_grad", "_grad", "_node", "_version", "__weakref__")
     __array_priority__ = 1000  # so ndarray <op> Tensor defers to Tensor's reflected operators
 
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
@@ -245,13 +246,25 @@ class Tensor:
         elif not (isinstance(data, np.ndarray) or is_cupy(data)):
             data = _to_array(data, None)
         self.data = data
-        self.grad = None
+        self._grad = None
         self._node = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
 
     # ---- properties -------------------------------------------------------------------------------
+    @property
+    def grad(self) -> Any:
+        """The gradient accumulated by :meth:`backward`: an array of this tensor's shape, dtype and device
+        (numpy on the CPU, cupy on the GPU), or None."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, g: Any) -> None:
+        # checked here, as torch checks it, so a wrong gradient fails where it is assigned rather than
+        # inside a later optimiser step (or not at all: a wider grad would broadcast into the update)
+        self._grad = None if g is None else _checked_grad(self, g)
+
     @property
     def shape(self) -> tuple:
         return self.data.shape
@@ -307,6 +320,37 @@ class Tensor:
         dev = "" if self.device == "cpu" else f", device='{self.device}'"
         body = np.array2string(self.numpy(), separator=", ", prefix="tensor(", threshold=50)
         return f"tensor({body}, dtype={self.dtype}{dev}{grad})"
+
+    # ---- copies and pickles ------------------------------------------------------------------------------
+    def __getstate__(self) -> tuple:
+        # the graph is not kept: a copy.copy or a pickle of a result is a leaf that keeps requires_grad,
+        # as torch's (the backward closures could not be pickled, and a copy sharing the original's graph
+        # would send its gradients to the original's leaves)
+        return None, {"data": self.data, "requires_grad": self.requires_grad, "_grad": self._grad,
+                      "_node": None}
+
+    def __setstate__(self, state: tuple) -> None:
+        _, slots = state
+        self.data = slots["data"]
+        self.requires_grad = slots.get("requires_grad", False)
+        self._node = None
+        self._grad = None
+        grad = slots.get("_grad", slots.get("grad"))  # "grad": pickles written before it was checked
+        if grad is not None:
+            self.grad = grad
+
+    def __deepcopy__(self, memo: dict) -> "Tensor":
+        if self._node is not None:
+            raise RuntimeError("only leaf tensors (made by the user, not by an op) can be deep-copied, as in "
+                               "torch: a copy of a result would share its graph; deep-copy t.detach(), or "
+                               "build the copy's graph by running the ops on copied inputs")
+        out = type(self).__new__(type(self))
+        memo[id(self)] = out
+        out.data = copy.deepcopy(self.data, memo)
+        out._grad = None if self._grad is None else copy.deepcopy(self._grad, memo)
+        out._node = None
+        out.requires_grad = self.requires_grad
+        return out
 
     # ---- interchange: other libraries read the data without a copy -------------------------------------
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
@@ -646,6 +690,25 @@ def from_numpy(a: np.ndarray) -> Tensor:
     return Tensor(a)
 
 
+def _checked_grad(t: Tensor, g: Any) -> Any:
+    """``g`` as ``t``'s gradient: an array of ``t``'s shape, dtype and device (a Tensor gives its data)."""
+    if isinstance(g, Tensor):
+        g = g.data
+    elif isinstance(g, np.generic):
+        g = np.asarray(g)
+    if not (isinstance(g, np.ndarray) or is_cupy(g)):
+        raise TypeError(f"an assigned grad must be an array (numpy on the CPU, cupy on the GPU), a Tensor or "
+                        f"None, got {type(g).__name__}")
+    if device_of(g) != t.device:
+        raise ValueError(f"an assigned grad must be on the tensor's device ({t.device}), got one on {device_of(g)}")
+    if g.shape != t.shape:
+        raise ValueError(f"an assigned grad must have the tensor's shape {tuple(t.shape)}, got {tuple(g.shape)}")
+    if g.dtype != t.dtype:
+        raise TypeError(f"an assigned grad must have the tensor's dtype {t.dtype}, got {g.dtype} (convert it "
+                        f"with .astype first)")
+    return g
+
+
 def _array(a: Any) -> Any:
     """numpy reduces 0-d arithmetic to scalars: op results and grads stay arrays for 0-d tensors too."""
     return np.asarray(a) if isinstance(a, np.generic) else a
@@ -662,7 +725,7 @@ def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: 
     """
     out = Tensor.__new__(Tensor)
     out.data = np.asarray(data) if isinstance(data, np.generic) else data
-    out.grad = None
+    out._grad = None
     out._node = None
     out.requires_grad = False
     mode = _mode
@@ -753,7 +816,7 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False, capture: dict 
                 continue
         if node is None:
             g = g.astype(t.data.dtype, copy=True)
-            t.grad = g if t.grad is None else _array(t.grad + g)
+            t._grad = g if t._grad is None else _array(t._grad + g)
             continue
         if node.writes != _writes:  # something was written since this op ran: was it one it needs?
             _check_unwritten(node, t)

@@ -60,6 +60,23 @@ def test_mixing_devices_in_one_op_is_an_error(cp):
             a + b
 
 
+def test_an_assigned_grad_must_be_on_the_tensors_device_and_copies_stay_there(cp):
+    import copy
+    x = tg.tensor(np.ones(3), device="cuda", requires_grad=True)
+    with pytest.raises(ValueError, match="assigned grad must be on the tensor's device"):
+        x.grad = np.ones(3)  # a host grad would fail inside the optimiser step instead
+    with pytest.raises(ValueError, match="assigned grad must be on the tensor's device"):
+        tg.tensor(np.ones(3), requires_grad=True).grad = cp.ones(3)
+    x.grad = cp.full(3, 2.0)
+    c = copy.deepcopy(x)
+    assert isinstance(c.data, cp.ndarray) and isinstance(c.grad, cp.ndarray)
+    np.testing.assert_array_equal(c.grad.get(), [2.0, 2.0, 2.0])
+    c.grad[0] = 7.0
+    assert float(x.grad[0].get()) == 2.0  # a copy, not a view
+    tg.optim.SGD([x], lr=0.5).step()
+    np.testing.assert_array_equal(x.numpy(), [0.0, 0.0, 0.0])
+
+
 # ---- every op: forward and gradients equal the CPU's -----------------------------------------------------------
 def _op_cases():
     rng = np.random.default_rng(0)

@@ -302,7 +302,7 @@ from tapegrad.datasets import load_planetoid
 A = load_planetoid("cora").A
 args = (A.indptr, A.indices, A.data, A.shape[0])
 with tg.profile(trace=False) as prof:
-    for _ in range(6):
+    for _ in range(21):  # 20 warm calls: one scheduler hiccup on a busy 2-core machine moves their mean little
         kernels.gcn_norm(*args)   # the first: cache load or JIT, dispatch, thread-pool start
 warm = []
 for _ in range(30):
@@ -321,9 +321,9 @@ def test_first_call_is_kept_out_of_the_mean_in_a_fresh_process(tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout.strip().splitlines()[-1])
     row, warm = doc["row"], doc["warm_s"]
-    assert row["calls"] == 6 and row["warm_calls"] == 5
+    assert row["calls"] == 21 and row["warm_calls"] == 20
     assert row["run_s"] == pytest.approx(row["total_s"] - row["first_s"], abs=1e-9)  # no JIT after the first
-    assert row["mean_s"] == pytest.approx(row["run_s"] / 5)
+    assert row["mean_s"] == pytest.approx(row["run_s"] / 20)
     assert row["first_s"] >= row["compile_s"] and row["first_s"] > 5 * row["mean_s"]
     # the mean is a warm call's time (the first call alone made it about 10x too large before)
     assert warm / 3 < row["mean_s"] < 3 * warm, (row["mean_s"], warm)

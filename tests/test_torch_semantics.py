@@ -811,3 +811,86 @@ def test_a_written_buffers_record_goes_with_the_buffer():
     import gc
     gc.collect()
     assert len(tape._written_buffers) == before
+
+
+# ---- assigned gradients, copies and pickles ------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad, error", [
+    (np.ones(3), ValueError),                    # another shape: would broadcast into the optimiser's update
+    (np.ones((2, 1)), ValueError),
+    (np.ones(2, np.float32), TypeError),         # another dtype
+    (np.ones(2, np.int64), TypeError),
+    (5.0, TypeError),                            # not an array
+    ([1.0, 2.0], TypeError),
+])
+def test_an_assigned_grad_is_checked_where_it_is_assigned_as_torch(bad, error):
+    x = leaf([1.0, 2.0])
+    with pytest.raises(error, match="assigned grad"):
+        x.grad = bad
+    assert x.grad is None  # the refused value was not stored
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    with pytest.raises((RuntimeError, TypeError)):  # torch refuses each of them too
+        xt.grad = torch.as_tensor(np.asarray(bad)) if isinstance(bad, np.ndarray) else bad
+
+
+def test_an_assigned_grad_of_the_right_kind_is_stored_and_used():
+    x = leaf([1.0, 2.0])
+    x.grad = tg.tensor([0.5, 0.5], dtype=np.float64)  # a Tensor gives its array
+    assert isinstance(x.grad, np.ndarray)
+    (x * 2).sum().backward()                           # and the backward accumulates into it
+    np.testing.assert_array_equal(x.grad, [2.5, 2.5])
+    s = leaf(3.0)
+    s.grad = np.float64(1.0)                           # a numpy scalar for a 0-d tensor
+    assert isinstance(s.grad, np.ndarray) and s.grad.shape == ()
+    x.grad = None
+    assert x.grad is None
+
+
+def test_deepcopy_copies_a_leaf_and_refuses_a_result_as_torch():
+    import copy
+    x = leaf([1.0, 2.0])
+    x.grad = np.array([3.0, 4.0])
+    c = copy.deepcopy(x)
+    assert c.requires_grad and c.is_leaf and type(c) is type(x)
+    assert not np.shares_memory(c.data, x.data) and not np.shares_memory(c.grad, x.grad)
+    np.testing.assert_array_equal(c.grad, [3.0, 4.0])
+    y = x * 3
+    # a copy that kept y's graph sent its gradients to a copy of x, so x.grad silently stayed as it was
+    with pytest.raises(RuntimeError, match="leaf tensors"):
+        copy.deepcopy(y)
+    torch = _torch()
+    with pytest.raises(RuntimeError):
+        copy.deepcopy(torch.ones(2, requires_grad=True) * 3)
+    model = tg.Linear(3, 2)
+    twin = copy.deepcopy(model)  # parameters are leaves: a module deep-copies, its weights apart
+    for p, q in zip(model.parameters(), twin.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+        assert not np.shares_memory(p.data, q.data)
+
+
+@pytest.mark.parametrize("how", ["pickle", "copy"])
+def test_a_pickled_or_copied_result_is_a_leaf_that_keeps_requires_grad_as_torch(how):
+    import copy
+    import pickle
+    x = leaf([1.0, 2.0])
+    y = x * 3  # its backward is a closure: pickling it failed with "Can't pickle local object"
+    c = pickle.loads(pickle.dumps(y)) if how == "pickle" else copy.copy(y)
+    assert c.is_leaf and c.requires_grad and c.grad is None
+    np.testing.assert_array_equal(c.data, [3.0, 6.0])
+    (c * c).sum().backward()
+    np.testing.assert_array_equal(c.grad, [6.0, 12.0])
+    assert x.grad is None  # nothing reached the original's leaf
+    torch = _torch()
+    xt = torch.tensor([1.0, 2.0], requires_grad=True)
+    ct = pickle.loads(pickle.dumps(xt * 3)) if how == "pickle" else copy.copy(xt * 3)
+    assert ct.is_leaf and ct.requires_grad
+
+
+def test_a_pickled_leaf_keeps_its_grad():
+    import pickle
+    x = leaf([1.0, 2.0])
+    x.grad = np.array([0.25, 0.5])
+    c = pickle.loads(pickle.dumps(x))
+    np.testing.assert_array_equal(c.grad, [0.25, 0.5])
+    assert c.requires_grad and c.is_leaf
