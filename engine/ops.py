@@ -29,7 +29,10 @@ def as_tensor(x: Any, like: Tensor | None = None) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if like is not None:
-        return _pair(like, x)[1]
+        t = _pair(like, x)[1]
+        if isinstance(t.data, np.generic):  # a number beside a GPU tensor (see _number): a 0-d array there
+            t = Tensor(array_module(like.data).asarray(t.data))
+        return t
     return Tensor(_operand_array(x, "operand"))
 
 
@@ -161,10 +164,27 @@ def _pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
                 return a, b
         elif isinstance(b, (int, float)) and ad.dtype.kind == "f":
             # a float tensor and a Python number: the number takes the tensor's dtype
-            return a, Tensor(array_module(ad).asarray(b, dtype=ad.dtype))
+            return a, _number(b, ad.dtype, ad)
     elif isinstance(a, (int, float)) and isinstance(b, Tensor) and b.data.dtype.kind == "f":
-        return Tensor(array_module(b.data).asarray(a, dtype=b.data.dtype)), b
+        return _number(a, b.data.dtype, b.data), b
     return _promote_pair(a, b)
+
+
+def _number(x: Any, dtype: np.dtype, ref: Any) -> Tensor:
+    """The constant operand for the number ``x`` beside the array ``ref``, in ``dtype``.
+
+    On the CPU a 0-d array. On the GPU a numpy scalar, which cupy hands to the kernel as an argument: a
+    0-d device array would cost a host-to-device copy for every ``x * 0.5``. The Tensor around it only
+    ever sits in an op's parents (it never requires grad, so no gradient is made for it).
+    """
+    if type(ref) is np.ndarray or not is_cupy(ref):  # numpy is faster with a 0-d array than a numpy scalar
+        return Tensor(np.asarray(x, dtype=dtype))
+    t = Tensor.__new__(Tensor)
+    t.data = dtype.type(x)
+    t._grad = None
+    t._node = None
+    t.requires_grad = False
+    return t
 
 
 def _promote_pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
@@ -176,7 +196,8 @@ def _promote_pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
     ref = a_data if isinstance(a, Tensor) else b_data if isinstance(b, Tensor) else a_data if a_prio else b_data
     a = _promoted(a, a_data, target, cast_a, ref)
     b = _promoted(b, b_data, target, cast_b, ref)
-    if type(a.data) is not type(b.data) and a.device != b.device:
+    if type(a.data) is not type(b.data) and a.device != b.device and not isinstance(b.data, np.generic) \
+            and not isinstance(a.data, np.generic):  # a number beside a GPU array stays a host scalar
         raise ValueError(f"operands are on different devices: {a.device} and {b.device}")
     return a, b
 
@@ -185,7 +206,7 @@ def _promoted(x: Any, data: Any, target: np.dtype, cast: bool, ref: Any) -> Tens
     if isinstance(x, Tensor):
         return _cast(x, target) if cast else x
     if isinstance(x, _NUMBERS):
-        return Tensor(array_module(ref).asarray(data, dtype=target))
+        return _number(data, target, ref)
     if cast:  # a constant array
         data = data.astype(target)
     if is_cupy(ref) and not is_cupy(data):
@@ -637,7 +658,7 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     if isinstance(cond, Tensor):
         cond = cond.data
     a, b = _pair(a, b)
-    xp = array_module(a.data)
+    xp = array_module(b.data if isinstance(a.data, np.generic) else a.data)  # a number: see _number
     cond = xp.asarray(cond)
     if cond.dtype != bool:
         raise TypeError(f"where: the condition must be a boolean mask, got dtype {cond.dtype} "

@@ -53,6 +53,20 @@ def test_gpu_ops_refuse_numpy_array_operands_and_take_scalars(cp):
     assert float((a * np.float32(2.0) + 1.5).sum()) == 10.5
 
 
+def test_a_numpy_scalar_on_either_side_is_a_kernel_argument_in_the_arrays_dtype(cp):
+    # the engine keeps a Python number beside a GPU tensor as a numpy scalar of the tensor's dtype (no
+    # host-to-device copy); numpy hands a scalar on the left to cupy's __array_ufunc__ as it is
+    for dtype in (np.float32, np.float64):
+        a = cp.arange(1, 4, dtype=dtype)
+        s = a.dtype.type(0.5)
+        for r in (a * s, s * a, s - a, s / a, a ** a.dtype.type(2), cp.where(a > 1, a, s), cp.where(a > 1, s, a)):
+            assert isinstance(r, cp.ndarray) and r.dtype == dtype
+        np.testing.assert_allclose((s - a).get(), [-0.5, -1.5, -2.5])
+        np.testing.assert_allclose((s / a).get(), [0.5, 0.25, 1 / 6], rtol=1e-6)
+    i = cp.arange(3)
+    assert (i * np.int64(2)).dtype == i.dtype and (np.int64(2) + i).dtype == i.dtype
+
+
 def test_reductions_and_integer_indexing_give_0d_gpu_arrays(cp):
     a = cp.arange(6.0).reshape(2, 3)
     for r in (a.sum(), a.max(), a[1, 2], cp.sum(a)):

@@ -129,6 +129,32 @@ def test_host_operands_follow_a_gpu_tensor_as_in_the_cpu_ops(cp):
     np.testing.assert_allclose(pred.numpy(), [1.0, 2.0, 4.0])
 
 
+def test_a_python_number_beside_a_gpu_tensor_is_not_copied_to_the_device(cp, monkeypatch):
+    x = tg.tensor(np.array([1.0, -2.0, 4.0], np.float32), requires_grad=True, device="cuda")
+    i = tg.tensor(np.array([1, 2, 3]), device="cuda")
+    copies = []
+    for name in ("asarray", "array"):  # the ways a host number becomes a device array
+        real = getattr(cp, name)
+        monkeypatch.setattr(cp, name, lambda a, *args, _real=real, **kw: (copies.append(a), _real(a, *args, **kw))[1])
+    y = (0.5 * x + 1) / 2 - 3.0 * (x - 1.5) ** 2 + tg.where(x.data > 0, x, 0.0) + tg.where(x.data > 0, 0.25, x)
+    y.sum().backward()
+    k = i * 2 + 1        # an integer tensor with ints stays integer
+    f = i * 0.5          # and with a float becomes float32, as torch
+    assert not [a for a in copies if not isinstance(a, cp.ndarray)], copies
+    monkeypatch.undo()
+    xc = tg.tensor(x.numpy(), requires_grad=True)
+    yc = (0.5 * xc + 1) / 2 - 3.0 * (xc - 1.5) ** 2 + tg.where(xc.data > 0, xc, 0.0) + tg.where(xc.data > 0, 0.25, xc)
+    yc.sum().backward()
+    assert y.dtype == np.float32 and isinstance(y.data, cp.ndarray)
+    _close(y, yc, rtol=1e-6, atol=1e-6)
+    _close(x.grad, xc.grad, rtol=1e-6, atol=1e-6)
+    assert k.dtype == np.int64 and f.dtype == np.float32 and isinstance(k.data, cp.ndarray)
+    np.testing.assert_array_equal(k.numpy(), [3, 5, 7])
+    np.testing.assert_array_equal(f.numpy(), [0.5, 1.0, 1.5])
+    from tapegrad.engine import ops
+    assert ops.as_tensor(2.0, like=x).device == "cuda"
+
+
 def test_host_arrays_and_lists_follow_a_gpu_tensor_in_comparisons_in_place_ops_and_concat(cp):
     t = tg.tensor(np.array([1.0, 2.0, 3.0]), device="cuda")
     for mask in (t < np.array([2.0, 2.0, 2.0]), t >= [2.0, 2.0, 2.0], t == np.array([1.0, 0.0, 3.0])):
