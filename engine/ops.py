@@ -657,8 +657,14 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     ``a`` and ``b`` promote as the binary ops do (an integer tensor with 0.5 gives float32)."""
     if isinstance(cond, Tensor):
         cond = cond.data
+    numbers = isinstance(a, _NUMBERS) and isinstance(b, _NUMBERS)
     a, b = _pair(a, b)
     xp = array_module(b.data if isinstance(a.data, np.generic) else a.data)  # a number: see _number
+    if xp is np and is_cupy(cond):
+        if not numbers:
+            raise ValueError("where: the condition is on cuda and the values on cpu")
+        a, b = Tensor(to_device(a.data, "cuda")), Tensor(to_device(b.data, "cuda"))  # as torch.where(mask, 1., 0.)
+        xp = array_module(a.data)
     cond = xp.asarray(cond)
     if cond.dtype != bool:
         raise TypeError(f"where: the condition must be a boolean mask, got dtype {cond.dtype} "

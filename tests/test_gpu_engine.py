@@ -155,6 +155,15 @@ def test_a_python_number_beside_a_gpu_tensor_is_not_copied_to_the_device(cp, mon
     assert ops.as_tensor(2.0, like=x).device == "cuda"
 
 
+def test_where_with_a_gpu_mask_and_two_numbers_runs_on_the_gpu_as_torch(cp):
+    mask = cp.asarray(np.array([True, False, True]))
+    r = tg.where(mask, 1.0, 0.0)  # it asked numpy for the mask before: an implicit-conversion TypeError
+    assert isinstance(r.data, cp.ndarray) and r.dtype == np.float32
+    np.testing.assert_array_equal(r.numpy(), [1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="condition is on cuda and the values on cpu"):
+        tg.where(mask, tg.tensor(np.ones(3)), 0.0)
+
+
 def test_host_arrays_and_lists_follow_a_gpu_tensor_in_comparisons_in_place_ops_and_concat(cp):
     t = tg.tensor(np.array([1.0, 2.0, 3.0]), device="cuda")
     for mask in (t < np.array([2.0, 2.0, 2.0]), t >= [2.0, 2.0, 2.0], t == np.array([1.0, 0.0, 3.0])):
