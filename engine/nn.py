@@ -11,9 +11,17 @@ from .ops import _pair, as_tensor
 from .tensor import Tensor, make_result
 
 
+def _on_logits_device(a: Any, xp, what: str) -> Any:
+    """``a`` (a Tensor's data, an array or a list) as an array of the logits' module; GPU ids for host
+    logits are refused, as torch refuses tensors on two devices (host ids follow GPU logits)."""
+    a = a.data if isinstance(a, Tensor) else a
+    if xp is np and is_cupy(a):
+        raise ValueError(f"cross_entropy: the {what} are on cuda but the logits are on cpu")
+    return xp.asarray(a)
+
+
 def _targets(target: Any, xp) -> Any:
-    t = target.data if isinstance(target, Tensor) else target
-    t = xp.asarray(t)
+    t = _on_logits_device(target, xp, "targets")
     if t.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class ids, got dtype {t.dtype}")
     return t
@@ -24,7 +32,7 @@ def _row_ids(index: Any, n: int, xp) -> Any:
     or None for all rows. Ids are checked against n by the caller."""
     if index is None:
         return None
-    rows = xp.asarray(index.data if isinstance(index, Tensor) else index)
+    rows = _on_logits_device(index, xp, "row ids (index)")
     if rows.size == 0 and rows.dtype.kind == "f":  # an empty list: no rows, not a float index
         rows = rows.astype(np.int64)
     if rows.ndim != 1:

@@ -556,6 +556,10 @@ def getitem(a: Tensor, key: Any) -> Tensor:
     elif isinstance(key, tuple):
         key = tuple(k.data if isinstance(k, Tensor) else k for k in key)
     basic = _is_basic_index(key)
+    if not basic and type(a.data) is np.ndarray and (is_cupy(key) or isinstance(key, tuple)
+                                                     and any(map(is_cupy, key))):
+        raise ValueError("indices are on cuda but the tensor is on cpu (as torch, index a tensor with ids on "
+                         "its own device or on the cpu)")
     if not basic and isinstance(key, tuple):
         steps = _torch_index_steps(key)
         if steps is not None:

@@ -164,6 +164,22 @@ def test_where_with_a_gpu_mask_and_two_numbers_runs_on_the_gpu_as_torch(cp):
         tg.where(mask, tg.tensor(np.ones(3)), 0.0)
 
 
+def test_gpu_ids_for_a_host_tensor_are_a_device_error_that_says_so(cp):
+    x = tg.tensor(np.ones((3, 2)))
+    mask, ids = cp.asarray(np.array([True, False, True])), cp.asarray(np.array([0, 1, 0]))
+    # each asked numpy for the GPU array before: an implicit-conversion TypeError naming neither device
+    with pytest.raises(ValueError, match="indices are on cuda but the tensor is on cpu"):
+        x[mask]
+    with pytest.raises(ValueError, match="indices are on cuda but the tensor is on cpu"):
+        x[ids, 0]
+    with pytest.raises(ValueError, match="targets are on cuda but the logits are on cpu"):
+        tg.cross_entropy(x, ids)
+    with pytest.raises(ValueError, match=r"row ids \(index\) are on cuda but the logits are on cpu"):
+        tg.cross_entropy(x, np.array([0, 1, 0]), index=ids[:2])
+    xg = tg.tensor(np.arange(6.0).reshape(3, 2), device="cuda")  # host ids follow a GPU tensor
+    np.testing.assert_array_equal(xg[np.array([True, False, True])].numpy(), [[0.0, 1.0], [4.0, 5.0]])
+
+
 def test_host_arrays_and_lists_follow_a_gpu_tensor_in_comparisons_in_place_ops_and_concat(cp):
     t = tg.tensor(np.array([1.0, 2.0, 3.0]), device="cuda")
     for mask in (t < np.array([2.0, 2.0, 2.0]), t >= [2.0, 2.0, 2.0], t == np.array([1.0, 0.0, 3.0])):
