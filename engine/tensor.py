@@ -315,6 +315,12 @@ class Tensor:
     def __float__(self) -> float:
         return float(self.item())
 
+    def __format__(self, spec: str) -> str:
+        # f"{loss:.4f}" formats the number of a 0-d tensor, as torch's; other shapes take no spec
+        if self.data.ndim == 0:
+            return format(self.item(), spec)
+        return object.__format__(self, spec)
+
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         dev = "" if self.device == "cpu" else f", device='{self.device}'"

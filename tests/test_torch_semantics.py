@@ -894,3 +894,14 @@ def test_a_pickled_leaf_keeps_its_grad():
     c = pickle.loads(pickle.dumps(x))
     np.testing.assert_array_equal(c.grad, [0.25, 0.5])
     assert c.requires_grad and c.is_leaf
+
+
+def test_a_0d_tensor_formats_as_its_number_as_torch():
+    t = tg.tensor(np.float32(3.14159))
+    assert f"{t:.2f}" == "3.14" and f"{t}" == format(np.float32(3.14159).item())
+    with pytest.raises(TypeError):
+        f"{tg.tensor([1.0, 2.0]):.2f}"
+    torch = _torch()
+    assert f"{torch.tensor(3.14159):.2f}" == "3.14"
+    with pytest.raises(TypeError):
+        f"{torch.tensor([1.0, 2.0]):.2f}"
