@@ -359,6 +359,18 @@ class Tensor:
         return out
 
     # ---- interchange: other libraries read the data without a copy -------------------------------------
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """numpy's conversion (``np.asarray(t)``, ``np.array([loss1, loss2])``, ``np.save``): the data as
+        :meth:`numpy` gives it. A GPU tensor refuses, as torch's and cupy's do: copy it with ``.cpu()``
+        or ``.numpy()``. Without this numpy made an object array of 0-d tensors, one per element."""
+        if is_cupy(self.data):
+            raise TypeError("a cuda tensor does not convert to a numpy array implicitly; use t.numpy() or "
+                            "t.cpu() to copy it to the host")
+        a = self.numpy()
+        if dtype is not None and a.dtype != dtype:
+            return a.astype(dtype)
+        return a.copy() if copy else a
+
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
         """DLPack export of the data (no copy), so ``torch.from_dlpack(t)``, ``cupy.from_dlpack(t)`` and
         ``np.from_dlpack(t)`` share this tensor's memory. The graph is not exported."""
@@ -597,7 +609,7 @@ def _holds_float64(data: Any) -> bool:
         x = stack.pop()
         if isinstance(x, (list, tuple)):
             stack.extend(x)
-        elif isinstance(x, (np.float64, np.ndarray)) and x.dtype == np.float64:
+        elif isinstance(x, (np.float64, np.ndarray, Tensor)) and x.dtype == np.float64:
             return True
     return False
 

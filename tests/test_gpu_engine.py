@@ -215,6 +215,13 @@ def test_graph_fourier_transforms_of_gpu_signals_use_host_eigenvectors(cp):
     _close(xt.grad, U @ U.T @ np.ones((40, 3)))
 
 
+def test_numpy_refuses_a_gpu_tensor_as_torch(cp):
+    t = tg.tensor(np.ones(3), device="cuda")
+    with pytest.raises(TypeError, match="cuda tensor does not convert to a numpy array implicitly"):
+        np.asarray(t)
+    np.testing.assert_array_equal(t.numpy(), np.ones(3))
+
+
 def test_a_list_of_gpu_scalars_makes_a_host_tensor_as_torch(cp):
     losses = [cp.asarray(1.5), cp.asarray(2.5)]  # e.g. loss.data kept from each step
     t = tg.tensor(losses)
