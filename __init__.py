@@ -9,7 +9,9 @@ from .engine import (Tensor, tensor, as_tensor, from_numpy, from_dlpack, grad, n
                      manual_seed, cuda_available, set_cuda_graphs, cuda_graphs_enabled,
                      add, sub, mul, div, neg, pow, exp, log, tanh, sigmoid, relu, matmul, sum, mean, reshape,
                      transpose, permute, concat, stack, split, where, masked_fill, softmax, log_softmax,
-                     cross_entropy, mse, dropout, embedding, spmm, gcn_norm)
+                     cross_entropy, mse, dropout, embedding, spmm, gcn_norm,
+                     abs, sqrt, floor_divide, unsqueeze, squeeze, flatten, expand, clone, cat, max, min, argmax,
+                     argmin)
 from .kernels import CSR
 from . import kernels
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .backend import array_module, check_device, is_cupy, to_device
-from .tensor import Tensor, _to_array, make_result
+from .tensor import Tensor, _to_array, make_result, unbroadcast
 
 _F32 = np.dtype(np.float32)
 _I64 = np.dtype(np.int64)
@@ -273,11 +273,13 @@ def neg(a: Tensor) -> Tensor:
     return make_result(-a.data, (a,), backward, "neg")
 
 
-def pow(a: Tensor, exponent: float) -> Tensor:
-    """a ** p for a scalar p: d/da = p a^(p-1)."""
-    a = _input(a, "pow")
+def pow(a: Any, exponent: Any) -> Tensor:
+    """a ** p: d/da = p a^(p-1); with a tensor exponent also d/dp = a^p ln a (see :func:`_pow_tensor`)."""
     if not isinstance(exponent, _NUMBERS):
-        raise TypeError(f"pow takes a real scalar exponent, got {type(exponent).__name__}")
+        if isinstance(exponent, (Tensor, np.ndarray, list, tuple)) or is_cupy(exponent):
+            return _pow_tensor(a, exponent)
+        raise TypeError(f"pow takes a real exponent (a number or a tensor), got {type(exponent).__name__}")
+    a = _input(a, "pow")
     ad = a.data
     if ad.dtype.kind != "f" and isinstance(exponent, (float, np.floating)):
         ad = ad.astype(_F32)  # int ** 0.5 is float32, as torch; int ** 2 stays integer
@@ -289,6 +291,65 @@ def pow(a: Tensor, exponent: float) -> Tensor:
             return (g * 0,)
         return (g * p * ad ** (p - 1),)
     return make_result(ad ** p, (a,), backward, "pow")
+
+
+def _pow_tensor(a: Any, b: Any) -> Tensor:
+    """a ** b elementwise, either side a tensor (``2 ** x``, ``x ** y``), promoted as the binary ops.
+
+    d/da = b a^(b-1) (0 where b = 0); d/db = a^b ln a (0 where a = 0 and b >= 0), torch's conventions
+    at the points where the formulas are 0 * inf."""
+    a, b = _pair(a, b)
+    ad, bd = a.data, b.data
+    if ad.dtype.kind != "f" and bd.dtype.kind != "f" and (bd < 0).any():
+        raise ValueError("integers to negative integer powers are not allowed (as in torch)")
+    out = ad ** bd
+
+    def backward(g):
+        ga = gb = None
+        with np.errstate(divide="ignore", invalid="ignore"):  # the 0 * inf points are set just below
+            if a.requires_grad:
+                ga = g * bd * ad ** (bd - 1)
+                ga = array_module(ga).where(bd == 0, 0, ga)
+            if b.requires_grad:
+                log_a = np.log(ad) if isinstance(ad, np.generic) else array_module(ad).log(ad)  # a number: see _number
+                gb = g * out * log_a
+                gb = array_module(gb).where((ad == 0) & (bd >= 0), 0, gb)
+        return ga, gb
+    return make_result(out, (a, b), backward, "pow", saved=(out,))
+
+
+def floor_divide(a: Any, b: Any) -> Tensor:
+    """a // b, rounded towards minus infinity (numpy's and torch's ``//``). Not differentiable: a
+    backward through it raises, as torch's does."""
+    a, b = _pair(a, b)
+
+    def backward(g):
+        raise RuntimeError("the derivative of floor division (//) is not implemented, as in torch; compute "
+                           "it under tg.no_grad() or from detached tensors")
+    return make_result(a.data // b.data, (a, b), backward, "floor_divide")
+
+
+def abs(a: Tensor) -> Tensor:
+    """|a|: d/da = sign(a), 0 at 0 (torch's subgradient)."""
+    a = _input(a, "abs")
+    ad = a.data
+    xp = array_module(ad)
+
+    def backward(g):
+        return (g * xp.sign(ad),)
+    return make_result(xp.abs(ad), (a,), backward, "abs")
+
+
+def sqrt(a: Tensor) -> Tensor:
+    """a^(1/2): d/da = 1 / (2 sqrt(a)) (inf at 0, as torch)."""
+    a = _input(a, "sqrt")
+    xp = array_module(a.data)
+    out = xp.sqrt(_float_data(a))
+
+    def backward(g):
+        with np.errstate(divide="ignore"):
+            return (g / (2 * out),)
+    return make_result(out, (a,), backward, "sqrt", saved=(out,))
 
 
 def exp(a: Tensor) -> Tensor:
@@ -399,6 +460,23 @@ def _axis(axis: Any, ndim: int, op: str) -> int:
     return int(axis) % ndim
 
 
+def _dim(axis: Any, dim: Any, default: Any = None) -> Any:
+    """torch's ``dim=`` beside numpy's ``axis=`` (either one, not both), so code written for either runs."""
+    if dim is None:
+        return default if axis is None else axis
+    if axis is not None:
+        raise TypeError("give axis= (numpy's name) or dim= (torch's), not both")
+    return dim
+
+
+def _keepdim(keepdims: bool, keepdim: bool | None) -> bool:
+    if keepdim is None:
+        return keepdims
+    if keepdims:
+        raise TypeError("give keepdims= (numpy's name) or keepdim= (torch's), not both")
+    return bool(keepdim)
+
+
 def _norm_axes(axis: Any, ndim: int) -> tuple:
     if axis is None:
         return tuple(range(ndim))
@@ -420,8 +498,11 @@ def _norm_axes(axis: Any, ndim: int) -> tuple:
     return tuple(sorted(out))
 
 
-def sum(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+def sum(a: Tensor, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+        keepdim: bool | None = None) -> Tensor:
+    """Sum over ``axis`` (all axes when None); ``dim=`` / ``keepdim=`` are torch's names for the same."""
     a = _input(a, "sum")
+    axis, keepdims = _dim(axis, dim), _keepdim(keepdims, keepdim)
     xp = array_module(a.data)
     axes = _norm_axes(axis, a.ndim)
     shape = a.shape
@@ -432,8 +513,11 @@ def sum(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
     return make_result(a.data.sum(axis=axes, keepdims=keepdims), (a,), backward, "sum")
 
 
-def mean(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+def mean(a: Tensor, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+         keepdim: bool | None = None) -> Tensor:
+    """Mean over ``axis`` (all axes when None); ``dim=`` / ``keepdim=`` are torch's names for the same."""
     a = _input(a, "mean")
+    axis, keepdims = _dim(axis, dim), _keepdim(keepdims, keepdim)
     axes = _norm_axes(axis, a.ndim)
     n = 1
     for ax in axes:
@@ -448,6 +532,78 @@ def mean(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
 
 
 # ---- shapes and indexing ------------------------------------------------------------------------------------
+
+def unsqueeze(a: Tensor, dim: int) -> Tensor:
+    """A new axis of length 1 at ``dim`` (in [-ndim-1, ndim], as torch.unsqueeze)."""
+    a = _input(a, "unsqueeze")
+    axis = _axis(dim, a.ndim + 1, "unsqueeze")
+    return reshape(a, a.shape[:axis] + (1,) + a.shape[axis:])
+
+
+def squeeze(a: Tensor, dim: Any = None) -> Tensor:
+    """Drop axes of length 1: all of them, or those of ``dim`` (an int or a tuple) that have length 1 (an
+    axis of another length is kept, as torch.squeeze)."""
+    a = _input(a, "squeeze")
+    if dim is None:
+        axes = {i for i, s in enumerate(a.shape) if s == 1}
+    else:
+        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+        axes = {_axis(d, builtins.max(a.ndim, 1), "squeeze") for d in dims} if a.ndim else set()
+    return reshape(a, tuple(s for i, s in enumerate(a.shape) if not (i in axes and s == 1)))
+
+
+def flatten(a: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    """Merge axes ``start_dim`` .. ``end_dim`` into one (torch.flatten; a 0-d tensor becomes shape (1,))."""
+    a = _input(a, "flatten")
+    if a.ndim == 0:
+        return reshape(a, (1,))
+    start, end = _axis(start_dim, a.ndim, "flatten"), _axis(end_dim, a.ndim, "flatten")
+    if start > end:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
+    merged = 1
+    for s in a.shape[start:end + 1]:
+        merged *= s
+    return reshape(a, a.shape[:start] + (merged,) + a.shape[end + 1:])
+
+
+def expand(a: Tensor, *sizes: Any) -> Tensor:
+    """A broadcast view of ``a`` at ``sizes`` (torch.Tensor.expand: -1 keeps an axis, new axes go in
+    front, only length-1 axes grow); the backward sums the gradient back to ``a``'s shape."""
+    a = _input(a, "expand")
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    if len(sizes) < a.ndim:
+        raise ValueError(f"expand: {len(sizes)} sizes for a tensor with {a.ndim} dimensions")
+    lead = len(sizes) - a.ndim
+    shape = []
+    for i, s in enumerate(sizes):
+        if not _is_int(s):
+            raise TypeError(f"expand: sizes must be ints, got {sizes!r}")
+        old = a.shape[i - lead] if i >= lead else None
+        if s == -1:
+            if old is None:
+                raise ValueError(f"expand: -1 is not allowed for the new leading dimension {i}")
+            s = old
+        elif old is not None and old != 1 and old != s:
+            raise ValueError(f"expand: dimension {i - lead} has length {old}, which cannot become {s} (only "
+                             "length-1 dimensions expand)")
+        shape.append(int(s))
+    old_shape = a.shape
+    xp = array_module(a.data)
+
+    def backward(g):
+        return (unbroadcast(g, old_shape),)
+    return make_result(xp.broadcast_to(a.data, tuple(shape)), (a,), backward, "expand")
+
+
+def clone(a: Tensor) -> Tensor:
+    """A copy of the data that stays in the graph (torch.clone): the gradient passes through unchanged."""
+    a = _input(a, "clone")
+
+    def backward(g):
+        return (g,)
+    return make_result(a.data.copy(), (a,), backward, "clone")
+
 
 def reshape(a: Tensor, shape: int | Sequence[int]) -> Tensor:
     a = _input(a, "reshape")
@@ -599,7 +755,9 @@ def _tensor_list(tensors: Any, op: str) -> list:
     return [t if t.dtype == dtype else _cast(t, dtype) for t in out]
 
 
-def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+def concat(tensors: Sequence[Tensor], axis: int | None = None, *, dim: int | None = None) -> Tensor:
+    """Join along an existing axis (default 0; torch.cat, with ``dim=``)."""
+    axis = _dim(axis, dim, 0)
     tensors = _tensor_list(tensors, "concat")
     for i, t in enumerate(tensors):
         if t.ndim == 0:
@@ -614,7 +772,9 @@ def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     return make_result(xp.concatenate([t.data for t in tensors], axis=axis), tuple(tensors), backward, "concat")
 
 
-def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+def stack(tensors: Sequence[Tensor], axis: int | None = None, *, dim: int | None = None) -> Tensor:
+    """Join along a new axis (default 0; torch.stack, with ``dim=``)."""
+    axis = _dim(axis, dim, 0)
     tensors = _tensor_list(tensors, "stack")
     axis = _axis(axis, tensors[0].ndim + 1, "stack")
     xp = array_module(tensors[0].data)
@@ -625,9 +785,12 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     return make_result(xp.stack([t.data for t in tensors], axis=axis), tuple(tensors), backward, "stack")
 
 
-def split(a: Tensor, split_size: int | Sequence[int], axis: int = 0) -> tuple[Tensor, ...]:
-    """Split along ``axis`` as torch.split: an int is the size of each chunk (the last one may be
-    smaller), a list gives the size of every part (non-negative, adding up to the axis length)."""
+def split(a: Tensor, split_size: int | Sequence[int], axis: int | None = None, *,
+          dim: int | None = None) -> tuple[Tensor, ...]:
+    """Split along ``axis`` (default 0; torch's ``dim=``) as torch.split: an int is the size of each
+    chunk (the last one may be smaller), a list gives the size of every part (non-negative, adding up
+    to the axis length)."""
+    axis = _dim(axis, dim, 0)
     a = _input(a, "split")
     if a.ndim == 0:
         raise ValueError("split: cannot split a 0-d tensor")
@@ -708,8 +871,9 @@ def _normalised_input(a: Any, axis: Any, op: str) -> tuple:
     return a, ad, (_axis(axis, ad.ndim, op) if ad.ndim else axis)
 
 
-def softmax(a: Tensor, axis: int = -1) -> Tensor:
-    a, ad, axis = _normalised_input(a, axis, "softmax")
+def softmax(a: Tensor, axis: int | None = None, *, dim: int | None = None) -> Tensor:
+    """exp(a) / sum(exp(a)) along ``axis`` (default -1; torch's ``dim=``)."""
+    a, ad, axis = _normalised_input(a, _dim(axis, dim, -1), "softmax")
     xp = array_module(ad)
     if ad.size == 0:  # nothing to normalise (max over an empty axis has no identity)
         return make_result(ad.copy(), (a,), lambda g: (g,), "softmax")
@@ -722,8 +886,9 @@ def softmax(a: Tensor, axis: int = -1) -> Tensor:
     return make_result(out, (a,), backward, "softmax", saved=(out,))
 
 
-def log_softmax(a: Tensor, axis: int = -1) -> Tensor:
-    a, ad, axis = _normalised_input(a, axis, "log_softmax")
+def log_softmax(a: Tensor, axis: int | None = None, *, dim: int | None = None) -> Tensor:
+    """a - logsumexp(a) along ``axis`` (default -1; torch's ``dim=``)."""
+    a, ad, axis = _normalised_input(a, _dim(axis, dim, -1), "log_softmax")
     xp = array_module(ad)
     if ad.size == 0:
         return make_result(ad.copy(), (a,), lambda g: (g,), "log_softmax")

@@ -463,6 +463,10 @@ class Tensor:
     def __rmatmul__(self, other): return _ops.matmul(other, self)
     def __neg__(self): return _ops.neg(self)
     def __pow__(self, exponent): return _ops.pow(self, exponent)
+    def __rpow__(self, base): return _ops._pow_tensor(base, self)
+    def __floordiv__(self, other): return _ops.floor_divide(self, other)
+    def __rfloordiv__(self, other): return _ops.floor_divide(other, self)
+    def __abs__(self): return _ops.abs(self)
     def __getitem__(self, key): return _ops.getitem(self, key)
 
     def __setitem__(self, key, value):
@@ -493,8 +497,10 @@ class Tensor:
     def tanh(self): return _ops.tanh(self)
     def sigmoid(self): return _ops.sigmoid(self)
     def relu(self): return _ops.relu(self)
-    def sum(self, axis=None, keepdims=False): return _ops.sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return _ops.mean(self, axis, keepdims)
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return _ops.sum(self, axis, keepdims, dim=dim, keepdim=keepdim)
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return _ops.mean(self, axis, keepdims, dim=dim, keepdim=keepdim)
     def reshape(self, *shape): return _ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
     def transpose(self, *dims):
         """``x.transpose(0, 1)`` swaps two axes (torch); no argument reverses them all (``x.T``)."""
@@ -502,8 +508,31 @@ class Tensor:
             return _ops.transpose(self, dims[0])
         return _ops.transpose(self, dims or None)
     def permute(self, *dims): return _ops.permute(self, *dims)
-    def softmax(self, axis=-1): return _ops.softmax(self, axis)
-    def log_softmax(self, axis=-1): return _ops.log_softmax(self, axis)
+    def abs(self): return _ops.abs(self)
+    def sqrt(self): return _ops.sqrt(self)
+    def pow(self, exponent): return _ops.pow(self, exponent)
+    def max(self, dim=None, keepdim=False, **kw): return _extrema.max(self, dim, keepdim, **kw)
+    def min(self, dim=None, keepdim=False, **kw): return _extrema.min(self, dim, keepdim, **kw)
+    def argmax(self, dim=None, keepdim=False): return _extrema.argmax(self, dim, keepdim)
+    def argmin(self, dim=None, keepdim=False): return _extrema.argmin(self, dim, keepdim)
+    def unsqueeze(self, dim): return _ops.unsqueeze(self, dim)
+    def squeeze(self, dim=None): return _ops.squeeze(self, dim)
+    def flatten(self, start_dim=0, end_dim=-1): return _ops.flatten(self, start_dim, end_dim)
+    def expand(self, *sizes): return _ops.expand(self, *sizes)
+    def view(self, *shape):
+        """torch's view, as :meth:`reshape` (numpy reshapes without a copy wherever the strides allow)."""
+        return self.reshape(*shape)
+    def split(self, split_size, dim=0): return _ops.split(self, split_size, dim=dim)
+    def clone(self): return _ops.clone(self)
+    def contiguous(self):
+        """This tensor when its data is C-contiguous, else a differentiable C-contiguous copy (torch's)."""
+        return self if self.data.flags.c_contiguous else _ops.clone(self)
+    def dim(self) -> int: return self.data.ndim
+    def tolist(self) -> Any:
+        """The data as (nested) Python numbers, as torch's ``tolist`` (copied off the GPU if needed)."""
+        return to_device(self.data, "cpu").tolist()
+    def softmax(self, axis=None, *, dim=None): return _ops.softmax(self, axis, dim=dim)
+    def log_softmax(self, axis=None, *, dim=None): return _ops.log_softmax(self, axis, dim=dim)
 
     @property
     def T(self) -> "Tensor":
@@ -887,3 +916,4 @@ def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None, *,
 
 
 from . import ops as _ops  # noqa: E402  (operators above resolve ops at call time)
+from . import extrema as _extrema  # noqa: E402

@@ -108,6 +108,13 @@ def _op_cases():
         "cross_entropy_mask_none": (lambda a: tg.cross_entropy(
             a, tg.tensor(labels), index=tg.tensor(np.array([True, False, True, True])), reduction="none"), [m]),
         "mse": (lambda a, b: tg.mse(a, b), [m, pos]),
+        "abs_sqrt_pow_tensor": (lambda a, b: abs(a) + b.sqrt() + b ** a + 2.0 ** a, [m, pos]),
+        "max_min_argmax": (lambda a: a.max() + a.max(dim=1).values.sum() + tg.min(a, 0, keepdim=True)[0].sum()
+                           + a.argmax(1).sum() * 1.0, [m]),
+        "shape_names": (lambda a: a.unsqueeze(0).expand(3, 4, 5).flatten(1).squeeze() * 1.0 + a.clone().view(-1),
+                        [m]),
+        "dim_keywords": (lambda a: tg.cat([a.softmax(dim=0), a.log_softmax(dim=1)], dim=1).sum(dim=1, keepdim=True)
+                         * a.mean(dim=0).sum(), [m]),
     }
 
 

@@ -137,6 +137,24 @@ CASES = [
     ("mse_int_target", lambda a: tg.mse(a, np.array([[1, 2, 3], [0, 1, 2]])), (rand(2, 3),)),
     ("div_by_int_array", lambda a: a / np.array([1, 2, 4]), (rand(2, 3),)),
     ("mul_int_0d", lambda a: a * np.array(3), (rand(2, 3),)),
+    # torch's names added after the porting audit (/work/audit/porting/REPORT.md)
+    ("abs", lambda a: abs(a) + tg.abs(a * 2), (rand(2, 3, away_from_zero=True),)),
+    ("sqrt", lambda a: a.sqrt() * tg.sqrt(a), (rand(2, 3, low=0.3),)),
+    ("pow_tensor_exponent", lambda a, b: a ** b, (rand(2, 3, low=0.3), rand(2, 3))),
+    ("pow_tensor_exponent_broadcast", lambda a, b: tg.pow(a, b), (rand(2, 3, low=0.3), rand(3))),
+    ("rpow", lambda b: 2.0 ** b + np.array([1.5, 3.0]) ** b, (rand(3, 2),)),
+    ("max_all", lambda a: tg.max(a) * 2 + a.min(), (rand(3, 4),)),
+    ("max_dim", lambda a: a.max(dim=1).values + tg.max(a, 0, keepdim=True).values.sum(), (rand(3, 4),)),
+    ("min_dim_negative", lambda a: tg.min(a, -1)[0], (rand(2, 3, 4),)),
+    ("sum_mean_dim_keepdim", lambda a: a.sum(dim=1, keepdim=True) * a.mean(dim=(0, 2)).sum(), (rand(2, 3, 4),)),
+    ("softmax_dim_cat_stack", lambda a: tg.cat([a.softmax(dim=0), tg.log_softmax(a, dim=1)], dim=1).sum(0)
+     + tg.stack(list(a.split(1, dim=0)), dim=2).sum(), (rand(2, 3),)),
+    ("unsqueeze_squeeze_flatten", lambda a: tg.unsqueeze(a, 1).squeeze(1).flatten()[:3] * a.unsqueeze(-1).flatten(1, 2)[1],
+     (rand(2, 3),)),
+    ("squeeze_dim", lambda a: tg.squeeze(a, (0, 2)) * 2, (rand(1, 3, 1),)),
+    ("expand", lambda a: a.expand(4, 2, -1) * np.arange(12.0).reshape(4, 1, 3), (rand(2, 1) * np.ones((1, 3)),)),
+    ("expand_size_one", lambda a: tg.expand(a, (2, 3, 4)), (rand(3, 1),)),
+    ("clone_view_contiguous", lambda a: a.clone() * a.view(6).reshape(3, 2).T.contiguous(), (rand(2, 3),)),
 ]
 
 
@@ -148,7 +166,9 @@ def test_gradcheck(fn, arrays):
 PUBLIC_OPS = {"tapegrad.engine.ops": ("add", "sub", "mul", "div", "neg", "pow", "exp", "log", "tanh", "sigmoid",
                                        "relu", "matmul", "sum", "mean", "reshape", "transpose", "permute",
                                        "getitem", "concat", "stack", "split", "where", "masked_fill", "softmax",
-                                       "log_softmax"),
+                                       "log_softmax", "abs", "sqrt", "unsqueeze", "squeeze", "flatten",
+                                       "expand", "clone"),
+              "tapegrad.engine.extrema": ("max", "min"),
               "tapegrad.engine.nn": ("cross_entropy", "mse", "dropout", "embedding")}
 
 
@@ -536,3 +556,25 @@ def test_softmax_handles_minus_inf_masks():
 def test_sigmoid_does_not_overflow():
     x = tg.tensor(np.array([-1000.0, 0.0, 1000.0], np.float32))
     np.testing.assert_allclose(tg.sigmoid(x).numpy(), [0.0, 0.5, 1.0])
+
+
+def test_vjp_torch_names_vs_torch():
+    torch = _torch()
+    a, b = rand(6, 5, low=0.2), rand(6, 5)
+    _vjp_vs_torch(lambda x, y: x ** y + 3.0 ** y + abs(y) + x.sqrt(), lambda x, y: x ** y + 3.0 ** y + y.abs() + x.sqrt(),
+                  [a, b])
+    ties = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, -1.0]])  # torch shares a full max's gradient among ties
+    _vjp_vs_torch(lambda x: x.max() * 1.0, lambda x: x.max() * 1.0, [ties])
+    _vjp_vs_torch(lambda x: x.min() * 1.0, lambda x: x.min() * 1.0, [ties])
+    _vjp_vs_torch(lambda x: x.max(dim=1).values, lambda x: x.max(dim=1).values, [ties])  # to the first index
+    _vjp_vs_torch(lambda x: x.min(0, keepdim=True)[0], lambda x: x.min(0, keepdim=True)[0], [ties])
+    c = rand(2, 1, 3)
+    _vjp_vs_torch(lambda x: x.expand(4, 2, 5, 3).flatten(1, 2).unsqueeze(0).squeeze(), lambda x: x.expand(4, 2, 5, 3)
+                  .flatten(1, 2).unsqueeze(0).squeeze(), [c])
+    t = torch.tensor(ties)
+    x = tg.tensor(ties)
+    for got, want in ((x.argmax(), t.argmax()), (x.argmax(1), t.argmax(1)), (x.argmin(0, keepdim=True),
+                      t.argmin(0, keepdim=True)), (x.max(dim=1).indices, t.max(dim=1).indices),
+                      (x.min(-1)[1], t.min(-1)[1])):
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got.numpy(), want.numpy())

@@ -924,3 +924,55 @@ def test_numpy_converts_a_tensor_to_a_numeric_array_as_torch():
     assert tg.tensor([tg.tensor(np.float64(1.0)), tg.tensor(np.float64(2.0))]).dtype == np.float64
     torch = _torch()
     assert np.asarray(torch.tensor(a)).dtype == np.float32
+
+
+# ---- torch's names (porting audit, /work/audit/porting/REPORT.md f01, f08) -------------------------------------
+
+def test_dim_and_keepdim_are_torchs_names_for_axis_and_keepdims():
+    x = leaf(np.arange(24.0).reshape(2, 3, 4))
+    np.testing.assert_array_equal(x.sum(dim=1, keepdim=True).numpy(), x.sum(axis=1, keepdims=True).numpy())
+    np.testing.assert_array_equal(tg.mean(x, dim=(0, 2)).numpy(), x.mean(axis=(0, 2)).numpy())
+    assert tg.cat([x, x], dim=2).shape == (2, 3, 8) and tg.stack([x, x], dim=-1).shape == (2, 3, 4, 2)
+    assert [p.shape for p in tg.split(x, 3, dim=2)] == [(2, 3, 3), (2, 3, 1)]
+    np.testing.assert_array_equal(x.softmax(dim=0).numpy(), tg.softmax(x, axis=0).numpy())
+    for call in (lambda: x.sum(axis=0, dim=1), lambda: x.mean(1, keepdims=True, keepdim=True),
+                 lambda: tg.concat([x], axis=0, dim=0)):
+        with pytest.raises(TypeError, match="not both"):
+            call()
+
+
+def test_floor_division_matches_torch_and_has_no_derivative_as_torch():
+    a = np.array([-7.0, -1.5, 0.5, 7.0])
+    x = leaf(a)
+    got = x // 2
+    np.testing.assert_array_equal(got.numpy(), np.floor(a / 2))
+    np.testing.assert_array_equal((7 // tg.tensor([2, -2, 3])).numpy(), [3, -4, 2])
+    with pytest.raises(RuntimeError, match="derivative of floor division"):
+        got.sum().backward()
+    torch = _torch()
+    np.testing.assert_array_equal((torch.tensor(a) // 2).numpy(), got.numpy())
+
+
+def test_torch_reduction_and_shape_methods_edge_cases():
+    x = tg.tensor(np.array([[1.0, 4.0], [4.0, 2.0]]))
+    assert x.max().item() == 4.0 and x.argmax().item() == 1 and x.dim() == 2 and x.tolist() == [[1.0, 4.0], [4.0, 2.0]]
+    values, indices = x.max(dim=0)
+    assert values.tolist() == [4.0, 4.0] and indices.tolist() == [1, 0]
+    assert x.max(0, keepdim=True).values.shape == (1, 2) and x.argmax(1, keepdim=True).shape == (2, 1)
+    with pytest.raises(TypeError, match="keepdim"):
+        x.max(keepdim=True)
+    with pytest.raises(ValueError, match="empty"):
+        tg.tensor(np.zeros((0, 3))).max()
+    assert x.squeeze(0).shape == (2, 2)        # a dimension of another length stays, as torch
+    assert tg.tensor(np.zeros((1, 2, 1))).squeeze().shape == (2,)
+    with pytest.raises(ValueError, match="only length-1 dimensions expand"):
+        x.expand(3, 3)
+    assert x.contiguous() is x and x.T.contiguous().data.flags.c_contiguous
+    assert tg.flatten(tg.tensor(3.0)).shape == (1,)
+    assert (2 ** tg.tensor([1, 2, 3])).tolist() == [2, 4, 8]
+    with pytest.raises(ValueError, match="negative integer powers"):
+        tg.tensor([1, 2]) ** tg.tensor([1, -1])
+    torch = _torch()
+    t = torch.tensor([[1.0, 4.0], [4.0, 2.0]])
+    assert t.max(dim=0).indices.tolist() == [1, 0] and t.squeeze(0).shape == (2, 2)
+    assert (2 ** torch.tensor([1, 2, 3])).tolist() == [2, 4, 8]
