@@ -221,7 +221,7 @@ def add(a: Any, b: Any) -> Tensor:
 
     def backward(g):
         return g, g
-    return make_result(a.data + b.data, (a, b), backward, "add")
+    return make_result(a.data + b.data, (a, b), backward, "add", reads=())
 
 
 def _is_bool(x: Any) -> bool:
@@ -237,7 +237,7 @@ def sub(a: Any, b: Any) -> Tensor:
 
     def backward(g):
         return g, -g
-    return make_result(a.data - b.data, (a, b), backward, "sub")
+    return make_result(a.data - b.data, (a, b), backward, "sub", reads=())
 
 
 def mul(a: Any, b: Any) -> Tensor:
@@ -246,7 +246,14 @@ def mul(a: Any, b: Any) -> Tensor:
 
     def backward(g):
         return (g * bd if a.requires_grad else None), (g * ad if b.requires_grad else None)
-    return make_result(ad * bd, (a, b), backward, "mul")
+    return make_result(ad * bd, (a, b), backward, "mul", reads=_other_reads(a, b))
+
+
+def _other_reads(a: Tensor, b: Tensor) -> tuple:
+    """The parents a product's backward reads: each one's gradient needs the other's data."""
+    if a.requires_grad:
+        return (b, a) if b.requires_grad else (b,)
+    return (a,)
 
 
 def div(a: Any, b: Any) -> Tensor:
@@ -260,7 +267,7 @@ def div(a: Any, b: Any) -> Tensor:
         ga = g / bd if a.requires_grad else None
         gb = -g * out / bd if b.requires_grad else None
         return ga, gb
-    return make_result(out, (a, b), backward, "div", saved=(out,))  # b's grad reads the quotient
+    return make_result(out, (a, b), backward, "div", saved=(out,), reads=(b,))  # b's grad reads the quotient
 
 
 def neg(a: Tensor) -> Tensor:
@@ -270,7 +277,7 @@ def neg(a: Tensor) -> Tensor:
 
     def backward(g):
         return (-g,)
-    return make_result(-a.data, (a,), backward, "neg")
+    return make_result(-a.data, (a,), backward, "neg", reads=())
 
 
 def pow(a: Any, exponent: Any) -> Tensor:
@@ -349,7 +356,7 @@ def sqrt(a: Tensor) -> Tensor:
     def backward(g):
         with np.errstate(divide="ignore"):
             return (g / (2 * out),)
-    return make_result(out, (a,), backward, "sqrt", saved=(out,))
+    return make_result(out, (a,), backward, "sqrt", saved=(out,), reads=())
 
 
 def exp(a: Tensor) -> Tensor:
@@ -359,7 +366,7 @@ def exp(a: Tensor) -> Tensor:
 
     def backward(g):
         return (g * out,)
-    return make_result(out, (a,), backward, "exp", saved=(out,))
+    return make_result(out, (a,), backward, "exp", saved=(out,), reads=())
 
 
 def log(a: Tensor) -> Tensor:
@@ -379,7 +386,7 @@ def tanh(a: Tensor) -> Tensor:
 
     def backward(g):
         return (g * (1 - out * out),)
-    return make_result(out, (a,), backward, "tanh", saved=(out,))
+    return make_result(out, (a,), backward, "tanh", saved=(out,), reads=())
 
 
 def sigmoid(a: Tensor) -> Tensor:
@@ -400,7 +407,7 @@ def sigmoid(a: Tensor) -> Tensor:
 
     def backward(g):
         return (g * out * (1 - out),)
-    return make_result(out, (a,), backward, "sigmoid", saved=(out,))
+    return make_result(out, (a,), backward, "sigmoid", saved=(out,), reads=())
 
 
 def relu(a: Tensor) -> Tensor:
@@ -442,7 +449,7 @@ def matmul(a: Any, b: Any) -> Tensor:
         ga = g @ xp.swapaxes(bd, -1, -2) if a.requires_grad else None
         gb = xp.swapaxes(ad, -1, -2) @ g if b.requires_grad else None
         return ga, gb
-    return make_result(ad @ bd, (a, b), backward, "matmul")
+    return make_result(ad @ bd, (a, b), backward, "matmul", reads=_other_reads(a, b))
 
 
 # ---- reductions ---------------------------------------------------------------------------------------------
@@ -510,7 +517,7 @@ def sum(a: Tensor, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
 
     def backward(g):
         return (xp.broadcast_to(g.reshape(kept), shape),)
-    return make_result(a.data.sum(axis=axes, keepdims=keepdims), (a,), backward, "sum")
+    return make_result(a.data.sum(axis=axes, keepdims=keepdims), (a,), backward, "sum", reads=())
 
 
 def mean(a: Tensor, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
@@ -593,7 +600,7 @@ def expand(a: Tensor, *sizes: Any) -> Tensor:
 
     def backward(g):
         return (unbroadcast(g, old_shape),)
-    return make_result(xp.broadcast_to(a.data, tuple(shape)), (a,), backward, "expand")
+    return make_result(xp.broadcast_to(a.data, tuple(shape)), (a,), backward, "expand", reads=())
 
 
 def clone(a: Tensor) -> Tensor:
@@ -602,7 +609,7 @@ def clone(a: Tensor) -> Tensor:
 
     def backward(g):
         return (g,)
-    return make_result(a.data.copy(), (a,), backward, "clone")
+    return make_result(a.data.copy(), (a,), backward, "clone", reads=())
 
 
 def reshape(a: Tensor, shape: int | Sequence[int]) -> Tensor:
@@ -613,7 +620,7 @@ def reshape(a: Tensor, shape: int | Sequence[int]) -> Tensor:
 
     def backward(g):
         return (g.reshape(old),)
-    return make_result(a.data.reshape(tuple(shape)), (a,), backward, "reshape")
+    return make_result(a.data.reshape(tuple(shape)), (a,), backward, "reshape", reads=())
 
 
 def transpose(a: Tensor, dim0: Any = None, dim1: Any = None) -> Tensor:
@@ -662,7 +669,7 @@ def _permute(a: Tensor, axes: tuple) -> Tensor:
 
     def backward(g):
         return (xp.transpose(g, inverse),)
-    return make_result(xp.transpose(a.data, axes), (a,), backward, "transpose")
+    return make_result(xp.transpose(a.data, axes), (a,), backward, "transpose", reads=())
 
 
 def _is_basic_index(key: Any) -> bool:
@@ -730,7 +737,7 @@ def getitem(a: Tensor, key: Any) -> Tensor:
         else:
             xp.add.at(full, key, g)
         return (full,)
-    return make_result(a.data[key], (a,), backward, "getitem")
+    return make_result(a.data[key], (a,), backward, "getitem", reads=())
 
 
 def _tensor_list(tensors: Any, op: str) -> list:
@@ -769,7 +776,8 @@ def concat(tensors: Sequence[Tensor], axis: int | None = None, *, dim: int | Non
 
     def backward(g):
         return tuple(xp.split(g, bounds, axis=axis))
-    return make_result(xp.concatenate([t.data for t in tensors], axis=axis), tuple(tensors), backward, "concat")
+    return make_result(xp.concatenate([t.data for t in tensors], axis=axis), tuple(tensors), backward, "concat",
+                       reads=())
 
 
 def stack(tensors: Sequence[Tensor], axis: int | None = None, *, dim: int | None = None) -> Tensor:
@@ -782,7 +790,7 @@ def stack(tensors: Sequence[Tensor], axis: int | None = None, *, dim: int | None
 
     def backward(g):
         return tuple(xp.take(g, i, axis=axis) for i in range(n))
-    return make_result(xp.stack([t.data for t in tensors], axis=axis), tuple(tensors), backward, "stack")
+    return make_result(xp.stack([t.data for t in tensors], axis=axis), tuple(tensors), backward, "stack", reads=())
 
 
 def split(a: Tensor, split_size: int | Sequence[int], axis: int | None = None, *,
@@ -840,7 +848,7 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
 
     def backward(g):
         return xp.where(cond, g, zero), xp.where(cond, zero, g)
-    return make_result(xp.where(cond, a.data, b.data), (a, b), backward, "where")
+    return make_result(xp.where(cond, a.data, b.data), (a, b), backward, "where", reads=())
 
 
 def masked_fill(a: Tensor, mask: Any, value: Any) -> Tensor:
@@ -883,7 +891,7 @@ def softmax(a: Tensor, axis: int | None = None, *, dim: int | None = None) -> Te
 
     def backward(g):
         return (out * (g - (g * out).sum(axis=axis, keepdims=True)),)
-    return make_result(out, (a,), backward, "softmax", saved=(out,))
+    return make_result(out, (a,), backward, "softmax", saved=(out,), reads=())
 
 
 def log_softmax(a: Tensor, axis: int | None = None, *, dim: int | None = None) -> Tensor:
@@ -897,7 +905,7 @@ def log_softmax(a: Tensor, axis: int | None = None, *, dim: int | None = None) -
 
     def backward(g):
         return (g - xp.exp(out) * g.sum(axis=axis, keepdims=True),)
-    return make_result(out, (a,), backward, "log_softmax", saved=(out,))
+    return make_result(out, (a,), backward, "log_softmax", saved=(out,), reads=())
 
 
 # ---- dtype / device ------------------------------------------------------------------------------------------
@@ -913,7 +921,7 @@ def to(a: Tensor, device_or_dtype: Any) -> Tensor:
 
         def backward(g):
             return (to_device(g, src),)
-        return make_result(to_device(a.data, device), (a,), backward, "to_device")
+        return make_result(to_device(a.data, device), (a,), backward, "to_device", reads=())
     dtype = np.dtype(device_or_dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"to() casts to float32 or float64, got {dtype}")
@@ -923,5 +931,5 @@ def to(a: Tensor, device_or_dtype: Any) -> Tensor:
 
     def backward(g):
         return (g.astype(src_dtype),)
-    return make_result(a.data.astype(dtype), (a,), backward, "cast")
+    return make_result(a.data.astype(dtype), (a,), backward, "cast", reads=())
 

@@ -831,12 +831,13 @@ def _op_wrapper(name: str, fn: Callable) -> Callable:
     return wrapped
 
 
-def _counting_make_result(data: Any, parents: Any, backward: Callable, name: str, saved: tuple = ()) -> Tensor:
+def _counting_make_result(data: Any, parents: Any, backward: Callable, name: str, saved: tuple = (),
+                          reads: tuple | None = None) -> Tensor:
     """``make_result`` while profiling: tells the active profile about every op result (see Profile.op_result)."""
     prof = _active
     if prof is not None and prof._live:
         prof.op_result(name)
-    return _make_result(data, parents, backward, name, saved)
+    return _make_result(data, parents, backward, name, saved, reads)
 
 
 def _module_dicts() -> list[dict]:

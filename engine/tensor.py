@@ -194,20 +194,23 @@ class Node:
     """One recorded op: the parents it read and the closure that turns grad_out into their grads;
     ``writes``: the in-place write count when it ran (see :func:`mark_written`); ``saved``: arrays
     besides the parents' data that its backward reads (its own output for exp, tanh, softmax, ...),
-    which must not change before the backward either."""
+    which must not change before the backward either; ``reads``: the parents whose data the backward
+    reads (None: all of them), the only parents that a write after the forward makes an error."""
 
-    __slots__ = ("parents", "backward", "name", "writes", "saved")
+    __slots__ = ("parents", "backward", "name", "writes", "saved", "reads")
 
-    def __init__(self, parents: tuple, backward: Callable, name: str, saved: tuple = ()) -> None:
+    def __init__(self, parents: tuple, backward: Callable, name: str, saved: tuple = (),
+                 reads: tuple | None = None) -> None:
         self.parents = parents
         self.backward = backward
         self.name = name
         self.writes = _writes
         self.saved = saved
+        self.reads = reads
 
 
 def _check_unwritten(node: Node, out: "Tensor") -> None:
-    for p in node.parents:
+    for p in (node.parents if node.reads is None else node.reads):
         if _written_since(p, node.writes):
             raise RuntimeError(
                 f"a tensor of shape {p.shape} that the backward of {node.name} needs was modified in place "
@@ -762,13 +765,16 @@ def _array(a: Any) -> Any:
 
 
 def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: str,
-                saved: tuple = ()) -> Tensor:
+                saved: tuple = (), reads: tuple | None = None) -> Tensor:
     """Wrap an op's output, recording a node when recording is on and a parent requires grad.
 
     ``backward(grad_out)`` returns one gradient (or None) per parent, each of the parent's shape or
     broadcastable to it (the walk sums broadcast axes away). ``saved``: arrays other than the parents'
     data that the backward reads (``(data,)`` when it uses the result itself), so that an in-place
-    write to them, or to any view of their buffers, before the backward is an error.
+    write to them, or to any view of their buffers, before the backward is an error. ``reads``: the
+    parents whose data the backward reads, when not all of them (``()`` for add, whose gradients need
+    no values), so that writing another parent (an optimiser step on a weight whose own gradient
+    needs only the input) is no error, as in torch.
     """
     out = Tensor.__new__(Tensor)
     out.data = np.asarray(data) if isinstance(data, np.generic) else data
@@ -780,7 +786,8 @@ def make_result(data: Any, parents: Sequence[Tensor], backward: Callable, name: 
         for p in parents:
             if p.requires_grad:
                 out.requires_grad = True
-                out._node = Node(parents if type(parents) is tuple else tuple(parents), backward, name, saved)
+                out._node = Node(parents if type(parents) is tuple else tuple(parents), backward, name, saved,
+                                 reads)
                 break
     if mode.anomaly:
         _check_finite(data, f"the forward of {name}")

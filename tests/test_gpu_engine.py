@@ -312,7 +312,14 @@ def test_an_optimiser_step_on_one_gpu_batch_leaves_another_cut_from_the_same_buf
     loss.backward()
     np.testing.assert_allclose(cp.asnumpy(w.grad), [[10.0, 10.0], [12.0, 12.0]])
     opt = tg.optim.SGD([w], lr=0.1)
+    w.grad = None
     loss = (second @ w).sum()
+    opt_w = tg.optim.SGD([w], lr=0.1)
+    w.grad = cp.ones((2, 2))
+    opt_w.step()  # w's own gradient reads only `second`, so the backward still runs, as torch's
+    loss.backward()
+    np.testing.assert_allclose(cp.asnumpy(w.grad), [[11.0, 11.0], [13.0, 13.0]])
+    loss = (w * w).sum()
     opt.step()  # w was read by the forward and is now changed: the backward would use the new values
     with pytest.raises(RuntimeError, match="modified in place"):
         loss.backward()

@@ -976,3 +976,60 @@ def test_torch_reduction_and_shape_methods_edge_cases():
     t = torch.tensor([[1.0, 4.0], [4.0, 2.0]])
     assert t.max(dim=0).indices.tolist() == [1, 0] and t.squeeze(0).shape == (2, 2)
     assert (2 ** torch.tensor([1, 2, 3])).tolist() == [2, 4, 8]
+
+
+# ---- f07: a write after the forward is an error only where the backward reads what was written -------------
+
+_WRITE_CASES = {
+    # name: (forward, which input is written afterwards); x and w require grad, c does not
+    "add_then_write_addend": (lambda x, w, c: (x + w).sum(), "w"),
+    "linear_constant_input_then_step": (lambda x, w, c: (c @ w.T).sum(), "w"),        # w's grad reads c only
+    "linear_then_write_input": (lambda x, w, c: (x @ w.T).sum(), "w"),                # x's grad reads w
+    "mul_then_write_factor": (lambda x, w, c: (x * w).sum(), "x"),
+    "mul_constant_then_write_weight": (lambda x, w, c: (c * w).sum(), "w"),
+    "exp_then_write_input": (lambda x, w, c: x.exp().sum(), "x"),                     # exp reads its output
+    "log_then_write_input": (lambda x, w, c: (x * x + 1).log().sum() + x.log().sum(), "x"),
+    "view_then_write_base": (lambda x, w, c: (x.reshape(-1) * w.reshape(-1)).sum(), "x"),
+    "div_then_write_numerator": (lambda x, w, c: (x / w).sum(), "x"),
+    "div_then_write_denominator": (lambda x, w, c: (x / w).sum(), "w"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_WRITE_CASES))
+def test_a_write_after_the_forward_fails_the_backward_where_torch_does_and_never_gives_a_wrong_gradient(name):
+    torch = _torch()
+    fn, written = _WRITE_CASES[name]
+    rng = np.random.default_rng(3)
+    x0, w0, c0 = rng.random((2, 3)) + 1, rng.random((2, 3)) + 1, rng.random((2, 3)) + 1
+
+    def run(lib, write=True):
+        if lib == "torch":
+            x, w = (torch.tensor(a, requires_grad=True) for a in (x0, w0))
+            loss = fn(x, w, torch.tensor(c0))
+            with torch.no_grad():
+                if write:
+                    {"x": x, "w": w}[written].sub_(0.5)
+        else:
+            x, w = (tg.tensor(a, requires_grad=True) for a in (x0, w0))
+            loss = fn(x, w, tg.tensor(c0))
+            with tg.no_grad():
+                if write:
+                    {"x": x, "w": w}[written].__isub__(0.5)
+        try:
+            loss.backward()
+        except RuntimeError as e:
+            assert "modified" in str(e) or "inplace" in str(e)
+            return None
+        return [None if v.grad is None else np.asarray(v.grad) for v in (x, w)]
+
+    def same(got, want):
+        for g, t in zip(got, want):
+            assert (g is None) == (t is None)
+            if g is not None:
+                np.testing.assert_allclose(g, t, rtol=1e-12)
+    want, got = run("torch"), run("tapegrad")
+    if want is not None:  # torch runs: so do we, with its gradients
+        assert got is not None, "torch runs the backward, tapegrad raises"
+        same(got, want)
+    elif got is not None:  # torch raises because its formula needs the changed value; ours did not need it
+        same(got, run("torch", write=False))
