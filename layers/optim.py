@@ -75,7 +75,9 @@ class Optimizer:
     def __init__(self, params: Any, defaults: dict) -> None:
         self.defaults = defaults
         self.param_groups = _as_groups(params, defaults)
-        self.state: dict[int, dict] = {}
+        # keyed by the parameter itself, as torch's: copy.deepcopy / pickle of (model, optimizer) map the
+        # keys to the copied parameters (ids would point at the originals), and opt.state[p] works
+        self.state: dict[Tensor, dict] = {}
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group (e.g. layers unfrozen while fine-tuning); options it lacks come from the defaults."""
@@ -105,7 +107,7 @@ class Optimizer:
         for g in self.param_groups:
             for p in g["params"]:
                 if p.grad is not None:
-                    yield g, p, self.state.setdefault(id(p), {})
+                    yield g, p, self.state.setdefault(p, {})
 
     # State in parameter order, for checkpoints: {"<k>.<name>": array} plus step counts. Group options
     # that are not numbers, strings or tuples of them (which an .npz cannot hold without pickle) are left out.
@@ -119,7 +121,7 @@ class Optimizer:
                     if v is not None and not v.dtype.hasobject:
                         out[f"group{gi}.{key}"] = v
             for p in g["params"]:
-                for name, value in self.state.get(id(p), {}).items():
+                for name, value in self.state.get(p, {}).items():
                     out[f"param{k}.{name}"] = np.array(value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else value, copy=True)
                 k += 1
         return out
@@ -137,7 +139,7 @@ class Optimizer:
             raise TypeError(f"state must be a mapping of key -> array, got {type(state).__name__}")
         params = [p for g in self.param_groups for p in g["params"]]
         group_updates: list[tuple[int, str, Any]] = []
-        new_state: dict[int, dict] = {}
+        new_state: dict[Tensor, dict] = {}
         for key, value in state.items():
             head, _, name = str(key).partition(".")
             m = re.fullmatch(r"(group|param)([0-9]+)", head)
@@ -161,14 +163,14 @@ class Optimizer:
                 if name == "step":
                     if v.shape != () or v.dtype.kind not in "iu":
                         raise ValueError(f"optimizer state {key!r} must be one integer, got {v.dtype} {v.shape}")
-                    new_state.setdefault(id(p), {})[name] = v.astype(np.int64)
+                    new_state.setdefault(p, {})[name] = v.astype(np.int64)
                 else:
                     if v.shape != p.shape:
                         raise ValueError(f"optimizer state {key!r} has shape {v.shape}, parameter has {p.shape}")
                     if v.dtype.kind not in "fiu":
                         raise ValueError(f"optimizer state {key!r} has non-numeric dtype {v.dtype}")
                     xp = array_module(p.data)
-                    new_state.setdefault(id(p), {})[name] = xp.array(v.astype(p.dtype), copy=True)
+                    new_state.setdefault(p, {})[name] = xp.array(v.astype(p.dtype), copy=True)
 
         def commit() -> None:
             for gi, name, v in group_updates:

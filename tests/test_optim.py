@@ -1,5 +1,7 @@
 """Optimisers and gradient clipping against torch.optim / torch.nn.utils on the same params and grads."""
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -485,7 +487,7 @@ def test_amsgrad_state_round_trips():
     assert "param0.max_exp_avg_sq" in state
     opt2 = optim.Adam([tg.tensor(p, requires_grad=True) for p in params], lr=0.05, amsgrad=True)
     opt2.load_state_dict(state)
-    np.testing.assert_array_equal(opt2.state[id(opt2.param_groups[0]["params"][0])]["max_exp_avg_sq"],
+    np.testing.assert_array_equal(opt2.state[opt2.param_groups[0]["params"][0]]["max_exp_avg_sq"],
                                   state["param0.max_exp_avg_sq"])
 
 
@@ -564,3 +566,46 @@ def test_torch_names_of_the_clipping_functions():
     assert optim.clip_grad_norm_([p], 1.0, foreach=None) == pytest.approx(5.0)
     optim.clip_grad_value_([p], 0.1, foreach=None)
     np.testing.assert_allclose(p.grad, [0.1, -0.1])
+
+
+# ---- optimiser state keyed by the parameter (audit f06) ----------------------------------------------------
+
+def _linear_steps(model, opt, n):
+    x = np.random.default_rng(7).standard_normal((8, 3))
+    for _ in range(n):
+        opt.zero_grad()
+        (model(x) ** 2).mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.Adam(ps, lr=0.1, weight_decay=0.01),
+    lambda ps: optim.AdamW(ps, lr=0.1, amsgrad=True),
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+], ids=["adam", "adamw-amsgrad", "sgd-nesterov"])
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))],
+                         ids=["deepcopy", "pickle"])
+def test_a_copied_model_and_optimizer_continue_exactly_as_the_original(make, clone):
+    tg.manual_seed(0)
+    model = tg.Linear(3, 2, dtype=np.float64)
+    opt = make(model.parameters())
+    _linear_steps(model, opt, 3)
+    model2, opt2 = clone((model, opt))
+    # the copy's state belongs to the copy's parameters, not the original's
+    assert {id(p) for p in opt2.state} == {id(p) for p in model2.parameters()}
+    _linear_steps(model, opt, 4)
+    _linear_steps(model2, opt2, 4)
+    for (name, p), p2 in zip(model.named_parameters(), model2.parameters()):
+        assert p2 is not p
+        np.testing.assert_array_equal(p2.data, p.data, err_msg=name)
+
+
+def test_optimizer_state_is_read_by_the_parameter_as_in_torch():
+    model = tg.Linear(3, 2, dtype=np.float64)
+    opt = optim.Adam(model.parameters(), lr=0.1)
+    _linear_steps(model, opt, 2)
+    st = opt.state[model.weight]
+    assert int(st["step"]) == 2
+    assert st["exp_avg"].shape == model.weight.shape
+    assert model.bias in opt.state
+    assert set(opt.state_dict()) >= {"param0.step", "param0.exp_avg", "param1.exp_avg_sq"}
