@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..engine.backend import array_module, host_values, is_cupy, to_device
+from ..engine.backend import array_module, device_of, host_values, is_cupy, to_device
 from ..engine.tensor import Tensor, enable_grad, mark_written
 from ..kernels import reference, registry
 from .module import _zero_grad
@@ -306,25 +306,50 @@ def _host_floats(values: list) -> list[float]:
 
 
 def clip_grad_norm(params: Iterable, max_norm: float, norm_type: float | str = 2.0,
-                   error_if_nonfinite: bool = False, foreach: bool | None = None) -> float:
-    """Scale all gradients together so their joint norm is at most ``max_norm``; returns the norm before,
-    as torch's ``clip_grad_norm_`` (also available under that name).
+                   error_if_nonfinite: bool = False, foreach: bool | None = None) -> Tensor:
+    r"""Scale all gradients together so their joint norm is at most ``max_norm``; returns the norm before
+    as a 0-d Tensor, as torch's ``clip_grad_norm_`` (also available under that name).
+
+    .. math::
+        N = \Big(\sum_{p} \sum_i |g_{p,i}|^{q}\Big)^{1/q}, \qquad
+        g \leftarrow g \cdot \min\Big(1, \frac{\text{max\_norm}}{N + 10^{-6}}\Big)
 
     ``params``: tensors, or (name, tensor) pairs from ``named_parameters()`` so an error can name the
-    culprit. ``norm_type``: p > 0 (the p-norm of all gradient elements together), ``inf`` (max |g|),
-    ``-inf`` (min |g|), negative p, or 0, which torch defines as the number of parameters whose
+    culprit. ``norm_type`` (q above): q > 0 (the q-norm of all gradient elements together), ``inf`` (max |g|),
+    ``-inf`` (min |g|), negative q, or 0, which torch defines as the number of parameters whose
     gradient has a nonzero element (its 0-"norm" of the per-parameter 0-norms); strings such as
     ``'inf'`` are read with ``float()``, as torch does.
+
+    Returns: a 0-d Tensor (no grad) on the gradients' device, of their dtype (float64 if float32 and
+    float64 gradients are mixed), as torch's; ``norm.item()``, ``float(norm)`` and ``f"{norm:.3f}"`` give
+    the number. With no gradient at all, ``tensor(0.)`` (float32, on the CPU), as torch. The norm is
+    summed in float64 and then rounded to that dtype.
 
     A non-finite gradient gives a non-finite norm (``inf`` for an Inf, ``nan`` if any NaN) and the
     gradients are scaled by ``max_norm / (norm + 1e-6)`` all the same (to zeros and NaN), as torch does.
     ``error_if_nonfinite=True`` raises FloatingPointError naming the parameter instead, leaving the
     gradients untouched. ``foreach`` is accepted for torch's signature and ignored.
     """
+    named = _named(params)
+    total = _clip_grad_norm(named, max_norm, norm_type, error_if_nonfinite)
+    with_grad = [p.grad for _, p in named if p.grad is not None]
+    if not with_grad:
+        return Tensor(np.array(0.0, dtype=np.float32))
+    dtype = np.result_type(*(g.dtype for g in with_grad))
+    with np.errstate(over="ignore"):  # a float64 norm beyond float32's range is inf, as torch's float32 sum
+        value = np.array(total, dtype=dtype)
+    # the host already holds the norm (it decided the scaling), so this is a copy up, not a wait for the GPU
+    return Tensor(to_device(value, device_of(with_grad[0])))
+
+
+def _clip_grad_norm(named: list[tuple[str, Tensor]], max_norm: float, norm_type: float | str,
+                    error_if_nonfinite: bool) -> float:
+    """clip_grad_norm's work: scales the gradients and returns the norm before as a Python float (what
+    TBPTT keeps, without reading a GPU tensor back)."""
     nt = _norm_type(norm_type)
     if max_norm < 0:
         raise ValueError(f"max_norm must be >= 0, got {max_norm}")
-    named = [(n, p) for n, p in _named(params) if p.grad is not None]
+    named = [(n, p) for n, p in named if p.grad is not None]
     if not named:
         return 0.0
     parts = []
@@ -365,7 +390,8 @@ def clip_grad_norm(params: Iterable, max_norm: float, norm_type: float | str = 2
 
 
 def clip_grad_value(params: Iterable, clip_value: float, foreach: bool | None = None) -> None:
-    """Clamp every gradient element into [-clip_value, clip_value] (torch's ``clip_grad_value_``)."""
+    """Clamp every gradient element into [-clip_value, clip_value] in place; returns None, as torch's
+    ``clip_grad_value_``. ``foreach`` is accepted for torch's signature and ignored."""
     if clip_value < 0:
         raise ValueError(f"clip_value must be >= 0, got {clip_value}")
     for _, p in _named(params):

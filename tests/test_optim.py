@@ -249,8 +249,8 @@ def test_clip_grad_norm_matches_torch(max_norm, norm_type):
         tp.grad = torch.tensor(p.grad)
     expect = torch.nn.utils.clip_grad_norm_(tparams, max_norm, norm_type=norm_type)
     total = optim.clip_grad_norm(params, max_norm, norm_type=norm_type)
-    assert isinstance(total, float)
-    assert total == pytest.approx(float(expect), rel=1e-12)
+    assert isinstance(total, tg.Tensor) and total.shape == () and total.dtype == np.float64
+    assert total.item() == pytest.approx(expect.item(), rel=1e-12)
     for p, tp in zip(params, tparams):
         np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-12)
 
@@ -276,9 +276,9 @@ def test_clip_grad_norm_error_if_nonfinite_names_an_overflowing_norm():
 
 def test_clip_grad_norm_skips_missing_grads_and_accepts_one_tensor():
     p = tg.tensor(np.ones(4), requires_grad=True)
-    assert optim.clip_grad_norm([p], 1.0) == 0.0
+    assert optim.clip_grad_norm([p], 1.0).item() == 0.0
     p.grad = np.full(4, 2.0)
-    assert optim.clip_grad_norm(p, 1.0) == pytest.approx(4.0)
+    assert optim.clip_grad_norm(p, 1.0).item() == pytest.approx(4.0)
     np.testing.assert_allclose(np.linalg.norm(p.grad), 1.0, rtol=1e-5)
     with pytest.raises(ValueError):
         optim.clip_grad_norm([p], -1.0)
@@ -290,8 +290,8 @@ def test_clip_grad_value_matches_torch():
     tparams = [torch.tensor(p.data, requires_grad=True) for p in params]
     for tp, p in zip(tparams, params):
         tp.grad = torch.tensor(p.grad)
-    torch.nn.utils.clip_grad_value_(tparams, 0.75)
-    optim.clip_grad_value(params, 0.75)
+    assert torch.nn.utils.clip_grad_value_(tparams, 0.75) is None
+    assert optim.clip_grad_value(params, 0.75) is None
     for p, tp in zip(params, tparams):
         np.testing.assert_array_equal(p.grad, tp.grad.numpy())
     with pytest.raises(ValueError):
@@ -504,7 +504,7 @@ def _clip_both(grads, max_norm, norm_type, **kw):
         tp.append(t)
         gp.append(p)
     expect = float(torch.nn.utils.clip_grad_norm_(tp, max_norm, norm_type=norm_type, **kw))
-    got = optim.clip_grad_norm_(gp, max_norm, norm_type=norm_type, **kw)
+    got = float(optim.clip_grad_norm_(gp, max_norm, norm_type=norm_type, **kw))
     return expect, got, [t.grad.numpy() for t in tp], [p.grad for p in gp]
 
 
@@ -563,7 +563,7 @@ def test_torch_names_of_the_clipping_functions():
     assert tg.optim.clip_grad_norm_ is optim.clip_grad_norm
     p = tg.Parameter(np.zeros(2))
     p.grad = np.array([3.0, -4.0])
-    assert optim.clip_grad_norm_([p], 1.0, foreach=None) == pytest.approx(5.0)
+    assert optim.clip_grad_norm_([p], 1.0, foreach=None).item() == pytest.approx(5.0)
     optim.clip_grad_value_([p], 0.1, foreach=None)
     np.testing.assert_allclose(p.grad, [0.1, -0.1])
 
@@ -609,3 +609,37 @@ def test_optimizer_state_is_read_by_the_parameter_as_in_torch():
     assert st["exp_avg"].shape == model.weight.shape
     assert model.bias in opt.state
     assert set(opt.state_dict()) >= {"param0.step", "param0.exp_avg", "param1.exp_avg_sq"}
+
+
+# ---- clip_grad_norm returns a 0-d Tensor, as torch's (audit f04) -------------------------------------------
+
+@pytest.mark.parametrize("dtypes", [("float32",), ("float64",), ("float32", "float64"), ("float64", "float32")],
+                         ids=lambda d: "+".join(d))
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf, 0])
+def test_clip_grad_norm_returns_a_0d_tensor_of_torchs_dtype(dtypes, norm_type):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal(4 + i).astype(d) * 3 for i, d in enumerate(dtypes)]
+    tparams, params = [], []
+    for g in grads:
+        t = torch.zeros(len(g), dtype=getattr(torch, str(g.dtype)), requires_grad=True)
+        t.grad = torch.tensor(g)
+        p = tg.Parameter(np.zeros(len(g), dtype=g.dtype))
+        p.grad = g.copy()
+        tparams.append(t)
+        params.append(p)
+    expect = torch.nn.utils.clip_grad_norm_(tparams, 1.0, norm_type=norm_type)
+    got = optim.clip_grad_norm_(params, 1.0, norm_type=norm_type)
+    assert isinstance(got, tg.Tensor) and got.shape == tuple(expect.shape) == ()
+    assert str(got.dtype) == str(expect.dtype).rpartition(".")[2]
+    assert got.device == "cpu" and not got.requires_grad
+    assert got.item() == pytest.approx(expect.item(), rel=1e-6)
+    assert float(got) == got.item() and f"{got:.3f}" == f"{expect.item():.3f}"
+
+
+def test_clip_grad_norm_without_any_gradient_returns_a_float32_zero_as_torch():
+    torch = pytest.importorskip("torch")
+    expect = torch.nn.utils.clip_grad_norm_([torch.zeros(2, dtype=torch.float64, requires_grad=True)], 1.0)
+    got = optim.clip_grad_norm_([tg.Parameter(np.zeros(2))], 1.0)
+    assert isinstance(got, tg.Tensor) and got.shape == () and got.item() == expect.item() == 0.0
+    assert got.dtype == np.float32 and expect.dtype == torch.float32
