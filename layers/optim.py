@@ -64,6 +64,43 @@ def _add_group(groups: list[dict], group: dict) -> None:
     groups.append(group)
 
 
+def _implementation_options(foreach: bool | None, fused: bool | None, differentiable: bool,
+                            capturable: bool | None = None) -> dict:
+    """torch's keywords that pick one of its implementations of the same update. tapegrad has one (a
+    kernel per parameter), so they are checked as torch checks them, kept in the groups, and change nothing.
+    ``capturable=None``: the optimiser has no such keyword (torch's SGD)."""
+    for name, value, allowed in (("foreach", foreach, (None, False, True)), ("fused", fused, (None, False, True)),
+                                 ("capturable", capturable, (None, False, True))):
+        if not any(value is a for a in allowed):
+            raise TypeError(f"{name} must be one of {allowed}, got {value!r}")
+    if differentiable:
+        raise NotImplementedError("differentiable=True (backpropagating through the optimizer step) is not "
+                                  "supported by tapegrad's optimizers")
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")  # torch's message
+    options = dict(foreach=foreach, fused=fused, differentiable=False)
+    return options if capturable is None else {**options, "capturable": capturable}
+
+
+# Group options added after checkpoint format 1, with their defaults: state_dict() writes them only when a
+# group's value differs, so a checkpoint of a run that does not use them has the same entries as before
+# (and loads in earlier versions); foreach & co. change nothing here and are never written.
+_OPTIONS_WRITTEN_IF_SET = {"maximize": False}
+_OPTIONS_NEVER_WRITTEN = ("foreach", "fused", "capturable", "differentiable")
+
+
+def _written(key: str, value: Any) -> bool:
+    """Whether state_dict() writes the group option ``key``."""
+    if key == "params" or key in _OPTIONS_NEVER_WRITTEN:
+        return False
+    return key not in _OPTIONS_WRITTEN_IF_SET or value != _OPTIONS_WRITTEN_IF_SET[key]
+
+
+def _signed_grad(group: dict, p: Tensor) -> Any:
+    """The gradient the update descends: negated for ``maximize=True`` (exactly, so the update is torch's)."""
+    return -p.grad if group.get("maximize", False) else p.grad
+
+
 class Optimizer:
     """Holds parameter groups (dicts of hyper-parameters with a 'params' list) and per-parameter state.
 
@@ -116,7 +153,7 @@ class Optimizer:
         k = 0
         for gi, g in enumerate(self.param_groups):
             for key, value in g.items():
-                if key != "params":
+                if _written(key, value):
                     v = np.asarray(value) if isinstance(value, (numbers.Number, str, tuple, np.ndarray)) else None
                     if v is not None and not v.dtype.hasobject:
                         out[f"group{gi}.{key}"] = v
@@ -180,20 +217,32 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """SGD with momentum, dampening, Nesterov and L2 weight decay (PyTorch's rule)."""
+    r"""SGD with momentum, dampening, Nesterov and L2 weight decay (PyTorch's rule):
+
+    .. math::
+        g \leftarrow \pm\nabla + \lambda p, \quad b \leftarrow \mu b + (1 - \tau) g, \quad
+        p \leftarrow p - \text{lr}\,(g + \mu b \text{ if nesterov else } b)
+
+    (``b`` starts as the first ``g``; without momentum the step is ``lr g``). ``maximize=True`` ascends:
+    the gradient's sign is flipped first, as torch's. ``foreach``, ``fused``, ``capturable`` pick one of
+    torch's implementations of the same update; they are accepted and change nothing here
+    (``differentiable=True`` is refused).
+    """
 
     def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening = 0")
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov))
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=bool(maximize),
+                                      **_implementation_options(foreach, fused, differentiable)))
 
     def _update(self) -> None:
         for g, p, st in self._params_with_grad():
-            grad = p.grad
+            grad = _signed_grad(g, p)
             if g["weight_decay"]:
                 grad = grad + g["weight_decay"] * p.data
             if g["momentum"]:
@@ -221,19 +270,32 @@ def _amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, beta2
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction and L2 weight decay added to the gradient (PyTorch's Adam);
-    ``amsgrad=True``: the AMSGrad variant (Reddi et al.), PyTorch's rule."""
+    r"""Adam (Kingma & Ba) with bias correction and L2 weight decay added to the gradient (PyTorch's Adam);
+    ``amsgrad=True``: the AMSGrad variant (Reddi et al.), PyTorch's rule.
+
+    .. math::
+        g \leftarrow \pm\nabla + \lambda p, \quad m \leftarrow \beta_1 m + (1 - \beta_1) g, \quad
+        v \leftarrow \beta_2 v + (1 - \beta_2) g^2, \quad
+        p \leftarrow p - \frac{\text{lr}}{1 - \beta_1^t} \frac{m}{\sqrt{v / (1 - \beta_2^t)} + \epsilon}
+
+    ``maximize=True`` ascends: the gradient's sign is flipped first, as torch's. ``foreach``, ``fused``,
+    ``capturable`` pick one of torch's implementations of the same update; they are accepted and change
+    nothing here (``differentiable=True`` is refused).
+    """
 
     decoupled = False
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      amsgrad=bool(amsgrad)))
+                                      amsgrad=bool(amsgrad), maximize=bool(maximize),
+                                      **_implementation_options(foreach, fused, differentiable, capturable)))
 
     def _update(self) -> None:
         for g, p, st in self._params_with_grad():
@@ -251,22 +313,27 @@ class Adam(Optimizer):
             decoupled = bool(wd) and self.decoupled
             args = (b1, b2, lr / (1 - b1 ** step), math.sqrt(1 - b2 ** step), eps,
                     0.0 if decoupled else wd, 1 - lr * wd if decoupled else 1.0)
+            grad = _signed_grad(g, p)  # a new array when maximizing: the kernel reads it, p.grad stays as it was
             if amsgrad:
-                _amsgrad_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], st["max_exp_avg_sq"], *args)
+                _amsgrad_step(p.data, grad, st["exp_avg"], st["exp_avg_sq"], st["max_exp_avg_sq"], *args)
             else:
                 # one kernel per parameter (kernels/*/optim.py), the rule of kernels.reference.adam_step
-                registry.call("adam_step", registry.backend_of(p.data), p.data, p.grad, st["exp_avg"],
+                registry.call("adam_step", registry.backend_of(p.data), p.data, grad, st["exp_avg"],
                               st["exp_avg_sq"], *args)
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter): p <- p (1 - lr wd) before the Adam step."""
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p <- p (1 - lr wd) before the Adam step.
+    ``maximize``, ``foreach``, ``fused``, ``capturable``, ``differentiable``: as :class:`Adam`."""
 
     decoupled = True
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused)
 
 
 def _named(params: Any) -> list[tuple[str, Tensor]]:

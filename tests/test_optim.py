@@ -643,3 +643,66 @@ def test_clip_grad_norm_without_any_gradient_returns_a_float32_zero_as_torch():
     got = optim.clip_grad_norm_([tg.Parameter(np.zeros(2))], 1.0)
     assert isinstance(got, tg.Tensor) and got.shape == () and got.item() == expect.item() == 0.0
     assert got.dtype == np.float32 and expect.dtype == torch.float32
+
+
+# ---- torch's maximize= / foreach= / fused= keywords (audit f08) ---------------------------------------------
+
+MAXIMIZE_CONFIGS = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+    ("Adam", dict(lr=0.05, weight_decay=0.1)),
+    ("Adam", dict(lr=0.05, betas=(0.3, 0.99), amsgrad=True)),
+    ("AdamW", dict(lr=0.05, weight_decay=0.3)),
+    ("AdamW", dict(lr=0.05, amsgrad=True)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", MAXIMIZE_CONFIGS, ids=[f"{n}-{k}" for n, k in MAXIMIZE_CONFIGS])
+def test_maximize_matches_torch_step_for_step(name, kwargs):
+    torch = pytest.importorskip("torch")
+    tparams = [torch.tensor(a, requires_grad=True) for a in make_params()]
+    gparams = [tg.tensor(a, requires_grad=True) for a in make_params()]
+    topt = getattr(torch.optim, name)(tparams, maximize=True, **kwargs)
+    gopt = getattr(optim, name)(gparams, maximize=True, **kwargs)
+    assert gopt.param_groups[0]["maximize"] is True
+    for grads in grad_sequence(5):
+        for t, p, g in zip(tparams, gparams, grads):
+            t.grad, p.grad = torch.tensor(g), g.copy()
+        topt.step()
+        gopt.step()
+        for t, p, g in zip(tparams, gparams, grads):
+            np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-14, atol=1e-15)
+            np.testing.assert_array_equal(p.grad, g)  # the gradient itself is not negated in place
+
+
+def test_maximize_ascends_and_round_trips_through_state_dict():
+    p = tg.tensor(np.zeros(2), requires_grad=True)
+    opt = optim.SGD([p], lr=0.5, maximize=True)
+    p.grad = np.array([1.0, -2.0])
+    opt.step()
+    np.testing.assert_array_equal(p.data, [0.5, -1.0])  # along the gradient
+    state = opt.state_dict()
+    assert state["group0.maximize"] == True  # noqa: E712  (a numpy bool)
+    other = optim.SGD([tg.tensor(np.zeros(2), requires_grad=True)], lr=0.5)
+    other.load_state_dict(state)
+    assert other.param_groups[0]["maximize"] is True
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+def test_foreach_and_fused_are_accepted_kept_in_the_groups_and_change_nothing(cls):
+    torch = pytest.importorskip("torch")
+    tkeys = set(getattr(torch.optim, cls.__name__)([torch.zeros(1, requires_grad=True)]).param_groups[0])
+    plain, plain_opt = run_tapegrad(cls, dict(lr=0.05))
+    for kw in (dict(foreach=True), dict(foreach=False, fused=False), dict(fused=True)):
+        got, opt = run_tapegrad(cls, dict(lr=0.05, **kw))
+        for g, e in zip(got, plain):
+            np.testing.assert_array_equal(g, e)
+        assert {"maximize", "foreach", "fused", "differentiable"} <= set(opt.param_groups[0]) <= tkeys
+        # the same checkpoint entries as before these keywords existed
+        assert opt.state_dict().keys() == plain_opt.state_dict().keys()
+        assert not [k for k in opt.state_dict() if k.split(".")[1] in ("maximize", "foreach", "fused")]
+    with pytest.raises(RuntimeError, match="fused.*foreach"):
+        cls([tg.tensor(np.zeros(1), requires_grad=True)], foreach=True, fused=True)
+    with pytest.raises(NotImplementedError, match="differentiable"):
+        cls([tg.tensor(np.zeros(1), requires_grad=True)], differentiable=True)
