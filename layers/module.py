@@ -1,7 +1,9 @@
 """Module and Parameter: the base every layer builds on, with PyTorch's names and habits."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, NamedTuple
+import operator
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -55,6 +57,17 @@ def _as_input(module: "Module", value: Any, name: str) -> Tensor:
         return as_tensor(value, dtype=module.dtype, device=module.device)  # an input is never written: no copy
     except (TypeError, ValueError) as e:
         raise TypeError(f"{name} must be a Tensor or an array of numbers, got {type(value).__name__}") from e
+
+
+def _as_buffer(name: str, value: Any) -> Tensor | None:
+    """A buffer's value: a Tensor (not a Parameter: that would make it a parameter) or None; an array is
+    wrapped without a copy."""
+    if value is None or (isinstance(value, Tensor) and not isinstance(value, Parameter)):
+        return value
+    if isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy"):
+        return as_tensor(value)
+    raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r} (a Tensor, an array or None "
+                    "expected)")
 
 
 class IncompatibleKeys(NamedTuple):
@@ -115,7 +128,13 @@ class Module:
             raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} of "
                             f"{type(self).__name__} (a Parameter or None expected); wrap it in "
                             f"tapegrad.Parameter, or assign to .data to change the values")
+        if name in self._buffer_flags():  # as torch: assigning to a buffer's name replaces the buffer
+            value = _as_buffer(name, value)
         object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._buffer_flags().pop(name, None)
+        object.__delattr__(self, name)
 
     # ---- the subclass contract ---------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -165,6 +184,27 @@ class Module:
         if name in self.__dict__ and not isinstance(self.__dict__[name], (Parameter, type(None))):
             raise KeyError(f"attribute {name!r} already exists")
         setattr(self, name, param)
+
+    def _buffer_flags(self) -> dict[str, bool]:
+        """{buffer name: persistent}, in registration order (a module pickled before buffers existed has none)."""
+        flags = self.__dict__.get("_buffer_names")
+        if flags is None:
+            flags = {}
+            object.__setattr__(self, "_buffer_names", flags)
+        return flags
+
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        """Register ``tensor`` as the buffer ``name``, as torch's: state that is not a parameter (running
+        statistics, a fixed mask). A buffer is an attribute that ``buffers()`` / ``named_buffers()`` list,
+        that ``to()`` moves (and casts, if it is floating point) and that, when ``persistent``, is saved and
+        loaded by ``state_dict()`` / ``load_state_dict()``; the optimiser never sees it. ``None`` registers
+        an absent buffer (skipped everywhere); a numpy or cupy array is wrapped in a Tensor, sharing it."""
+        self._check_name(name, "buffer")
+        if name in self.__dict__ and name not in self._buffer_flags():
+            raise KeyError(f"attribute {name!r} already exists")
+        tensor = _as_buffer(name, tensor)
+        self._buffer_flags()[name] = bool(persistent)
+        object.__setattr__(self, name, tensor)
 
     # ---- walking ------------------------------------------------------------------------------------------------
     def _raw_children(self) -> Iterator[tuple[str, "Module"]]:
@@ -229,13 +269,34 @@ class Module:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def _parameter_slots(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """Every name a parameter is registered under, shared ones under each name (state_dict's keys)."""
+    def named_buffers(self, prefix: str = "", recurse: bool = True,
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
+        """(name, buffer) pairs (``None`` buffers left out); a shared buffer comes once, under its first name."""
+        seen: set = set()
+        mods = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
+        for mod_name, mod in mods:
+            for name in mod._buffer_flags():
+                value = vars(mod).get(name)
+                if value is not None and (not remove_duplicate or id(value) not in seen):
+                    seen.add(id(value))
+                    yield (f"{mod_name}.{name}" if mod_name else name), value
+
+    def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def _state_slots(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        """state_dict's entries in torch's order: each module's parameters, then its persistent buffers,
+        then its children's; shared ones under each name."""
         for name, value in vars(self).items():
             if isinstance(value, Parameter):
                 yield prefix + name, value
+        for name, persistent in self._buffer_flags().items():
+            value = vars(self).get(name)
+            if persistent and value is not None:
+                yield prefix + name, value
         for name, child in self._raw_children():
-            yield from child._parameter_slots(f"{prefix}{name}.")
+            yield from child._state_slots(f"{prefix}{name}.")
 
     # ---- modes ----------------------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
@@ -270,7 +331,8 @@ class Module:
     def to(self, *args: Any, device: Any = None, dtype: Any = None, non_blocking: bool = False) -> "Module":
         """Move and/or cast in place (the Parameter objects stay the same), as torch's ``to``:
         ``to('cuda')``, ``to(np.float64)``, ``to(torch.float64)``, ``to('cpu', np.float64)``,
-        ``to(device=..., dtype=...)``. dtypes are float32/float64; devices 'cpu'/'cuda' (or a torch.device)."""
+        ``to(device=..., dtype=...)``. dtypes are float32/float64; devices 'cpu'/'cuda' (or a torch.device).
+        Buffers move too, and are cast only if they are floating point, as torch's."""
         for a in args:
             if _is_device(a) and device is None:
                 device = a
@@ -285,6 +347,8 @@ class Module:
             for p in self.parameters():
                 p.data = to_device(p.data, device)
                 p.grad = None if p.grad is None else to_device(p.grad, device)
+            for b in self.buffers():
+                b.data = to_device(b.data, device)
             for m in self.modules():
                 object.__setattr__(m, "device", device)
         if dtype is not None:
@@ -292,6 +356,9 @@ class Module:
             for p in self.parameters():
                 p.data = p.data.astype(dtype)
                 p.grad = None if p.grad is None else p.grad.astype(dtype)
+            for b in self.buffers():
+                if b.dtype.kind == "f":  # as torch: integer and bool buffers (counters, masks) keep their dtype
+                    b.data = b.data.astype(dtype)
             for m in self.modules():
                 object.__setattr__(m, "dtype", dtype)
         for m in self.modules():
@@ -316,11 +383,12 @@ class Module:
     # ---- state -------------------------------------------------------------------------------------------------------
     def state_dict(self, *, destination: dict | None = None, prefix: str = "",
                    keep_vars: bool = False) -> dict[str, Any]:
-        """{name: numpy array (a copy, on the host)} in registration order, every registered name (a
-        parameter shared by two modules appears under both, as in torch). ``keep_vars``: the Parameter
+        """{name: numpy array (a copy, on the host)} of the parameters and persistent buffers, in torch's
+        order (each module's parameters, then its buffers, then its children), every registered name (a
+        parameter shared by two modules appears under both, as in torch). ``keep_vars``: the Tensor
         objects themselves; ``prefix`` is put before every name; ``destination``: a dict to fill."""
         out = {} if destination is None else destination
-        for name, p in self._parameter_slots(prefix):
+        for name, p in self._state_slots(prefix):
             out[name] = p if keep_vars else np.array(to_device(p.data, "cpu"), copy=True)
         return out
 
@@ -330,14 +398,14 @@ class Module:
         With ``strict`` (default) a missing or unexpected name raises RuntimeError listing all of them;
         a shape mismatch raises RuntimeError in either mode, and a failing load changes nothing.
         Values (numpy, tapegrad, torch of any float dtype incl. bfloat16, NaN/Inf too) are cast to each
-        parameter's dtype and moved to its device. A parameter registered under two names (tied
+        parameter's (or persistent buffer's) dtype and moved to its device. A parameter registered under two names (tied
         weights) takes the value of the last of them, as in torch.
         """
         self._stage_state_dict(state_dict, strict)()
         return IncompatibleKeys(*self._key_mismatch(state_dict))
 
     def _key_mismatch(self, state: Any) -> tuple[list, list]:
-        names = [n for n, _ in self._parameter_slots()]
+        names = [n for n, _ in self._state_slots()]
         known = set(names)
         return [k for k in names if k not in state], [k for k in state if k not in known]
 
@@ -352,7 +420,7 @@ class Module:
         if strict and unexpected:
             errors.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". ")
         staged = []
-        for name, p in self._parameter_slots():
+        for name, p in self._state_slots():
             if name not in state:
                 continue
             arr = _host_value(name, state[name])
@@ -395,25 +463,47 @@ def _zero_grad(p: Tensor, set_to_none: bool) -> None:
 
 
 class ModuleList(Module):
-    """A list of sub-modules, registered as ``0``, ``1``, ... (PyTorch's naming)."""
+    """A list of sub-modules, registered as ``0``, ``1``, ... (PyTorch's naming): ``append``, ``extend``,
+    ``insert``, ``pop``, ``m[i] = layer``, ``del m[i]`` (the rest renumbered, as torch), ``+``, ``+=``."""
 
-    def __init__(self, modules: Any = (), dtype: Any = np.float32, device: str | None = None) -> None:
+    def __init__(self, modules: Iterable[Module] | None = (), dtype: Any = np.float32,
+                 device: str | None = None) -> None:
         super().__init__(dtype, device)
-        self.extend(modules)
+        if modules is not None:
+            self.extend(modules)
+
+    @staticmethod
+    def _checked(container: Module, module: Any) -> Module:
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(container).__name__} holds Modules, got {type(module).__name__}")
+        return module
 
     def append(self, module: Module) -> "ModuleList":
-        if not isinstance(module, Module):
-            raise TypeError(f"{type(self).__name__} holds Modules, got {type(module).__name__}")
-        setattr(self, str(len(self)), module)
+        setattr(self, str(len(self)), self._checked(self, module))
         return self
 
-    def extend(self, modules: Any) -> "ModuleList":
+    def extend(self, modules: Iterable[Module]) -> "ModuleList":
         for m in modules:
             self.append(m)
         return self
 
     def _items(self) -> list[tuple[str, Module]]:
         return list(self._raw_children())
+
+    def _set_items(self, items: list[tuple[str, Module]]) -> None:
+        """Make ``items`` the children, in that order (attribute order is what the walkers follow)."""
+        for name, _ in self._items():
+            object.__delattr__(self, name)
+        for name, m in items:
+            object.__setattr__(self, name, m)
+
+    def _index(self, idx: Any, n: int, inserting: bool = False) -> int:
+        """``idx`` as a position in [0, n) (in [0, n] for ``insert``), IndexError outside, as torch's."""
+        i = operator.index(idx)
+        hi = n + 1 if inserting else n
+        if not -n <= i < hi:
+            raise IndexError(f"index {i} is out of range for {type(self).__name__} of length {n}")
+        return i + n if i < 0 else i
 
     def __len__(self) -> int:
         return len(self._items())
@@ -432,14 +522,51 @@ class ModuleList(Module):
         items = self._items()
         if isinstance(i, slice):
             return self._sliced(items[i])
-        return items[i][1]
+        return items[self._index(i, len(items))][1]
+
+    def __setitem__(self, i: int, module: Module) -> None:
+        """Replace the module at position ``i`` (its name is kept)."""
+        items = self._items()
+        setattr(self, items[self._index(i, len(items))][0], self._checked(self, module))
+
+    def __delitem__(self, i: int | slice) -> None:
+        """Remove the module(s) at ``i``; the rest are renumbered ``0, 1, ...``, as torch's."""
+        items = self._items()
+        drop = set(range(len(items))[i]) if isinstance(i, slice) else {self._index(i, len(items))}
+        self._set_items([(str(k), m) for k, m in enumerate(m for j, (_, m) in enumerate(items) if j not in drop)])
+
+    def insert(self, index: int, module: Module) -> None:
+        """Insert ``module`` before position ``index``; the modules from there on are renumbered up by one."""
+        modules = [m for _, m in self._items()]
+        modules.insert(self._index(index, len(modules), inserting=True), self._checked(self, module))
+        self._set_items([(str(k), m) for k, m in enumerate(modules)])
+
+    def pop(self, i: int | slice) -> Module:
+        """Remove and return the module at ``i`` (the rest renumbered), as torch's."""
+        module = self[i]
+        del self[i]
+        return module
+
+    def __iadd__(self, modules: Iterable[Module]) -> "ModuleList":
+        return self.extend(modules)
+
+    def __add__(self, other: Iterable[Module]) -> "ModuleList":
+        return ModuleList(list(self) + list(other), self.dtype, self.device)
 
 
 class Sequential(ModuleList):
-    """Modules applied one after another. A slice is a Sequential again (keeping the names, as torch's)."""
+    """Modules applied one after another: ``Sequential(a, b, c)`` names them ``0``, ``1``, ``2``;
+    ``Sequential(OrderedDict([("fc", a), ("act", b)]))`` keeps the given names, as torch's. A slice is a
+    Sequential again (keeping the names); ``m[i] = layer`` keeps the name; ``del m[i]``, ``insert`` and
+    ``pop`` renumber the modules ``0, 1, ...``, as torch's."""
 
     def __init__(self, *modules: Module) -> None:
-        super().__init__(modules)
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            super().__init__()
+            for name, m in modules[0].items():
+                self.add_module(name, self._checked(self, m))
+        else:
+            super().__init__(modules)
 
     def _sliced(self, items: list[tuple[str, Module]]) -> "Sequential":
         new = type(self).__new__(type(self))
@@ -447,6 +574,33 @@ class Sequential(ModuleList):
         for name, m in items:
             setattr(new, name, m)
         return new
+
+    def insert(self, index: int, module: Module) -> "Sequential":
+        super().insert(index, module)
+        return self  # torch's Sequential.insert returns the container (its ModuleList.insert returns None)
+
+    def __add__(self, other: "Sequential") -> "Sequential":
+        if not isinstance(other, Sequential):
+            raise ValueError(f"add operator supports only objects of Sequential class, but {type(other)} is given.")
+        return Sequential(*self, *other)
+
+    def __iadd__(self, other: "Sequential") -> "Sequential":
+        if not isinstance(other, Sequential):
+            raise ValueError(f"add operator supports only objects of Sequential class, but {type(other)} is given.")
+        return self.extend(list(other))
+
+    def __mul__(self, times: int) -> "Sequential":
+        if not isinstance(times, int) or isinstance(times, bool):
+            raise TypeError(f"unsupported operand type(s) for *: {type(self)} and {type(times)}")
+        if times <= 0:
+            raise ValueError(f"Non-positive multiplication factor {times} for {type(self)}")
+        return Sequential(*(list(self) * times))  # the same module objects, repeated, as torch's
+
+    __rmul__ = __mul__
+
+    def __imul__(self, times: int) -> "Sequential":
+        repeated = self * times  # checks ``times`` as torch's
+        return self.extend(list(repeated)[len(self):])
 
     def forward(self, x: Any) -> Any:
         for m in self:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..engine.backend import array_module, host_values, is_cupy, to_device
+from ..engine.backend import array_module, device_of, host_values, is_cupy, to_device
 from ..engine.tensor import Tensor, enable_grad, mark_written
 from ..kernels import reference, registry
 from .module import _zero_grad
@@ -64,6 +64,43 @@ def _add_group(groups: list[dict], group: dict) -> None:
     groups.append(group)
 
 
+def _implementation_options(foreach: bool | None, fused: bool | None, differentiable: bool,
+                            capturable: bool | None = None) -> dict:
+    """torch's keywords that pick one of its implementations of the same update. tapegrad has one (a
+    kernel per parameter), so they are checked as torch checks them, kept in the groups, and change nothing.
+    ``capturable=None``: the optimiser has no such keyword (torch's SGD)."""
+    for name, value, allowed in (("foreach", foreach, (None, False, True)), ("fused", fused, (None, False, True)),
+                                 ("capturable", capturable, (None, False, True))):
+        if not any(value is a for a in allowed):
+            raise TypeError(f"{name} must be one of {allowed}, got {value!r}")
+    if differentiable:
+        raise NotImplementedError("differentiable=True (backpropagating through the optimizer step) is not "
+                                  "supported by tapegrad's optimizers")
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")  # torch's message
+    options = dict(foreach=foreach, fused=fused, differentiable=False)
+    return options if capturable is None else {**options, "capturable": capturable}
+
+
+# Group options added after checkpoint format 1, with their defaults: state_dict() writes them only when a
+# group's value differs, so a checkpoint of a run that does not use them has the same entries as before
+# (and loads in earlier versions); foreach & co. change nothing here and are never written.
+_OPTIONS_WRITTEN_IF_SET = {"maximize": False}
+_OPTIONS_NEVER_WRITTEN = ("foreach", "fused", "capturable", "differentiable")
+
+
+def _written(key: str, value: Any) -> bool:
+    """Whether state_dict() writes the group option ``key``."""
+    if key == "params" or key in _OPTIONS_NEVER_WRITTEN:
+        return False
+    return key not in _OPTIONS_WRITTEN_IF_SET or value != _OPTIONS_WRITTEN_IF_SET[key]
+
+
+def _signed_grad(group: dict, p: Tensor) -> Any:
+    """The gradient the update descends: negated for ``maximize=True`` (exactly, so the update is torch's)."""
+    return -p.grad if group.get("maximize", False) else p.grad
+
+
 class Optimizer:
     """Holds parameter groups (dicts of hyper-parameters with a 'params' list) and per-parameter state.
 
@@ -75,7 +112,9 @@ class Optimizer:
     def __init__(self, params: Any, defaults: dict) -> None:
         self.defaults = defaults
         self.param_groups = _as_groups(params, defaults)
-        self.state: dict[int, dict] = {}
+        # keyed by the parameter itself, as torch's: copy.deepcopy / pickle of (model, optimizer) map the
+        # keys to the copied parameters (ids would point at the originals), and opt.state[p] works
+        self.state: dict[Tensor, dict] = {}
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group (e.g. layers unfrozen while fine-tuning); options it lacks come from the defaults."""
@@ -105,7 +144,7 @@ class Optimizer:
         for g in self.param_groups:
             for p in g["params"]:
                 if p.grad is not None:
-                    yield g, p, self.state.setdefault(id(p), {})
+                    yield g, p, self.state.setdefault(p, {})
 
     # State in parameter order, for checkpoints: {"<k>.<name>": array} plus step counts. Group options
     # that are not numbers, strings or tuples of them (which an .npz cannot hold without pickle) are left out.
@@ -114,12 +153,12 @@ class Optimizer:
         k = 0
         for gi, g in enumerate(self.param_groups):
             for key, value in g.items():
-                if key != "params":
+                if _written(key, value):
                     v = np.asarray(value) if isinstance(value, (numbers.Number, str, tuple, np.ndarray)) else None
                     if v is not None and not v.dtype.hasobject:
                         out[f"group{gi}.{key}"] = v
             for p in g["params"]:
-                for name, value in self.state.get(id(p), {}).items():
+                for name, value in self.state.get(p, {}).items():
                     out[f"param{k}.{name}"] = np.array(value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else value, copy=True)
                 k += 1
         return out
@@ -137,7 +176,7 @@ class Optimizer:
             raise TypeError(f"state must be a mapping of key -> array, got {type(state).__name__}")
         params = [p for g in self.param_groups for p in g["params"]]
         group_updates: list[tuple[int, str, Any]] = []
-        new_state: dict[int, dict] = {}
+        new_state: dict[Tensor, dict] = {}
         for key, value in state.items():
             head, _, name = str(key).partition(".")
             m = re.fullmatch(r"(group|param)([0-9]+)", head)
@@ -161,14 +200,14 @@ class Optimizer:
                 if name == "step":
                     if v.shape != () or v.dtype.kind not in "iu":
                         raise ValueError(f"optimizer state {key!r} must be one integer, got {v.dtype} {v.shape}")
-                    new_state.setdefault(id(p), {})[name] = v.astype(np.int64)
+                    new_state.setdefault(p, {})[name] = v.astype(np.int64)
                 else:
                     if v.shape != p.shape:
                         raise ValueError(f"optimizer state {key!r} has shape {v.shape}, parameter has {p.shape}")
                     if v.dtype.kind not in "fiu":
                         raise ValueError(f"optimizer state {key!r} has non-numeric dtype {v.dtype}")
                     xp = array_module(p.data)
-                    new_state.setdefault(id(p), {})[name] = xp.array(v.astype(p.dtype), copy=True)
+                    new_state.setdefault(p, {})[name] = xp.array(v.astype(p.dtype), copy=True)
 
         def commit() -> None:
             for gi, name, v in group_updates:
@@ -178,20 +217,32 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """SGD with momentum, dampening, Nesterov and L2 weight decay (PyTorch's rule)."""
+    r"""SGD with momentum, dampening, Nesterov and L2 weight decay (PyTorch's rule):
+
+    .. math::
+        g \leftarrow \pm\nabla + \lambda p, \quad b \leftarrow \mu b + (1 - \tau) g, \quad
+        p \leftarrow p - \text{lr}\,(g + \mu b \text{ if nesterov else } b)
+
+    (``b`` starts as the first ``g``; without momentum the step is ``lr g``). ``maximize=True`` ascends:
+    the gradient's sign is flipped first, as torch's. ``foreach``, ``fused``, ``capturable`` pick one of
+    torch's implementations of the same update; they are accepted and change nothing here
+    (``differentiable=True`` is refused).
+    """
 
     def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening = 0")
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov))
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=bool(maximize),
+                                      **_implementation_options(foreach, fused, differentiable)))
 
     def _update(self) -> None:
         for g, p, st in self._params_with_grad():
-            grad = p.grad
+            grad = _signed_grad(g, p)
             if g["weight_decay"]:
                 grad = grad + g["weight_decay"] * p.data
             if g["momentum"]:
@@ -219,19 +270,32 @@ def _amsgrad_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, beta2
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction and L2 weight decay added to the gradient (PyTorch's Adam);
-    ``amsgrad=True``: the AMSGrad variant (Reddi et al.), PyTorch's rule."""
+    r"""Adam (Kingma & Ba) with bias correction and L2 weight decay added to the gradient (PyTorch's Adam);
+    ``amsgrad=True``: the AMSGrad variant (Reddi et al.), PyTorch's rule.
+
+    .. math::
+        g \leftarrow \pm\nabla + \lambda p, \quad m \leftarrow \beta_1 m + (1 - \beta_1) g, \quad
+        v \leftarrow \beta_2 v + (1 - \beta_2) g^2, \quad
+        p \leftarrow p - \frac{\text{lr}}{1 - \beta_1^t} \frac{m}{\sqrt{v / (1 - \beta_2^t)} + \epsilon}
+
+    ``maximize=True`` ascends: the gradient's sign is flipped first, as torch's. ``foreach``, ``fused``,
+    ``capturable`` pick one of torch's implementations of the same update; they are accepted and change
+    nothing here (``differentiable=True`` is refused).
+    """
 
     decoupled = False
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      amsgrad=bool(amsgrad)))
+                                      amsgrad=bool(amsgrad), maximize=bool(maximize),
+                                      **_implementation_options(foreach, fused, differentiable, capturable)))
 
     def _update(self) -> None:
         for g, p, st in self._params_with_grad():
@@ -249,22 +313,27 @@ class Adam(Optimizer):
             decoupled = bool(wd) and self.decoupled
             args = (b1, b2, lr / (1 - b1 ** step), math.sqrt(1 - b2 ** step), eps,
                     0.0 if decoupled else wd, 1 - lr * wd if decoupled else 1.0)
+            grad = _signed_grad(g, p)  # a new array when maximizing: the kernel reads it, p.grad stays as it was
             if amsgrad:
-                _amsgrad_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], st["max_exp_avg_sq"], *args)
+                _amsgrad_step(p.data, grad, st["exp_avg"], st["exp_avg_sq"], st["max_exp_avg_sq"], *args)
             else:
                 # one kernel per parameter (kernels/*/optim.py), the rule of kernels.reference.adam_step
-                registry.call("adam_step", registry.backend_of(p.data), p.data, p.grad, st["exp_avg"],
+                registry.call("adam_step", registry.backend_of(p.data), p.data, grad, st["exp_avg"],
                               st["exp_avg_sq"], *args)
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter): p <- p (1 - lr wd) before the Adam step."""
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p <- p (1 - lr wd) before the Adam step.
+    ``maximize``, ``foreach``, ``fused``, ``capturable``, ``differentiable``: as :class:`Adam`."""
 
     decoupled = True
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused)
 
 
 def _named(params: Any) -> list[tuple[str, Tensor]]:
@@ -304,25 +373,50 @@ def _host_floats(values: list) -> list[float]:
 
 
 def clip_grad_norm(params: Iterable, max_norm: float, norm_type: float | str = 2.0,
-                   error_if_nonfinite: bool = False, foreach: bool | None = None) -> float:
-    """Scale all gradients together so their joint norm is at most ``max_norm``; returns the norm before,
-    as torch's ``clip_grad_norm_`` (also available under that name).
+                   error_if_nonfinite: bool = False, foreach: bool | None = None) -> Tensor:
+    r"""Scale all gradients together so their joint norm is at most ``max_norm``; returns the norm before
+    as a 0-d Tensor, as torch's ``clip_grad_norm_`` (also available under that name).
+
+    .. math::
+        N = \Big(\sum_{p} \sum_i |g_{p,i}|^{q}\Big)^{1/q}, \qquad
+        g \leftarrow g \cdot \min\Big(1, \frac{\text{max\_norm}}{N + 10^{-6}}\Big)
 
     ``params``: tensors, or (name, tensor) pairs from ``named_parameters()`` so an error can name the
-    culprit. ``norm_type``: p > 0 (the p-norm of all gradient elements together), ``inf`` (max |g|),
-    ``-inf`` (min |g|), negative p, or 0, which torch defines as the number of parameters whose
+    culprit. ``norm_type`` (q above): q > 0 (the q-norm of all gradient elements together), ``inf`` (max |g|),
+    ``-inf`` (min |g|), negative q, or 0, which torch defines as the number of parameters whose
     gradient has a nonzero element (its 0-"norm" of the per-parameter 0-norms); strings such as
     ``'inf'`` are read with ``float()``, as torch does.
+
+    Returns: a 0-d Tensor (no grad) on the gradients' device, of their dtype (float64 if float32 and
+    float64 gradients are mixed), as torch's; ``norm.item()``, ``float(norm)`` and ``f"{norm:.3f}"`` give
+    the number. With no gradient at all, ``tensor(0.)`` (float32, on the CPU), as torch. The norm is
+    summed in float64 and then rounded to that dtype.
 
     A non-finite gradient gives a non-finite norm (``inf`` for an Inf, ``nan`` if any NaN) and the
     gradients are scaled by ``max_norm / (norm + 1e-6)`` all the same (to zeros and NaN), as torch does.
     ``error_if_nonfinite=True`` raises FloatingPointError naming the parameter instead, leaving the
     gradients untouched. ``foreach`` is accepted for torch's signature and ignored.
     """
+    named = _named(params)
+    total = _clip_grad_norm(named, max_norm, norm_type, error_if_nonfinite)
+    with_grad = [p.grad for _, p in named if p.grad is not None]
+    if not with_grad:
+        return Tensor(np.array(0.0, dtype=np.float32))
+    dtype = np.result_type(*(g.dtype for g in with_grad))
+    with np.errstate(over="ignore"):  # a float64 norm beyond float32's range is inf, as torch's float32 sum
+        value = np.array(total, dtype=dtype)
+    # the host already holds the norm (it decided the scaling), so this is a copy up, not a wait for the GPU
+    return Tensor(to_device(value, device_of(with_grad[0])))
+
+
+def _clip_grad_norm(named: list[tuple[str, Tensor]], max_norm: float, norm_type: float | str,
+                    error_if_nonfinite: bool) -> float:
+    """clip_grad_norm's work: scales the gradients and returns the norm before as a Python float (what
+    TBPTT keeps, without reading a GPU tensor back)."""
     nt = _norm_type(norm_type)
     if max_norm < 0:
         raise ValueError(f"max_norm must be >= 0, got {max_norm}")
-    named = [(n, p) for n, p in _named(params) if p.grad is not None]
+    named = [(n, p) for n, p in named if p.grad is not None]
     if not named:
         return 0.0
     parts = []
@@ -363,7 +457,8 @@ def clip_grad_norm(params: Iterable, max_norm: float, norm_type: float | str = 2
 
 
 def clip_grad_value(params: Iterable, clip_value: float, foreach: bool | None = None) -> None:
-    """Clamp every gradient element into [-clip_value, clip_value] (torch's ``clip_grad_value_``)."""
+    """Clamp every gradient element into [-clip_value, clip_value] in place; returns None, as torch's
+    ``clip_grad_value_``. ``foreach`` is accepted for torch's signature and ignored."""
     if clip_value < 0:
         raise ValueError(f"clip_value must be >= 0, got {clip_value}")
     for _, p in _named(params):

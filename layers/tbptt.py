@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Iterator, NamedTuple
 
 from ..engine.tensor import Tensor
-from .optim import clip_grad_norm
+from .optim import _clip_grad_norm, _named
 
 
 def detach_state(state: Any) -> Any:
@@ -149,7 +149,8 @@ class TBPTT:
             is reached.
 
     Attributes: ``position`` (steps consumed), ``state`` (the detached state at ``position``),
-    ``last_grad_norm`` (the gradient norm before clipping at the last update, when ``clip`` is set).
+    ``last_grad_norm`` (a Python float: the gradient norm before clipping at the last update, when ``clip``
+    is set; NaN before).
     """
 
     def __init__(self, segment_fn: Callable, optimizer: Any, k1: int, k2: int | None = None,
@@ -206,7 +207,8 @@ class TBPTT:
         total.backward()
         if self.clip is not None:
             # a NaN/Inf gradient stops training here, before the step would spread it into the parameters
-            self.last_grad_norm = clip_grad_norm(self._params(), self.clip, error_if_nonfinite=True)
+            # the host float clip_grad_norm computed anyway: a Tensor here would be read back from the GPU
+            self.last_grad_norm = _clip_grad_norm(_named(self._params()), self.clip, 2.0, error_if_nonfinite=True)
         self.optimizer.step()
         self.position = w.stop
         self.state = detach_state(state)

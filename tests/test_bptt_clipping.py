@@ -95,7 +95,7 @@ def _exploding_run(clip, steps=100, seed=0, lr=0.01):
             opt.zero_grad()
             loss.backward()
             if clip is not None:
-                norms.append(clip_grad_norm(params, clip, error_if_nonfinite=False))
+                norms.append(clip_grad_norm(params, clip, error_if_nonfinite=False).item())
             opt.step()
     return np.array(losses), np.array(norms)
 

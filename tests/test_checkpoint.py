@@ -150,7 +150,7 @@ def test_round_trip_is_bit_exact_and_training_resumes_identically(tmp_path, kind
     for g2, g in zip(opt2.param_groups, saved_groups):
         assert {k: v for k, v in g2.items() if k != "params"} == {k: v for k, v in g.items() if k != "params"}
     # the optimiser state is bound to the new model's parameters, not copied into some other place
-    assert set(opt2.state) == {id(p) for p in model2.parameters()}
+    assert {id(p) for p in opt2.state} == {id(p) for p in model2.parameters()}
 
     for i in range(3, 6):  # resumed
         step2(i)

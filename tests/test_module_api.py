@@ -344,3 +344,183 @@ def test_dropout_accepts_torchs_inplace_argument():
     torch.nn.Dropout(0.5, inplace=False)
     d = tg.Dropout(0.5, inplace=False)
     assert d.eval()(np.ones(3, np.float32)).numpy().tolist() == [1.0, 1.0, 1.0]
+
+
+# ---- buffers (audit f08) ---------------------------------------------------------------------------------------
+
+class _Stats(tg.Module):
+    """A parameter, a float buffer, an integer counter, a non-persistent buffer and an absent one."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = tg.Parameter(np.ones(3, np.float32))
+        self.register_buffer("running_mean", tg.tensor(np.arange(3, dtype=np.float32)))
+        self.register_buffer("num_batches_tracked", tg.tensor(np.array(5, dtype=np.int64)))
+        self.register_buffer("mask", tg.tensor(np.ones(3, np.float32)), persistent=False)
+        self.register_buffer("absent", None)
+
+
+class _Net(tg.Module):
+    def __init__(self):
+        super().__init__()
+        self.stats = _Stats()
+        self.register_buffer("step", np.zeros((), np.int64))  # an array is wrapped in a Tensor
+        self.head = tg.Linear(3, 2)
+
+
+def _torch_net():
+    torch = pytest.importorskip("torch")
+
+    class Stats(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(3))
+            self.register_buffer("running_mean", torch.arange(3, dtype=torch.float32))
+            self.register_buffer("num_batches_tracked", torch.tensor(5))
+            self.register_buffer("mask", torch.ones(3), persistent=False)
+            self.register_buffer("absent", None)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stats = Stats()
+            self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+            self.head = torch.nn.Linear(3, 2)
+
+    return Net()
+
+
+def test_buffers_are_listed_and_saved_in_torchs_order():
+    ours, theirs = _Net(), _torch_net()
+    assert [n for n, _ in ours.named_buffers()] == [n for n, _ in theirs.named_buffers()] == [
+        "step", "stats.running_mean", "stats.num_batches_tracked", "stats.mask"]
+    assert all(isinstance(b, tg.Tensor) and not b.requires_grad for b in ours.buffers())
+    assert list(ours.state_dict()) == list(theirs.state_dict())  # no non-persistent, no None buffer
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert [n for n, _ in ours.stats.named_buffers(prefix="s", recurse=False)] == [
+        "s.running_mean", "s.num_batches_tracked", "s.mask"]
+
+
+def test_buffers_load_from_a_torch_state_dict_and_back():
+    ours, theirs = _Net(), _torch_net()
+    with __import__("torch").no_grad():
+        theirs.stats.running_mean.copy_(theirs.stats.running_mean * 7 + 1)
+        theirs.stats.num_batches_tracked += 3
+    assert not ours.load_state_dict(theirs.state_dict()).missing_keys
+    np.testing.assert_array_equal(ours.stats.running_mean.numpy(), [1.0, 8.0, 15.0])
+    assert ours.stats.num_batches_tracked.dtype == np.int64 and ours.stats.num_batches_tracked.item() == 8
+    sd = ours.state_dict()
+    with pytest.raises(RuntimeError, match="stats.running_mean"):
+        _Net().load_state_dict({k: v for k, v in sd.items() if k != "stats.running_mean"})
+    with pytest.raises(RuntimeError, match="Unexpected.*stats.mask"):
+        _Net().load_state_dict({**sd, "stats.mask": np.zeros(3)})
+
+
+def test_to_moves_buffers_and_casts_only_the_floating_ones_as_torch():
+    torch = pytest.importorskip("torch")
+    ours, theirs = _Net(), _torch_net()
+    mean = ours.stats.running_mean
+    ours.to(np.float64)
+    theirs.to(torch.float64)
+    for (n, b), (_, t) in zip(ours.named_buffers(), theirs.named_buffers()):
+        assert str(b.dtype) == str(t.dtype).rpartition(".")[2], n
+    assert ours.stats.running_mean is mean  # cast in place, as parameters are
+    ours.to("cpu")
+    assert all(b.device == "cpu" for b in ours.buffers())
+
+
+def test_buffer_registration_errors_and_assignment_as_torch():
+    m = _Stats()
+    with pytest.raises(KeyError, match="already exists"):
+        m.register_buffer("scale", tg.tensor(np.zeros(1)))
+    with pytest.raises(KeyError):
+        m.register_buffer("a.b", tg.tensor(np.zeros(1)))
+    with pytest.raises(TypeError, match="buffer"):
+        m.register_buffer("w", tg.Parameter(np.zeros(1)))
+    with pytest.raises(TypeError, match="buffer"):
+        m.running_mean = 3.0
+    m.running_mean = tg.tensor(np.full(3, 2.0, np.float32))  # replaces the buffer
+    np.testing.assert_array_equal(m.state_dict()["running_mean"], [2.0, 2.0, 2.0])
+    m.absent = tg.tensor(np.zeros(2, np.float32))  # a None buffer filled in later is saved
+    assert "absent" in m.state_dict()
+    del m.mask
+    assert "mask" not in dict(m.named_buffers())
+    import copy
+    c = copy.deepcopy(m)
+    np.testing.assert_array_equal(c.running_mean.numpy(), m.running_mean.numpy())
+    assert c.running_mean is not m.running_mean and list(c.state_dict()) == list(m.state_dict())
+
+
+# ---- containers as torch's (audit f08) ---------------------------------------------------------------------
+
+def test_sequential_from_an_ordered_dict_keeps_the_names():
+    torch = pytest.importorskip("torch")
+    from collections import OrderedDict
+    ours = tg.Sequential(OrderedDict([("fc", tg.Linear(3, 4)), ("act", tg.ReLU()), ("out", tg.Linear(4, 2))]))
+    theirs = torch.nn.Sequential(OrderedDict([("fc", torch.nn.Linear(3, 4)), ("act", torch.nn.ReLU()),
+                                              ("out", torch.nn.Linear(4, 2))]))
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["fc.weight", "fc.bias", "out.weight", "out.bias"]
+    ours.load_state_dict(theirs.state_dict())
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    np.testing.assert_allclose(ours(x).numpy(), theirs(torch.tensor(x)).detach().numpy(), rtol=1e-6)
+    assert [n for n, _ in ours[1:].named_children()] == ["act", "out"]
+    ours[0] = tg.Linear(3, 4)  # the name is kept
+    assert [n for n, _ in ours.named_children()] == ["fc", "act", "out"]
+
+
+def _shapes(container):
+    return [(name, tuple(m.weight.shape)) for name, m in container.named_children()]
+
+
+@pytest.mark.parametrize("kind", ["ModuleList", "Sequential"])
+def test_list_operations_match_torch(kind):
+    torch = pytest.importorskip("torch")
+    ours = getattr(tg, kind)(*([[tg.Linear(1, k) for k in (1, 2, 3)]] if kind == "ModuleList"
+                               else [tg.Linear(1, k) for k in (1, 2, 3)]))
+    theirs = getattr(torch.nn, kind)(*([[torch.nn.Linear(1, k) for k in (1, 2, 3)]] if kind == "ModuleList"
+                                       else [torch.nn.Linear(1, k) for k in (1, 2, 3)]))
+
+    def same():
+        assert _shapes(ours) == [(n, tuple(m.weight.shape)) for n, m in theirs.named_children()]
+        assert list(ours.state_dict()) == list(theirs.state_dict())
+
+    for lib, c in (("tg", ours), ("torch", theirs)):
+        L = tg.Linear if lib == "tg" else torch.nn.Linear
+        r = c.insert(0, L(1, 4))
+        assert (r is c) if kind == "Sequential" else (r is None)
+        c.insert(len(c) - 1, L(1, 5))  # torch's ModuleList.insert takes no negative index
+        c.insert(len(c), L(1, 6))
+        c[1] = L(1, 7)
+        c[-1] = L(1, 8)
+        del c[2]
+        assert c.append(L(1, 9)) is c
+        assert c.extend([L(1, 10), L(1, 11)]) is c
+        del c[1:5:2]
+        popped = c.pop(0)
+        assert popped.weight.shape[0] == 4
+    same()
+    with pytest.raises(IndexError):
+        ours[10]
+    with pytest.raises(IndexError):
+        ours.insert(20, tg.Linear(1, 1))
+    with pytest.raises(TypeError):
+        ours.append(np.zeros(1))
+
+
+def test_container_arithmetic_matches_torch():
+    torch = pytest.importorskip("torch")
+    a, b = tg.Sequential(tg.Linear(1, 2), tg.Linear(1, 3)), tg.Sequential(tg.Linear(1, 4))
+    ta, tb = torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.Linear(1, 3)), torch.nn.Sequential(torch.nn.Linear(1, 4))
+    for ours, theirs in ((a + b, ta + tb), (a * 2, ta * 2), (2 * b, 2 * tb)):
+        assert isinstance(ours, tg.Sequential)
+        assert _shapes(ours) == [(n, tuple(m.weight.shape)) for n, m in theirs.named_children()]
+    assert (a * 2)[2] is a[0]  # the same modules repeated, as torch's
+    a += b
+    ta += tb
+    assert _shapes(a) == [(n, tuple(m.weight.shape)) for n, m in ta.named_children()]
+    ml = tg.ModuleList([tg.Linear(1, 2)]) + [tg.Linear(1, 5)]
+    assert isinstance(ml, tg.ModuleList) and _shapes(ml) == [("0", (2, 1)), ("1", (5, 1))]
+    with pytest.raises(ValueError):
+        a + tg.ModuleList()
+    with pytest.raises(ValueError):
+        a * 0

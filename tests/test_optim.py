@@ -1,5 +1,7 @@
 """Optimisers and gradient clipping against torch.optim / torch.nn.utils on the same params and grads."""
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -247,8 +249,8 @@ def test_clip_grad_norm_matches_torch(max_norm, norm_type):
         tp.grad = torch.tensor(p.grad)
     expect = torch.nn.utils.clip_grad_norm_(tparams, max_norm, norm_type=norm_type)
     total = optim.clip_grad_norm(params, max_norm, norm_type=norm_type)
-    assert isinstance(total, float)
-    assert total == pytest.approx(float(expect), rel=1e-12)
+    assert isinstance(total, tg.Tensor) and total.shape == () and total.dtype == np.float64
+    assert total.item() == pytest.approx(expect.item(), rel=1e-12)
     for p, tp in zip(params, tparams):
         np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-12)
 
@@ -274,9 +276,9 @@ def test_clip_grad_norm_error_if_nonfinite_names_an_overflowing_norm():
 
 def test_clip_grad_norm_skips_missing_grads_and_accepts_one_tensor():
     p = tg.tensor(np.ones(4), requires_grad=True)
-    assert optim.clip_grad_norm([p], 1.0) == 0.0
+    assert optim.clip_grad_norm([p], 1.0).item() == 0.0
     p.grad = np.full(4, 2.0)
-    assert optim.clip_grad_norm(p, 1.0) == pytest.approx(4.0)
+    assert optim.clip_grad_norm(p, 1.0).item() == pytest.approx(4.0)
     np.testing.assert_allclose(np.linalg.norm(p.grad), 1.0, rtol=1e-5)
     with pytest.raises(ValueError):
         optim.clip_grad_norm([p], -1.0)
@@ -288,8 +290,8 @@ def test_clip_grad_value_matches_torch():
     tparams = [torch.tensor(p.data, requires_grad=True) for p in params]
     for tp, p in zip(tparams, params):
         tp.grad = torch.tensor(p.grad)
-    torch.nn.utils.clip_grad_value_(tparams, 0.75)
-    optim.clip_grad_value(params, 0.75)
+    assert torch.nn.utils.clip_grad_value_(tparams, 0.75) is None
+    assert optim.clip_grad_value(params, 0.75) is None
     for p, tp in zip(params, tparams):
         np.testing.assert_array_equal(p.grad, tp.grad.numpy())
     with pytest.raises(ValueError):
@@ -485,7 +487,7 @@ def test_amsgrad_state_round_trips():
     assert "param0.max_exp_avg_sq" in state
     opt2 = optim.Adam([tg.tensor(p, requires_grad=True) for p in params], lr=0.05, amsgrad=True)
     opt2.load_state_dict(state)
-    np.testing.assert_array_equal(opt2.state[id(opt2.param_groups[0]["params"][0])]["max_exp_avg_sq"],
+    np.testing.assert_array_equal(opt2.state[opt2.param_groups[0]["params"][0]]["max_exp_avg_sq"],
                                   state["param0.max_exp_avg_sq"])
 
 
@@ -502,7 +504,7 @@ def _clip_both(grads, max_norm, norm_type, **kw):
         tp.append(t)
         gp.append(p)
     expect = float(torch.nn.utils.clip_grad_norm_(tp, max_norm, norm_type=norm_type, **kw))
-    got = optim.clip_grad_norm_(gp, max_norm, norm_type=norm_type, **kw)
+    got = float(optim.clip_grad_norm_(gp, max_norm, norm_type=norm_type, **kw))
     return expect, got, [t.grad.numpy() for t in tp], [p.grad for p in gp]
 
 
@@ -561,6 +563,146 @@ def test_torch_names_of_the_clipping_functions():
     assert tg.optim.clip_grad_norm_ is optim.clip_grad_norm
     p = tg.Parameter(np.zeros(2))
     p.grad = np.array([3.0, -4.0])
-    assert optim.clip_grad_norm_([p], 1.0, foreach=None) == pytest.approx(5.0)
+    assert optim.clip_grad_norm_([p], 1.0, foreach=None).item() == pytest.approx(5.0)
     optim.clip_grad_value_([p], 0.1, foreach=None)
     np.testing.assert_allclose(p.grad, [0.1, -0.1])
+
+
+# ---- optimiser state keyed by the parameter (audit f06) ----------------------------------------------------
+
+def _linear_steps(model, opt, n):
+    x = np.random.default_rng(7).standard_normal((8, 3))
+    for _ in range(n):
+        opt.zero_grad()
+        (model(x) ** 2).mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.Adam(ps, lr=0.1, weight_decay=0.01),
+    lambda ps: optim.AdamW(ps, lr=0.1, amsgrad=True),
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+], ids=["adam", "adamw-amsgrad", "sgd-nesterov"])
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))],
+                         ids=["deepcopy", "pickle"])
+def test_a_copied_model_and_optimizer_continue_exactly_as_the_original(make, clone):
+    tg.manual_seed(0)
+    model = tg.Linear(3, 2, dtype=np.float64)
+    opt = make(model.parameters())
+    _linear_steps(model, opt, 3)
+    model2, opt2 = clone((model, opt))
+    # the copy's state belongs to the copy's parameters, not the original's
+    assert {id(p) for p in opt2.state} == {id(p) for p in model2.parameters()}
+    _linear_steps(model, opt, 4)
+    _linear_steps(model2, opt2, 4)
+    for (name, p), p2 in zip(model.named_parameters(), model2.parameters()):
+        assert p2 is not p
+        np.testing.assert_array_equal(p2.data, p.data, err_msg=name)
+
+
+def test_optimizer_state_is_read_by_the_parameter_as_in_torch():
+    model = tg.Linear(3, 2, dtype=np.float64)
+    opt = optim.Adam(model.parameters(), lr=0.1)
+    _linear_steps(model, opt, 2)
+    st = opt.state[model.weight]
+    assert int(st["step"]) == 2
+    assert st["exp_avg"].shape == model.weight.shape
+    assert model.bias in opt.state
+    assert set(opt.state_dict()) >= {"param0.step", "param0.exp_avg", "param1.exp_avg_sq"}
+
+
+# ---- clip_grad_norm returns a 0-d Tensor, as torch's (audit f04) -------------------------------------------
+
+@pytest.mark.parametrize("dtypes", [("float32",), ("float64",), ("float32", "float64"), ("float64", "float32")],
+                         ids=lambda d: "+".join(d))
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf, 0])
+def test_clip_grad_norm_returns_a_0d_tensor_of_torchs_dtype(dtypes, norm_type):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal(4 + i).astype(d) * 3 for i, d in enumerate(dtypes)]
+    tparams, params = [], []
+    for g in grads:
+        t = torch.zeros(len(g), dtype=getattr(torch, str(g.dtype)), requires_grad=True)
+        t.grad = torch.tensor(g)
+        p = tg.Parameter(np.zeros(len(g), dtype=g.dtype))
+        p.grad = g.copy()
+        tparams.append(t)
+        params.append(p)
+    expect = torch.nn.utils.clip_grad_norm_(tparams, 1.0, norm_type=norm_type)
+    got = optim.clip_grad_norm_(params, 1.0, norm_type=norm_type)
+    assert isinstance(got, tg.Tensor) and got.shape == tuple(expect.shape) == ()
+    assert str(got.dtype) == str(expect.dtype).rpartition(".")[2]
+    assert got.device == "cpu" and not got.requires_grad
+    assert got.item() == pytest.approx(expect.item(), rel=1e-6)
+    assert float(got) == got.item() and f"{got:.3f}" == f"{expect.item():.3f}"
+
+
+def test_clip_grad_norm_without_any_gradient_returns_a_float32_zero_as_torch():
+    torch = pytest.importorskip("torch")
+    expect = torch.nn.utils.clip_grad_norm_([torch.zeros(2, dtype=torch.float64, requires_grad=True)], 1.0)
+    got = optim.clip_grad_norm_([tg.Parameter(np.zeros(2))], 1.0)
+    assert isinstance(got, tg.Tensor) and got.shape == () and got.item() == expect.item() == 0.0
+    assert got.dtype == np.float32 and expect.dtype == torch.float32
+
+
+# ---- torch's maximize= / foreach= / fused= keywords (audit f08) ---------------------------------------------
+
+MAXIMIZE_CONFIGS = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+    ("Adam", dict(lr=0.05, weight_decay=0.1)),
+    ("Adam", dict(lr=0.05, betas=(0.3, 0.99), amsgrad=True)),
+    ("AdamW", dict(lr=0.05, weight_decay=0.3)),
+    ("AdamW", dict(lr=0.05, amsgrad=True)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", MAXIMIZE_CONFIGS, ids=[f"{n}-{k}" for n, k in MAXIMIZE_CONFIGS])
+def test_maximize_matches_torch_step_for_step(name, kwargs):
+    torch = pytest.importorskip("torch")
+    tparams = [torch.tensor(a, requires_grad=True) for a in make_params()]
+    gparams = [tg.tensor(a, requires_grad=True) for a in make_params()]
+    topt = getattr(torch.optim, name)(tparams, maximize=True, **kwargs)
+    gopt = getattr(optim, name)(gparams, maximize=True, **kwargs)
+    assert gopt.param_groups[0]["maximize"] is True
+    for grads in grad_sequence(5):
+        for t, p, g in zip(tparams, gparams, grads):
+            t.grad, p.grad = torch.tensor(g), g.copy()
+        topt.step()
+        gopt.step()
+        for t, p, g in zip(tparams, gparams, grads):
+            np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-14, atol=1e-15)
+            np.testing.assert_array_equal(p.grad, g)  # the gradient itself is not negated in place
+
+
+def test_maximize_ascends_and_round_trips_through_state_dict():
+    p = tg.tensor(np.zeros(2), requires_grad=True)
+    opt = optim.SGD([p], lr=0.5, maximize=True)
+    p.grad = np.array([1.0, -2.0])
+    opt.step()
+    np.testing.assert_array_equal(p.data, [0.5, -1.0])  # along the gradient
+    state = opt.state_dict()
+    assert state["group0.maximize"] == True  # noqa: E712  (a numpy bool)
+    other = optim.SGD([tg.tensor(np.zeros(2), requires_grad=True)], lr=0.5)
+    other.load_state_dict(state)
+    assert other.param_groups[0]["maximize"] is True
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+def test_foreach_and_fused_are_accepted_kept_in_the_groups_and_change_nothing(cls):
+    torch = pytest.importorskip("torch")
+    tkeys = set(getattr(torch.optim, cls.__name__)([torch.zeros(1, requires_grad=True)]).param_groups[0])
+    plain, plain_opt = run_tapegrad(cls, dict(lr=0.05))
+    for kw in (dict(foreach=True), dict(foreach=False, fused=False), dict(fused=True)):
+        got, opt = run_tapegrad(cls, dict(lr=0.05, **kw))
+        for g, e in zip(got, plain):
+            np.testing.assert_array_equal(g, e)
+        assert {"maximize", "foreach", "fused", "differentiable"} <= set(opt.param_groups[0]) <= tkeys
+        # the same checkpoint entries as before these keywords existed
+        assert opt.state_dict().keys() == plain_opt.state_dict().keys()
+        assert not [k for k in opt.state_dict() if k.split(".")[1] in ("maximize", "foreach", "fused")]
+    with pytest.raises(RuntimeError, match="fused.*foreach"):
+        cls([tg.tensor(np.zeros(1), requires_grad=True)], foreach=True, fused=True)
+    with pytest.raises(NotImplementedError, match="differentiable"):
+        cls([tg.tensor(np.zeros(1), requires_grad=True)], differentiable=True)
