@@ -229,7 +229,7 @@ def test_clip_grad_norm_on_named_parameters_reports_the_total_norm():
     expect = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
     total = tg.optim.clip_grad_norm(model.named_parameters(), 1.0)
     assert expect > 1.0  # the clipping did something
-    assert total == pytest.approx(expect, rel=1e-12)
+    assert float(total) == pytest.approx(expect, rel=1e-6)  # a float32 0-d tensor, as torch returns
     after = math.sqrt(sum(float((p.grad.astype(np.float64) ** 2).sum()) for p in model.parameters()))
     assert after == pytest.approx(1.0, rel=1e-5)
     for n, p in model.named_parameters():  # one common factor
