@@ -272,8 +272,9 @@ def test_unbatched_recurrent_input_with_gpu_lengths(cp):
     first3, (h3, _) = model(x[:3])
     for lengths in (tg.tensor(np.array([3]), device="cuda"), cp.asarray([3])):
         out, (h, _) = model(x, lengths=lengths)  # steps past the length are padding: zeros, as torch's
-        _close(out, np.concatenate([first3.numpy(), np.zeros((2, 4), np.float32)]))
-        _close(h, h3.numpy())
+        # float32, and cuBLAS may round a 5-step batch apart from a 3-step one in the last bit
+        _close(out, np.concatenate([first3.numpy(), np.zeros((2, 4), np.float32)]), rtol=1e-6, atol=1e-7)
+        _close(h, h3.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_optimizer_state_loads_from_gpu_arrays(cp):
