@@ -432,12 +432,20 @@ class Tensor:
         return self.to(np.float64)
 
     # ---- backward ---------------------------------------------------------------------------------------
-    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+    def backward(self, grad: Any = None, retain_graph: bool | None = None, create_graph: bool = False, *,
+                 gradient: Any = None) -> None:
         """Backpropagate from this tensor, accumulating into the ``.grad`` of every leaf that requires it.
 
-        ``grad`` defaults to 1 for a one-element tensor. The walked graph is released unless
-        ``retain_graph`` is set.
+        ``grad`` (torch's ``gradient=``) defaults to 1 for a one-element tensor. The walked graph is
+        released unless ``retain_graph`` is set. Higher-order gradients (``create_graph=True``) are not
+        supported.
         """
+        if gradient is not None:
+            if grad is not None:
+                raise TypeError("give the output gradient once: grad= (or positionally) or torch's gradient=")
+            grad = gradient
+        if create_graph:
+            raise NotImplementedError("create_graph=True: tapegrad computes first derivatives only")
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (no input requires grad, "
                                "or it was computed under no_grad())")
@@ -451,7 +459,7 @@ class Tensor:
             grad = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
             if grad.shape != self.shape:
                 raise ValueError(f"grad has shape {grad.shape}, expected {self.shape}")
-        backprop(self, grad, retain_graph)
+        backprop(self, grad, bool(retain_graph))
 
     # ---- operators (the ops live in engine/ops.py) ---------------------------------------------------------
     def __add__(self, other): return _ops.add(self, other)
@@ -897,15 +905,38 @@ def backprop(root: Tensor, grad: Any, retain_graph: bool = False, capture: dict 
             t._node = _RELEASED
 
 
-def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None, *,
-         stop_at_inputs: bool = False) -> list:
-    """The gradients of ``output`` with respect to ``inputs`` (as ``torch.autograd.grad``), one array or
-    None (no path) per input, without touching any ``.grad``. The graph is kept (retain_graph).
+def grad(output: Tensor, inputs: Tensor | Sequence[Tensor], grad_output: Any = None,
+         retain_graph: bool | None = None, create_graph: bool = False, allow_unused: bool | None = None, *,
+         grad_outputs: Any = None, stop_at_inputs: bool = False) -> tuple:
+    """The gradients of ``output`` with respect to ``inputs`` (a tensor or a sequence of them), as
+    ``torch.autograd.grad``: a tuple of one array per input, without touching any ``.grad``.
 
     Each is the total derivative, also where one input is computed from another (h = 3x: d/dx counts
-    the path through h). ``stop_at_inputs=True`` treats every input as an independent variable
-    instead (d/dx then leaves out the paths through h), which is what perturbing each input alone, as
-    gradcheck does, measures."""
+    the path through h). An input that ``output`` does not depend on raises, as in torch, unless
+    ``allow_unused=True`` (its entry is then None). ``grad_outputs`` is torch's name for
+    ``grad_output``; the graph is kept whatever ``retain_graph`` says, and ``create_graph=True``
+    (higher-order gradients) is not supported. ``stop_at_inputs=True`` treats every input as an
+    independent variable instead (d/dx then leaves out the paths through h, and an input reached only
+    through another gives None), which is what perturbing each input alone, as gradcheck does, measures."""
+    if grad_outputs is not None:
+        if grad_output is not None:
+            raise TypeError("give grad_output or torch's grad_outputs, not both")
+        grad_output = grad_outputs
+    if isinstance(output, (list, tuple)):
+        if len(output) != 1:
+            raise NotImplementedError("grad() of several outputs: sum them into one first (with grad_output "
+                                      "weights, sum((w * y).sum() for w, y in ...))")
+        output = output[0]
+        if isinstance(grad_output, (list, tuple)) and len(grad_output) == 1:
+            grad_output = grad_output[0]
+    if create_graph:
+        raise NotImplementedError("create_graph=True: tapegrad computes first derivatives only")
+    inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"grad(): input {i} is a {type(t).__name__}, not a Tensor")
+        if not t.requires_grad:
+            raise RuntimeError(f"grad(): input {i} does not require grad")
     if not output.requires_grad:
         raise RuntimeError("grad() of an output that does not require grad")
     xp = array_module(output.data)
@@ -919,7 +950,13 @@ def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None, *,
             raise ValueError(f"grad_output has shape {grad_output.shape}, expected {output.shape}")
     capture = {t: None for t in inputs}
     backprop(output, grad_output, retain_graph=True, capture=capture, stop_at_capture=stop_at_inputs)
-    return [capture[t] for t in inputs]
+    grads = tuple(capture[t] for t in inputs)
+    if not allow_unused and not stop_at_inputs:
+        unused = [i for i, g in enumerate(grads) if g is None]
+        if unused:
+            raise RuntimeError(f"grad(): input {unused[0]} was not used to compute the output; pass "
+                               "allow_unused=True to get None for it (as torch)")
+    return grads
 
 
 from . import ops as _ops  # noqa: E402  (operators above resolve ops at call time)

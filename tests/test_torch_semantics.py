@@ -1033,3 +1033,28 @@ def test_a_write_after_the_forward_fails_the_backward_where_torch_does_and_never
         same(got, want)
     elif got is not None:  # torch raises because its formula needs the changed value; ours did not need it
         same(got, run("torch", write=False))
+
+
+def test_grad_and_backward_take_torchs_arguments():
+    x, unused = leaf([1.0, 2.0, 3.0]), leaf([1.0])
+    y = (x ** 2).sum()
+    (gx,) = tg.grad(y, x, retain_graph=True)  # a single tensor, as torch.autograd.grad takes it
+    np.testing.assert_array_equal(gx, [2.0, 4.0, 6.0])
+    with pytest.raises(RuntimeError, match="input 1 was not used"):
+        tg.grad(y, [x, unused])
+    assert tg.grad([y], [x, unused], grad_outputs=[np.float64(2.0)], allow_unused=True)[1] is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        tg.grad(y, [tg.tensor([1.0])])
+    with pytest.raises(NotImplementedError, match="first derivatives"):
+        tg.grad(y, x, create_graph=True)
+    z = x * 2
+    z.backward(gradient=np.ones(3))
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0, 2.0])
+    with pytest.raises(TypeError, match="once"):
+        (x * 2).backward(np.ones(3), gradient=np.ones(3))
+    torch = _torch()
+    xt, ut = torch.tensor([1.0, 2.0, 3.0], requires_grad=True), torch.tensor([1.0], requires_grad=True)
+    yt = (xt ** 2).sum()
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(yt, [xt, ut], retain_graph=True)
+    assert torch.autograd.grad(yt, [xt, ut], allow_unused=True)[1] is None
