@@ -221,7 +221,7 @@ def add(a: Any, b: Any) -> Tensor:
 
     def backward(g):
         return g, g
-    return make_result(a.data + b.data, (a, b), backward, "add", reads=())
+    return make_result(a.data + b.data, (a, b), backward, "add", (), ())  # reads no data
 
 
 def _is_bool(x: Any) -> bool:
@@ -246,7 +246,9 @@ def mul(a: Any, b: Any) -> Tensor:
 
     def backward(g):
         return (g * bd if a.requires_grad else None), (g * ad if b.requires_grad else None)
-    return make_result(ad * bd, (a, b), backward, "mul", reads=_other_reads(a, b))
+    # each factor's gradient reads the other (inlined: mul is the hottest op of a recorded chain)
+    reads = ((b, a) if b.requires_grad else (b,)) if a.requires_grad else (a,)
+    return make_result(ad * bd, (a, b), backward, "mul", (), reads)
 
 
 def _other_reads(a: Tensor, b: Tensor) -> tuple:
