@@ -6,7 +6,8 @@ from typing import Any
 import numpy as np
 
 from . import random as _random
-from .backend import array_module, host_values, is_cupy
+from ..kernels import registry
+from .backend import array_module, host_values, is_cupy, to_device
 from .ops import _pair, as_tensor
 from .tensor import Tensor, make_result
 
@@ -20,11 +21,21 @@ def _on_logits_device(a: Any, xp, what: str) -> Any:
     return xp.asarray(a)
 
 
+def _int64_ids(a: Any, xp) -> Any:
+    """Integer ids as int64, the kernels' id type; an unsigned id above int64's range becomes int64's
+    largest value (out of range all the same, where a plain cast would wrap it to a negative id)."""
+    if a.dtype == np.int64:
+        return a
+    if a.dtype == np.uint64:
+        a = xp.minimum(a, np.uint64(np.iinfo(np.int64).max))
+    return a.astype(np.int64)
+
+
 def _targets(target: Any, xp) -> Any:
     t = _on_logits_device(target, xp, "targets")
     if t.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class ids, got dtype {t.dtype}")
-    return t
+    return _int64_ids(t, xp)
 
 
 def _row_ids(index: Any, n: int, xp) -> Any:
@@ -44,7 +55,7 @@ def _row_ids(index: Any, n: int, xp) -> Any:
     if rows.dtype.kind not in "iu":
         raise TypeError(f"index must hold integer row ids or booleans, got dtype {rows.dtype} (the third "
                         "argument is the row subset, not torch's class weight=, which is not supported)")
-    return rows
+    return _int64_ids(rows, xp)
 
 
 def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str = "mean",
@@ -55,7 +66,8 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
     the loss to those rows (a GCN's training nodes). Rows whose target is ``ignore_index`` add nothing
     and do not count in the mean. ``reduction``: 'mean', 'sum' or 'none'.
 
-    The checks of the row ids and targets read their results back from the GPU in one transfer, the
+    Forward and backward are one kernel each (``cross_entropy_fwd`` / ``_bwd`` in the kernel table). The
+    forward's counts (rows that count, targets and row ids out of range) come back in one transfer, the
     one host sync of the op (a boolean ``index`` adds the one its row ids need).
     """
     logits = as_tensor(logits)
@@ -73,60 +85,38 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     ids = _row_ids(index, n, xp)
-    rows = ids
-    if ids is None:
-        z, ys = logits.data, y
-    elif ids.size and n == 0:
+    z = logits.data if logits.data.flags.c_contiguous else xp.ascontiguousarray(logits.data)
+    dtype = z.dtype
+    backend = registry.backend_of(z)
+    m = n if ids is None else ids.size
+    loss, zmax, logsum = xp.empty(m, dtype), xp.empty(m, dtype), xp.empty(m, dtype)
+    stats = xp.zeros(3, np.int64)
+    registry.call("cross_entropy_fwd", backend, z, y, ids, ignore_index, loss, zmax, logsum, stats)
+    count, bad_targets, bad_rows = (int(v) for v in to_device(stats, "cpu"))
+    if bad_rows:
         raise ValueError(f"index holds row ids outside [0, {n})")
-    else:
-        if ids.size:
-            # negative ids count from the end; ids outside [-n, n) are reported below (int64: n may not fit
-            # a narrow id dtype, and a huge unsigned id only has to land somewhere before that error)
-            rows = ids.astype(np.int64, copy=False) % n
-        z, ys = logits.data[rows], y[rows]
-    valid = ys != ignore_index
-    safe_y = xp.where(valid, ys, 0)
-    stats = [valid.sum()]
-    if ys.size:
-        stats += [safe_y.min(), safe_y.max()]
-    if ids is not None and ids.size:
-        stats += [ids.min(), ids.max()]
-    count, *bounds = host_values(xp, *stats)  # bounds: the targets' (when any rows), then the ids'
-    if len(bounds) == 4 and (bounds[2] < -n or bounds[3] >= n):
-        raise ValueError(f"index holds row ids outside [0, {n})")
-    if bounds and (bounds[0] < 0 or bounds[1] >= c):
+    if bad_targets:
         raise ValueError(f"target holds class ids outside [0, {c})")
-    count = int(count)
-    if len(ys):  # max over no rows has no identity
-        z = z - z.max(axis=1, keepdims=True)
-    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-    picked = xp.take_along_axis(logp, safe_y[:, None], axis=1)[:, 0]
-    losses = xp.where(valid, -picked, logp.dtype.type(0))
     if reduction == "mean":
         if count == 0:
             raise ValueError("cross_entropy with reduction='mean' over no rows (empty index or all ignored)")
-        out = losses.sum() / count
+        out = loss.sum() / count
     elif reduction == "sum":
-        out = losses.sum()
+        out = loss.sum()
     else:
-        out = losses
+        out = loss
 
     def backward(g):
-        grad_rows = xp.exp(logp)
-        grad_rows[xp.arange(len(ys)), safe_y] -= 1
-        grad_rows *= valid[:, None]
-        if reduction == "mean":
-            grad_rows *= g / count
-        elif reduction == "sum":
-            grad_rows *= g
-        else:
-            grad_rows *= g[:, None]
-        if rows is None:  # every row: nothing to scatter
-            return (grad_rows,)
-        full = xp.zeros(logits.shape, dtype=logits.dtype)
-        xp.add.at(full, rows, grad_rows)
+        scale = g / count if reduction == "mean" else g
+        grad = xp.empty((m, c), dtype)
+        registry.call("cross_entropy_bwd", backend, z, y, ids, zmax, logsum, scale.astype(dtype, copy=False),
+                      ignore_index, grad)
+        if ids is None:  # every row: nothing to scatter
+            return (grad,)
+        full = xp.zeros(logits.shape, dtype=dtype)
+        xp.add.at(full, ids % n, grad)  # repeated ids add up
         return (full,)
-    return make_result(xp.asarray(out, dtype=logits.dtype), (logits,), backward, "cross_entropy")
+    return make_result(xp.asarray(out, dtype=dtype), (logits,), backward, "cross_entropy")
 
 
 def mse(pred: Tensor, target: Any, reduction: str = "mean") -> Tensor:

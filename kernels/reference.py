@@ -262,3 +262,59 @@ def adam_moments(param, grad, exp_avg, exp_avg_sq, beta1, beta2, weight_decay=0.
         exp_avg[...] = grad - (grad - exp_avg) * (t(1) - w)
     exp_avg_sq *= t(beta2)
     exp_avg_sq += t(1 - beta2) * grad * grad
+
+
+def cross_entropy_fwd(logits, target, rows, ignore_index, loss, zmax, logsum, stats):
+    """Softmax cross-entropy of the rows ``rows`` of ``logits``, one value per row.
+
+    logits [N, C] float32/float64; target [N] integer class ids; rows [M] integer row ids in [-N, N)
+    (negative from the end), or None for every row (M = N). With i = rows[r], z = logits[i], t = target[i]:
+        zmax[r] = max_j z_j,   logsum[r] = log sum_j exp(z_j - zmax[r]),   loss[r] = logsum[r] - (z_t - zmax[r]),
+    and loss[r] = 0 where t == ignore_index. loss, zmax, logsum ([M], logits' dtype) and stats ([3] int64)
+    are written: stats holds the number of rows whose target is not ignore_index, how many of those have a
+    target outside [0, C), and how many row ids are outside [-N, N). Nothing is read out of bounds: loss
+    is NaN for such a row (and zmax, logsum too for a bad row id); the caller reports stats.
+    """
+    n, c = logits.shape
+    m = n if rows is None else len(rows)
+    ids = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows).astype(np.int64)
+    bad_row = (ids < -n) | (ids >= n)
+    i = np.where(bad_row, 0, ids + np.where(ids < 0, n, 0))
+    t = np.asarray(target)[i].astype(np.int64) if n else np.zeros(m, np.int64)
+    counted = (t != ignore_index) & ~bad_row
+    bad_t = counted & ((t < 0) | (t >= c))
+    ok = counted & ~bad_t
+    z = logits[i] if n else np.zeros((m, c), logits.dtype)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zm = z.max(axis=1) if c and m else np.full(m, -np.inf, logits.dtype)
+        shifted = z - zm[:, None]
+        ls = np.log(np.exp(shifted).sum(axis=1))
+        picked = np.take_along_axis(shifted, np.where(ok, t, 0)[:, None], axis=1)[:, 0] if c else np.zeros(m, z.dtype)
+    out = np.where(ok, ls - picked, 0).astype(logits.dtype)
+    out[bad_t | bad_row] = np.nan
+    zm, ls = zm.astype(logits.dtype), ls.astype(logits.dtype)
+    zm[bad_row], ls[bad_row] = np.nan, np.nan
+    loss[...], zmax[...], logsum[...] = out, zm, ls
+    stats[...] = (int(counted.sum()), int(bad_t.sum()), int(bad_row.sum()))
+
+
+def cross_entropy_bwd(logits, target, rows, zmax, logsum, scale, ignore_index, grad):
+    """The gradient of :func:`cross_entropy_fwd`'s loss[r] with respect to logits[rows[r]], times scale:
+
+        grad[r, j] = (exp((z_j - zmax[r]) - logsum[r]) - [j == t]) * scale_r
+
+    for rows whose target t is not ignore_index, 0 for the others. scale: an array of shape () (one
+    factor, mean's 1/count times the incoming gradient) or [M] (reduction 'none'), logits' dtype.
+    grad [M, C] (logits' dtype) is written. The ids and targets are in range (the forward checked them).
+    """
+    n, c = logits.shape
+    ids = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows).astype(np.int64)
+    i = ids + np.where(ids < 0, n, 0)
+    t = np.asarray(target)[i].astype(np.int64)
+    counted = t != ignore_index
+    g = np.exp((logits[i] - zmax[:, None]) - logsum[:, None])
+    g[np.arange(len(i))[counted], t[counted]] -= 1
+    g *= counted[:, None]
+    s = np.asarray(scale)
+    g *= s if s.ndim == 0 else s[:, None]
+    grad[...] = g

@@ -18,7 +18,7 @@ KERNEL_NAMES = (
     "lstm_cell_fwd", "lstm_cell_bwd", "rnn_cell_fwd", "rnn_cell_bwd",
     "lstm_step_fwd", "lstm_step_bwd", "rnn_step_fwd", "rnn_step_bwd",
     "lstm_seq_fwd", "lstm_seq_bwd", "rnn_seq_fwd", "rnn_seq_bwd",
-    "adam_step",
+    "adam_step", "cross_entropy_fwd", "cross_entropy_bwd",
 )
 _MODULE_OF_KERNEL = {
     "spmm": "sparse", "sddmm": "sparse", "csr_transpose": "sparse", "gcn_norm": "sparse",
@@ -29,6 +29,7 @@ _MODULE_OF_KERNEL = {
     "lstm_seq_fwd": "recurrent_step", "lstm_seq_bwd": "recurrent_step",
     "rnn_seq_fwd": "recurrent_step", "rnn_seq_bwd": "recurrent_step",
     "adam_step": "optim",
+    "cross_entropy_fwd": "loss", "cross_entropy_bwd": "loss",
 }
 _PACKAGE_OF_BACKEND = {"cpu": "cpu", "numba-cuda": "cuda", "cupy": "cupy"}
 

@@ -639,3 +639,17 @@ def test_adam_step_matches_reference(cp, backend, dtype, wd, decay, beta1):
     _kernel("adam_step", backend)(strided, cp.ones(shape, dtype), cp.zeros(shape, dtype), cp.zeros(shape, dtype),
                                   *args)
     np.testing.assert_allclose(cp.asnumpy(strided), want, **tol)
+
+
+# ---- the softmax cross-entropy -------------------------------------------------------------------------------
+from loss_cases import cases as _ce_cases  # noqa: E402
+from loss_cases import check_against_reference as _ce_check  # noqa: E402
+
+_CE_CASES = list(_ce_cases(sizes=((20, 7, 10), (9, 40, None), (6, 70, 4), (5, 2, 0), (3000, 5, 700),
+                                  (257, 1100, None))))
+
+
+@pytest.mark.parametrize("name,z,t,rows", _CE_CASES, ids=[c[0] for c in _CE_CASES])
+def test_cross_entropy_kernels_match_reference(cp, backend, name, z, t, rows):
+    _ce_check(_kernel("cross_entropy_fwd", backend), _kernel("cross_entropy_bwd", backend), z, t, rows, xp=cp,
+              dev=cp.asarray, host=cp.asnumpy)

@@ -466,21 +466,20 @@ def test_cross_entropy_takes_row_ids_of_any_integer_dtype_on_any_graph_size(dtyp
 
 def test_cross_entropy_reads_every_check_back_at_once(monkeypatch):
     """cross_entropy's checks of row ids and targets, and its count of rows, come back from the device
-    in one transfer (engine/backend.py::host_values): on the GPU, one host sync per call."""
+    in one transfer (the forward kernel's three counts): on the GPU, one host sync per call."""
     from tapegrad.engine import nn
     reads = []
 
-    def counted(xp, *scalars):
-        reads.append(len(scalars))
-        return host_values(xp, *scalars)
-    host_values = nn.host_values
-    monkeypatch.setattr(nn, "host_values", counted)
+    def counted(a, device):
+        reads.append((a.shape, device))
+        return to_device(a, device)
+    to_device = nn.to_device
+    monkeypatch.setattr(nn, "to_device", counted)
     z = tg.tensor(rand(4, 3))
     for index in (None, [3, -1], np.array([1, 0, 1, 1], bool), []):
         reads.clear()
         tg.cross_entropy(z, Y3, index=index, reduction="sum")
-        assert len(reads) == 1, index
-    assert reads == [1]  # no rows: the count alone
+        assert reads == [((3,), "cpu")], index
 
 
 def test_cross_entropy_over_no_rows_with_sum_is_zero():
