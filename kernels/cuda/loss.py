@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import cuda
 
 from . import _device as dv
 
 WARPS_PER_BLOCK = 8
+_RED_SIZE = WARPS_PER_BLOCK * 32  # a constant the kernel's shared array can take (an expression there is not one)
 BLOCK = 256
 MAX_BLOCKS = 4096
 
 
 @cuda.jit
 def _fwd(logits, target, rows, has_rows, m_rows, ignore_index, loss, zmax, logsum, stats):
-    red = cuda.shared.array(WARPS_PER_BLOCK * 32, np.float64)
+    red = cuda.shared.array(_RED_SIZE, numba.float64)
     tid = cuda.threadIdx.x
     lane = tid % 32
     base = tid - lane
