@@ -8,7 +8,7 @@ import numpy as np
 from . import random as _random
 from ..kernels import registry
 from .backend import array_module, host_values, is_cupy, to_device
-from .ops import _pair, as_tensor
+from .ops import _pair, as_tensor, permute, reshape
 from .tensor import Tensor, make_result
 
 
@@ -75,7 +75,7 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
         raise TypeError(f"cross_entropy: logits must be float32 or float64, got dtype {logits.dtype}")
     xp = array_module(logits.data)
     if logits.ndim != 2:
-        raise ValueError(f"logits must be 2-D [N, C], got shape {logits.shape}")
+        return _cross_entropy_other_ranks(logits, target, index, reduction, ignore_index, xp)
     n, c = logits.shape
     if c == 0:
         raise ValueError(f"logits must have at least one class, got shape {logits.shape}")
@@ -117,6 +117,27 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
         xp.add.at(full, ids % n, grad)  # repeated ids add up
         return (full,)
     return make_result(xp.asarray(out, dtype=dtype), (logits,), backward, "cross_entropy")
+
+
+def _cross_entropy_other_ranks(logits: Tensor, target: Any, index: Any, reduction: str, ignore_index: int,
+                               xp) -> Tensor:
+    """torch's other shapes, through the 2-D op: one sample [C] with a 0-d target, or [N, C, d1, ..., dk]
+    with targets [N, d1, ..., dk] (a class score per position, as a sequence model's [B, C, T])."""
+    if logits.ndim == 0:
+        raise ValueError("logits must be [C], [N, C] or [N, C, d1, ...], got a 0-d tensor")
+    if index is not None:
+        raise ValueError(f"index= selects rows of 2-D logits [N, C]; got logits of shape {logits.shape}")
+    y = _targets(target, xp)
+    c = logits.shape[0 if logits.ndim == 1 else 1]
+    want = () if logits.ndim == 1 else (logits.shape[0],) + logits.shape[2:]
+    if y.shape != want:
+        raise ValueError(f"target must have shape {want} to match logits {logits.shape}, got {y.shape}")
+    if logits.ndim == 1:
+        rows = reshape(logits, (1, c))
+    else:  # the class axis last, then one row per position
+        rows = reshape(permute(logits, (0, *range(2, logits.ndim), 1)), (-1, c))
+    out = cross_entropy(rows, y.reshape(-1), None, reduction, ignore_index)
+    return reshape(out, want) if reduction == "none" else out
 
 
 def mse(pred: Tensor, target: Any, reduction: str = "mean") -> Tensor:

@@ -154,6 +154,9 @@ CASES = [
     ("squeeze_dim", lambda a: tg.squeeze(a, (0, 2)) * 2, (rand(1, 3, 1),)),
     ("expand", lambda a: a.expand(4, 2, -1) * np.arange(12.0).reshape(4, 1, 3), (rand(2, 1) * np.ones((1, 3)),)),
     ("expand_size_one", lambda a: tg.expand(a, (2, 3, 4)), (rand(3, 1),)),
+    ("cross_entropy_sequence", lambda z: tg.cross_entropy(z, np.array([[0, 2, -100], [1, 1, 0]]), reduction="sum"),
+     (rand(2, 3, 3),)),
+    ("cross_entropy_one_sample", lambda z: tg.cross_entropy(z, np.array(2)), (rand(4),)),
     ("clone_view_contiguous", lambda a: a.clone() * a.view(6).reshape(3, 2).T.contiguous(), (rand(2, 3),)),
 ]
 
@@ -418,8 +421,10 @@ def test_dropout_is_reproducible_with_manual_seed():
 
 def test_cross_entropy_errors():
     z = tg.tensor(rand(4, 3))
-    with pytest.raises(ValueError, match="2-D"):
-        tg.cross_entropy(tg.tensor(rand(4)), Y3)
+    with pytest.raises(ValueError, match=r"target must have shape \(\) to match logits \(4,\)"):
+        tg.cross_entropy(tg.tensor(rand(4)), Y3)  # one sample of 4 classes takes one class id
+    with pytest.raises(ValueError, match="0-d"):
+        tg.cross_entropy(tg.tensor(1.0), Y3)
     with pytest.raises(TypeError, match="integer"):
         tg.cross_entropy(z, np.array([0.0, 1.0, 2.0, 0.0]))
     with pytest.raises(ValueError, match="shape"):
@@ -577,3 +582,22 @@ def test_vjp_torch_names_vs_torch():
                       (x.min(-1)[1], t.min(-1)[1])):
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("shape,target_shape", [((4, 3, 5), (4, 5)), ((5,), ()), ((2, 3, 2, 4), (2, 2, 4))])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_of_torchs_other_shapes_vs_torch(shape, target_shape, reduction):
+    """[C] logits with a 0-d target, and [N, C, d1, ...] with [N, d1, ...] targets (a sequence model's
+    [B, C, T]): torch's values and gradients, ignored positions included."""
+    torch = _torch()
+    z = rand(*shape)
+    t = RNG.integers(0, shape[0] if len(shape) == 1 else shape[1], target_shape)
+    if len(target_shape):
+        t.flat[0] = -100
+    _vjp_vs_torch(lambda x: tg.cross_entropy(x, t, reduction=reduction),
+                  lambda x: torch.nn.functional.cross_entropy(x, torch.tensor(t), reduction=reduction), [z])
+    with pytest.raises(ValueError, match="target must have shape"):
+        tg.cross_entropy(tg.tensor(z), np.zeros(7, np.int64))
+    if len(shape) > 2:
+        with pytest.raises(ValueError, match="index= selects rows of 2-D logits"):
+            tg.cross_entropy(tg.tensor(z), t, index=[0])
