@@ -8,7 +8,8 @@ import numpy as np
 from . import random as _random
 from ..kernels import registry
 from .backend import array_module, host_values, is_cupy, to_device
-from .ops import _pair, as_tensor, permute, reshape
+from .ops import _pair, as_tensor, getitem, log_softmax, mean, permute, reshape, where
+from .ops import sum as sum_
 from .tensor import Tensor, make_result
 
 
@@ -59,23 +60,28 @@ def _row_ids(index: Any, n: int, xp) -> Any:
 
 
 def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str = "mean",
-                  ignore_index: int = -100) -> Tensor:
+                  ignore_index: int = -100, label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy with integer targets, fused: loss_n = logsumexp(z_n) - z_n[y_n].
 
     logits: [N, C]; target: [N] class ids. ``index`` ([M] row ids or a boolean mask of length N) restricts
     the loss to those rows (a GCN's training nodes). Rows whose target is ``ignore_index`` add nothing
-    and do not count in the mean. ``reduction``: 'mean', 'sum' or 'none'.
+    and do not count in the mean. ``reduction``: 'mean', 'sum' or 'none'. ``label_smoothing`` = e mixes
+    in the uniform target, as torch's: loss_n = (1 - e) loss_n + e mean_j(-log softmax(z_n)_j).
+    As torch also takes them: [C] logits with a 0-d target, and [N, C, d1, ...] with [N, d1, ...] targets.
 
     Forward and backward are one kernel each (``cross_entropy_fwd`` / ``_bwd`` in the kernel table). The
     forward's counts (rows that count, targets and row ids out of range) come back in one transfer, the
     one host sync of the op (a boolean ``index`` adds the one its row ids need).
     """
     logits = as_tensor(logits)
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating)) \
+            or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
     if logits.dtype.kind != "f":  # as torch: no silent truncation of the loss to an integer
         raise TypeError(f"cross_entropy: logits must be float32 or float64, got dtype {logits.dtype}")
     xp = array_module(logits.data)
     if logits.ndim != 2:
-        return _cross_entropy_other_ranks(logits, target, index, reduction, ignore_index, xp)
+        return _cross_entropy_other_ranks(logits, target, index, reduction, ignore_index, label_smoothing, xp)
     n, c = logits.shape
     if c == 0:
         raise ValueError(f"logits must have at least one class, got shape {logits.shape}")
@@ -116,11 +122,28 @@ def cross_entropy(logits: Tensor, target: Any, index: Any = None, reduction: str
         full = xp.zeros(logits.shape, dtype=dtype)
         xp.add.at(full, ids % n, grad)  # repeated ids add up
         return (full,)
-    return make_result(xp.asarray(out, dtype=dtype), (logits,), backward, "cross_entropy")
+    result = make_result(xp.asarray(out, dtype=dtype), (logits,), backward, "cross_entropy")
+    if label_smoothing:
+        result = _smoothed(result, logits, y, ids, n, count, reduction, ignore_index, label_smoothing)
+    return result
+
+
+def _smoothed(loss: Tensor, logits: Tensor, y: Any, ids: Any, n: int, count: int, reduction: str,
+              ignore_index: int, e: float) -> Tensor:
+    """(1 - e) loss + e times the uniform target's loss, -mean_j log softmax(z)_j per row, reduced as the
+    loss is (ignored rows add nothing; the mean is over the rows that count)."""
+    rows = logits if ids is None else getitem(logits, ids % n)
+    kept = (y if ids is None else y[ids % n]) != ignore_index
+    uniform = where(kept, -mean(log_softmax(rows, axis=1), axis=1), 0.0)
+    if reduction == "mean":
+        uniform = sum_(uniform) / count
+    elif reduction == "sum":
+        uniform = sum_(uniform)
+    return loss * (1.0 - e) + uniform * e
 
 
 def _cross_entropy_other_ranks(logits: Tensor, target: Any, index: Any, reduction: str, ignore_index: int,
-                               xp) -> Tensor:
+                               label_smoothing: float, xp) -> Tensor:
     """torch's other shapes, through the 2-D op: one sample [C] with a 0-d target, or [N, C, d1, ..., dk]
     with targets [N, d1, ..., dk] (a class score per position, as a sequence model's [B, C, T])."""
     if logits.ndim == 0:
@@ -136,7 +159,7 @@ def _cross_entropy_other_ranks(logits: Tensor, target: Any, index: Any, reductio
         rows = reshape(logits, (1, c))
     else:  # the class axis last, then one row per position
         rows = reshape(permute(logits, (0, *range(2, logits.ndim), 1)), (-1, c))
-    out = cross_entropy(rows, y.reshape(-1), None, reduction, ignore_index)
+    out = cross_entropy(rows, y.reshape(-1), None, reduction, ignore_index, label_smoothing)
     return reshape(out, want) if reduction == "none" else out
 
 

@@ -108,6 +108,9 @@ def _op_cases():
         "cross_entropy_mask_none": (lambda a: tg.cross_entropy(
             a, tg.tensor(labels), index=tg.tensor(np.array([True, False, True, True])), reduction="none"), [m]),
         "mse": (lambda a, b: tg.mse(a, b), [m, pos]),
+        "cross_entropy_smoothing_sequence": (lambda a: tg.cross_entropy(a.reshape(2, 2, 5), tg.tensor(np.array(
+            [[0, 1, -100, 0, 1], [1, 0, 0, 1, -100]])), label_smoothing=0.1)
+            + tg.cross_entropy(a, tg.tensor(labels), index=tg.tensor(np.array([3, 0, 3])), label_smoothing=0.3), [m]),
         "abs_sqrt_pow_tensor": (lambda a, b: abs(a) + b.sqrt() + b ** a + 2.0 ** a, [m, pos]),
         "max_min_argmax": (lambda a: a.max() + a.max(dim=1).values.sum() + tg.min(a, 0, keepdim=True)[0].sum()
                            + a.argmax(1).sum() * 1.0, [m]),

@@ -156,6 +156,8 @@ CASES = [
     ("expand_size_one", lambda a: tg.expand(a, (2, 3, 4)), (rand(3, 1),)),
     ("cross_entropy_sequence", lambda z: tg.cross_entropy(z, np.array([[0, 2, -100], [1, 1, 0]]), reduction="sum"),
      (rand(2, 3, 3),)),
+    ("cross_entropy_label_smoothing", lambda z: tg.cross_entropy(z, np.array([2, -100, 1, 0]), index=[3, 0, 0, 1],
+                                                                  label_smoothing=0.2), (rand(4, 3),)),
     ("cross_entropy_one_sample", lambda z: tg.cross_entropy(z, np.array(2)), (rand(4),)),
     ("clone_view_contiguous", lambda a: a.clone() * a.view(6).reshape(3, 2).T.contiguous(), (rand(2, 3),)),
 ]
@@ -601,3 +603,25 @@ def test_cross_entropy_of_torchs_other_shapes_vs_torch(shape, target_shape, redu
     if len(shape) > 2:
         with pytest.raises(ValueError, match="index= selects rows of 2-D logits"):
             tg.cross_entropy(tg.tensor(z), t, index=[0])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("e", [0.1, 1.0])
+def test_cross_entropy_label_smoothing_vs_torch(reduction, e):
+    """torch's label_smoothing, ignored rows and a row subset with a repeated id included."""
+    torch = _torch()
+    z = rand(6, 4)
+    t = RNG.integers(0, 4, 6)
+    t[1] = -100
+    idx = [5, 0, 0, -1, 1]
+    _vjp_vs_torch(lambda x: tg.cross_entropy(x, t, index=idx, reduction=reduction, label_smoothing=e),
+                  lambda x: torch.nn.functional.cross_entropy(x[torch.tensor(idx)], torch.tensor(t)[torch.tensor(idx)],
+                                                              reduction=reduction, label_smoothing=e), [z])
+    seq = rand(2, 4, 3)
+    ts = RNG.integers(0, 4, (2, 3))
+    _vjp_vs_torch(lambda x: tg.cross_entropy(x, ts, reduction=reduction, label_smoothing=e),
+                  lambda x: torch.nn.functional.cross_entropy(x, torch.tensor(ts), reduction=reduction,
+                                                              label_smoothing=e), [seq])
+    for bad in (-0.1, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            tg.cross_entropy(tg.tensor(z), t, label_smoothing=bad)
