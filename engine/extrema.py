@@ -59,7 +59,8 @@ def _extreme(a: Any, dim: int | None, keepdim: bool, op: str) -> Tensor | MaxMin
             out = np.asarray(out)
 
         def backward(g):
-            hit = ad == out  # every entry that reaches the extreme shares the gradient, as torch's
+            # every entry that reaches the extreme shares the gradient, as torch's (a NaN extreme: the NaNs)
+            hit = (ad == out) | (xp.isnan(ad) & xp.isnan(out)) if ad.dtype.kind == "f" else ad == out
             return (g * hit / hit.sum(dtype=g.dtype),)
         return make_result(out, (a,), backward, op)
     axis = _axis(dim, builtins.max(ad.ndim, 1), op)
@@ -78,7 +79,7 @@ def _extreme(a: Any, dim: int | None, keepdim: bool, op: str) -> Tensor | MaxMin
         return (full,)
     values = values if keepdim else values.squeeze(axis)
     indices = Tensor((idx_kept if keepdim else idx).astype(np.int64, copy=False))
-    return MaxMin(make_result(values, (a,), backward, op), indices)
+    return MaxMin(make_result(values, (a,), backward, op, reads=()), indices)  # the indices, not a's data
 
 
 def _position(a: Any, dim: int | None, keepdim: bool, op: str) -> Tensor:

@@ -188,10 +188,12 @@ def mse(pred: Tensor, target: Any, reduction: str = "mean") -> Tensor:
         out = sq.sum() / sq.size if sq.size else xp.asarray(np.nan, dtype=d.dtype)
     scale = 2.0 if reduction != "mean" else 2.0 / max(sq.size, 1)
 
+    need_t = t.requires_grad  # as at the forward (see ops.mul)
+
     def backward(g):
         grad_pred = g * (scale * d)
-        return grad_pred, (-grad_pred if t.requires_grad else None)
-    return make_result(xp.asarray(out, dtype=d.dtype), (p, t), backward, "mse")
+        return grad_pred, (-grad_pred if need_t else None)
+    return make_result(xp.asarray(out, dtype=d.dtype), (p, t), backward, "mse", reads=())  # d, not the inputs
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -211,7 +213,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
     def backward(g):
         return (g * mask,)
-    return make_result(x.data * mask, (x,), backward, "dropout")
+    return make_result(x.data * mask, (x,), backward, "dropout", reads=())  # the mask, not x
 
 
 def embedding(weight: Tensor, idx: Any) -> Tensor:
@@ -246,4 +248,4 @@ def embedding(weight: Tensor, idx: Any) -> Tensor:
         full = xp.zeros((v, d), dtype=weight.dtype)
         xp.add.at(full, ids.reshape(-1), g.reshape(-1, d))
         return (full,)
-    return make_result(weight.data[ids], (weight,), backward, "embedding")
+    return make_result(weight.data[ids], (weight,), backward, "embedding", reads=())  # the ids, not the table

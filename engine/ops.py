@@ -243,11 +243,14 @@ def sub(a: Any, b: Any) -> Tensor:
 def mul(a: Any, b: Any) -> Tensor:
     a, b = _pair(a, b)
     ad, bd = a.data, b.data
+    # the factors that need a gradient, as at the forward: the writes checked below follow from these, so
+    # a leaf switched to requires_grad afterwards must not get a gradient from values not checked
+    ga, gb = a.requires_grad, b.requires_grad
 
     def backward(g):
-        return (g * bd if a.requires_grad else None), (g * ad if b.requires_grad else None)
+        return (g * bd if ga else None), (g * ad if gb else None)
     # each factor's gradient reads the other (inlined: mul is the hottest op of a recorded chain)
-    reads = ((b, a) if b.requires_grad else (b,)) if a.requires_grad else (a,)
+    reads = ((b, a) if gb else (b,)) if ga else (a,)
     return make_result(ad * bd, (a, b), backward, "mul", (), reads)
 
 
@@ -446,10 +449,11 @@ def matmul(a: Any, b: Any) -> Tensor:
         raise ValueError(f"matmul shapes {a.shape} and {b.shape} do not match ({a.shape[-1]} != {b.shape[-2]})")
     xp = array_module(a.data)
     ad, bd = a.data, b.data
+    need_a, need_b = a.requires_grad, b.requires_grad  # as at the forward (see mul)
 
     def backward(g):
-        ga = g @ xp.swapaxes(bd, -1, -2) if a.requires_grad else None
-        gb = xp.swapaxes(ad, -1, -2) @ g if b.requires_grad else None
+        ga = g @ xp.swapaxes(bd, -1, -2) if need_a else None
+        gb = xp.swapaxes(ad, -1, -2) @ g if need_b else None
         return ga, gb
     return make_result(ad @ bd, (a, b), backward, "matmul", reads=_other_reads(a, b))
 

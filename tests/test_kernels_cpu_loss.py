@@ -20,3 +20,16 @@ def test_a_nan_logit_makes_its_row_nan_as_numpy():
     loss, zmax, logsum, stats = forward(cl.cross_entropy_fwd, z, np.array([0, 2]), None)
     assert np.isnan(loss[0]) and np.isnan(zmax[0]) and np.isfinite(loss[1])
     assert stats.tolist() == [2, 0, 0]
+
+
+def test_float32_rows_of_many_classes_keep_float32_precision():
+    """The sum of exponentials is added up in float64 (one term at a time in float32 lost digits with C:
+    a relative error of 5e-6 at C = 50,000)."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((4, 50_000)).astype(np.float32)
+    t = rng.integers(0, 50_000, 4)
+    loss = forward(cl.cross_entropy_fwd, z, t, None)[0]
+    z64 = z.astype(np.float64)
+    m = z64.max(axis=1)
+    exact = m + np.log(np.exp(z64 - m[:, None]).sum(axis=1)) - z64[np.arange(4), t]
+    np.testing.assert_allclose(loss, exact, rtol=3e-7)

@@ -1058,3 +1058,54 @@ def test_grad_and_backward_take_torchs_arguments():
     with pytest.raises(RuntimeError):
         torch.autograd.grad(yt, [xt, ut], retain_graph=True)
     assert torch.autograd.grad(yt, [xt, ut], allow_unused=True)[1] is None
+
+
+def test_writes_to_inputs_whose_values_a_backward_does_not_read_are_no_error_as_torch():
+    """embedding, max along a dim, dropout and mse read indices, masks or their own differences in the
+    backward, not their inputs' values: a write to the input after the forward is fine, as in torch."""
+    torch = _torch()
+    w = leaf(np.arange(6.0).reshape(3, 2))
+    x = leaf([[1.0, 5.0], [7.0, 2.0]])
+    losses = [tg.embedding(w, np.array([0, 2, 2])).sum(), x.max(dim=1).values.sum(),
+              tg.dropout(x, 0.5, True).sum(), tg.mse(x, np.zeros((2, 2)))]
+    with tg.no_grad():
+        w -= 1.0
+        x -= 1.0
+    for loss in losses:
+        loss.backward()
+    np.testing.assert_array_equal(w.grad, [[1.0, 1.0], [0.0, 0.0], [2.0, 2.0]])
+    wt = torch.tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
+    lt = torch.nn.functional.embedding(torch.tensor([0, 2, 2]), wt).sum()
+    with torch.no_grad():
+        wt -= 1.0
+    lt.backward()
+    np.testing.assert_array_equal(wt.grad.numpy(), w.grad)
+
+
+def test_a_leaf_that_requires_grad_only_after_the_forward_gets_no_gradient_as_torch():
+    torch = _torch()
+    x = tg.tensor(np.array([1.0, 2.0]))  # no grad at the forward
+    w = leaf([10.0, 20.0])
+    loss = (x * w).sum() + (x.reshape(1, 2) @ w.reshape(2, 1)).sum()
+    x.requires_grad_(True)
+    with tg.no_grad():
+        w -= 100.0  # x's gradient would read the written w: it must not be made at all
+    loss.backward()
+    assert x.grad is None
+    np.testing.assert_array_equal(w.grad, [2.0, 4.0])
+    xt = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    wt = torch.tensor([10.0, 20.0], dtype=torch.float64, requires_grad=True)
+    lt = (xt * wt).sum()
+    xt.requires_grad_(True)
+    lt.backward()
+    assert xt.grad is None
+
+
+def test_max_over_everything_sends_the_gradient_to_a_nan_as_torch():
+    torch = _torch()
+    for op in ("max", "min"):
+        x = leaf([1.0, np.nan, 3.0])
+        getattr(x, op)().backward()
+        xt = torch.tensor([1.0, np.nan, 3.0], requires_grad=True)
+        getattr(xt, op)().backward()
+        np.testing.assert_array_equal(x.grad, xt.grad.numpy())

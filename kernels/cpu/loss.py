@@ -27,10 +27,10 @@ def _row_fwd(logits, target, ids, r, n, c, ignore_index, loss, zmax, logsum):
     for j in range(1, c):
         if logits[i, j] > m or logits[i, j] != logits[i, j]:  # NaN wins, as numpy's max
             m = logits[i, j]
-    s = logits.dtype.type(0)
+    s = 0.0  # float64 whatever the logits' dtype: float32 terms added one by one lose digits with C
     for j in range(c):
         s += np.exp(logits[i, j] - m)
-    ls = np.log(s)
+    ls = logits.dtype.type(np.log(s))
     zmax[r], logsum[r] = m, ls
     t = target[i]
     if t == ignore_index:
