@@ -55,8 +55,6 @@ def _extreme(a: Any, dim: int | None, keepdim: bool, op: str) -> Tensor | MaxMin
         if ad.size == 0:
             raise ValueError(f"{op}() of an empty tensor has no value; give dim= along a non-empty axis")
         out = getattr(xp, op)(ad)
-        if xp is np:
-            out = np.asarray(out)
 
         def backward(g):
             # every entry that reaches the extreme shares the gradient, as torch's (a NaN extreme: the NaNs)

@@ -132,8 +132,9 @@ def _smoothed(loss: Tensor, logits: Tensor, y: Any, ids: Any, n: int, count: int
               ignore_index: int, e: float) -> Tensor:
     """(1 - e) loss + e times the uniform target's loss, -mean_j log softmax(z)_j per row, reduced as the
     loss is (ignored rows add nothing; the mean is over the rows that count)."""
-    rows = logits if ids is None else getitem(logits, ids % n)
-    kept = (y if ids is None else y[ids % n]) != ignore_index
+    at = None if ids is None else ids % n
+    rows = logits if at is None else getitem(logits, at)
+    kept = (y if at is None else y[at]) != ignore_index
     uniform = where(kept, -mean(log_softmax(rows, axis=1), axis=1), 0.0)
     if reduction == "mean":
         uniform = sum_(uniform) / count

@@ -104,21 +104,20 @@ def _bwd(logits, target, rows, has_rows, m_rows, zmax, logsum, scale, per_row, i
         e += stride
 
 
-def _rows_arg(rows, logits):
-    """The row ids as the kernels take them, with a flag: a one-element stand-in when every row is used."""
+def _rows_arg(rows, target_d, logits):
+    """The row ids as the kernels take them, with a flag; when every row is used the targets stand in
+    (an int64 array the kernels never read as ids), so nothing is allocated per call."""
     if rows is not None:
         return dv.as_device(rows), True, len(rows)
-    if dv.kind_of(logits) == dv.CUPY:
-        import cupy
-        return cupy.zeros(1, np.int64), False, logits.shape[0]
-    return cuda.to_device(np.zeros(1, np.int64)), False, logits.shape[0]
+    return target_d, False, logits.shape[0]
 
 
 def cross_entropy_fwd(logits, target, rows, ignore_index, loss, zmax, logsum, stats):
     """See :func:`tapegrad.kernels.reference.cross_entropy_fwd`. logits C-contiguous; target and rows
     int64 (the engine's); ``stats`` starts at zero (the kernel adds to it)."""
     kind = dv.kind_of(logits)
-    rows_d, has_rows, m = _rows_arg(rows, logits)
+    target_d = dv.as_device(target)
+    rows_d, has_rows, m = _rows_arg(rows, target_d, logits)
     dtype = np.dtype(logits.dtype)
     outs = [dv.Output((m,), dtype, kind, a) for a in (loss, zmax, logsum)]
     counts = dv.Output((3,), np.int64, kind, stats)
@@ -126,7 +125,7 @@ def cross_entropy_fwd(logits, target, rows, ignore_index, loss, zmax, logsum, st
         counts.dev = cuda.to_device(np.ascontiguousarray(stats))
     if m:
         blocks = -(-m // WARPS_PER_BLOCK)
-        dv.launch(_fwd, blocks, WARPS_PER_BLOCK * 32, kind, dv.as_device(logits), dv.as_device(target), rows_d,
+        dv.launch(_fwd, blocks, WARPS_PER_BLOCK * 32, kind, dv.as_device(logits), target_d, rows_d,
                   has_rows, m, np.int64(ignore_index), *(o.dev for o in outs), counts.dev)
     for o in (*outs, counts):
         o.result()
@@ -135,13 +134,14 @@ def cross_entropy_fwd(logits, target, rows, ignore_index, loss, zmax, logsum, st
 def cross_entropy_bwd(logits, target, rows, zmax, logsum, scale, ignore_index, grad):
     """See :func:`tapegrad.kernels.reference.cross_entropy_bwd`."""
     kind = dv.kind_of(logits)
-    rows_d, has_rows, m = _rows_arg(rows, logits)
+    target_d = dv.as_device(target)
+    rows_d, has_rows, m = _rows_arg(rows, target_d, logits)
     c = logits.shape[1]
     out = dv.Output((m, c), np.dtype(logits.dtype), kind, grad)
     if m * c:
         per_row = scale.ndim == 1
         blocks, threads = dv.launch_shape(m * c, BLOCK, MAX_BLOCKS)
-        dv.launch(_bwd, blocks, threads, kind, dv.as_device(logits), dv.as_device(target), rows_d, has_rows, m,
+        dv.launch(_bwd, blocks, threads, kind, dv.as_device(logits), target_d, rows_d, has_rows, m,
                   dv.as_device(zmax), dv.as_device(logsum), dv.as_device(scale.reshape(-1)), per_row,
                   np.int64(ignore_index), out.dev)
     out.result()
